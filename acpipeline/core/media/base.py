@@ -1,0 +1,60 @@
+"""What every media type shares; each type's own rules live in its module beside this one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from bson import ObjectId
+
+from acpipeline.core.items import Derived, Item, ItemProblem, link_of, normalise_when
+
+AC = "https://aesthetic.computer"
+
+
+class MediaRules(ABC):
+    """One media type: its MongoDB collection, its lexicon, how a document becomes a record."""
+
+    name: ClassVar[str]
+    nsid: ClassVar[str]
+    collection: ClassVar[str]
+    removed_flag: ClassVar[str] = "nuked"  # the document field that says the owner took it down
+    may_be_anonymous: ClassVar[bool] = True
+    blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
+
+    def normalise(self, doc: dict[str, Any]) -> Item:
+        """The document as an Item; a document that cannot become a record keeps its problem."""
+        ref = str(doc["_id"]) if isinstance(doc.get("_id"), ObjectId) else str(doc.get("_id"))
+        owner = doc.get("user") or None
+        removed = self.removed_flag if doc.get(self.removed_flag) is True else None
+        base = {"media": self.name, "ref": ref, "owner": owner, "removed": removed, "link": link_of(doc)}
+        try:
+            when = normalise_when(doc.get("when"))
+            data = self.fields(doc)
+        except ItemProblem as problem:
+            return Item(when=None, problem=str(problem), **base)
+        return Item(when=when, data=data, **base)
+
+    @abstractmethod
+    def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The document's fields the record needs, checked; raises ItemProblem."""
+
+    @abstractmethod
+    def record(self, item: Item, derived: Derived) -> dict[str, Any]:
+        """The record value (without `$type`), from the item and its derived blobs."""
+
+    def value(self, item: Item, derived: Derived) -> dict[str, Any]:
+        return {"$type": self.nsid, **self.record(item, derived)}
+
+    def natural_key(self, value: dict[str, Any]) -> str | None:
+        """How to recognise an old record that carries no `ref` (None: it cannot be recognised)."""
+        return None
+
+    def item_natural_key(self, item: Item) -> str | None:
+        return None
+
+
+def record_ref(value: dict[str, Any]) -> str | None:
+    """The MongoDB _id a record points at: `ref`, or `mongoId` on the oldest mood records."""
+    ref = value.get("ref") or value.get("mongoId")
+    return ref if isinstance(ref, str) else None

@@ -1,0 +1,50 @@
+"""Paintings: pixel-art PNGs, a 512x512 thumbnail blob, and a recording link when the ZIP exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acpipeline.core.cid import blob_ref
+from acpipeline.core.items import Derived, Item, iso_when, required_text
+from acpipeline.core.media.base import AC, MediaRules
+
+
+class PaintingRules(MediaRules):
+    name = "painting"
+    nsid = "computer.aesthetic.painting"
+    collection = "paintings"
+    blob_fields = ("thumbnail",)
+
+    def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
+        slug = required_text(doc, "slug")
+        image_slug, _, recording_slug = slug.partition(":")
+        return {
+            "code": required_text(doc, "code"),
+            "slug": slug,
+            "bucket": required_text(doc, "bucket"),
+            "image_slug": image_slug,
+            "recording_slug": recording_slug or image_slug,
+        }
+
+    def record(self, item: Item, derived: Derived) -> dict[str, Any]:
+        code = item.data["code"]
+        value: dict[str, Any] = {
+            "slug": item.data["slug"],
+            "code": code,
+            "imageUrl": f"{AC}/media/paintings/{code}",
+            "acUrl": f"{AC}/#{code}",
+            "when": iso_when(item.when),
+            "ref": item.ref,
+        }
+        if derived.facts.get("recording"):
+            value["recordingUrl"] = f"{AC}/media/paintings/{code}.zip"
+        thumb = derived.blobs.get("thumbnail")
+        if thumb:
+            value["thumbnail"] = blob_ref(thumb.cid, thumb.mime_type, thumb.size)
+        return value
+
+    def natural_key(self, value: dict[str, Any]) -> str | None:
+        return value.get("code") if isinstance(value.get("code"), str) else None
+
+    def item_natural_key(self, item: Item) -> str | None:
+        return item.data.get("code")

@@ -1,0 +1,150 @@
+"""The diff planner: from what MongoDB wants and what the PDS holds now, the writes that converge them.
+
+Pure: no network. Every write it plans is known to apply against the listing it was given (a create of an
+existing key, an update or a delete of a missing one would fail the whole applyWrites call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from acpipeline.core.items import Item
+from acpipeline.core.media.base import MediaRules, record_ref
+from acpipeline.core.tid import decode_tid, is_tid, item_tid
+
+Action = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A record as listed from the PDS."""
+
+    rkey: str
+    cid: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A record MongoDB wants: its item and its full value (blobs as locally computed CIDs)."""
+
+    item: Item
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Write:
+    action: Action
+    rkey: str
+    reason: str
+    ref: str | None = None  # the item behind it (None for a record no item claims)
+    value: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "rkey": self.rkey, "ref": self.ref, "reason": self.reason}
+
+
+@dataclass
+class Plan:
+    collection: str
+    writes: list[Write] = field(default_factory=list)
+    unchanged: dict[str, Existing] = field(default_factory=dict)  # ref -> the record kept as it is
+    kept: dict[str, str] = field(default_factory=dict)  # ref -> rkey of every wanted item after the plan
+
+    def count(self, action: Action) -> int:
+        return sum(1 for w in self.writes if w.action == action)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.writes
+
+
+def _age(rkey: str) -> tuple[int, str]:
+    """Order records by creation: TIDs by their timestamp, anything else after them."""
+    return (decode_tid(rkey)[0], rkey) if is_tid(rkey) else (2**63, rkey)
+
+
+def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+
+
+def plan_writes(
+    rules: MediaRules,
+    desired: list[Desired],
+    existing: list[Existing],
+    items: list[Item],
+) -> Plan:
+    """Creates, updates and deletes that make `existing` equal `desired`.
+
+    `items` are all the partition's items (also removed ones and ones that failed): a record whose item
+    failed this run is left alone, never deleted for it.
+    """
+    plan = Plan(collection=rules.nsid)
+    by_ref: dict[str, Item] = {item.ref: item for item in items}
+    by_link: dict[str, str] = {item.link.rkey: item.ref for item in items if item.link}
+    by_natural: dict[str, str] = {}
+    for item in items:
+        key = rules.item_natural_key(item) if item.problem is None else None
+        if key is not None:
+            by_natural.setdefault(key, item.ref)
+
+    # Claim each listed record for an item: its `ref`/`mongoId`, else MongoDB's link, else a natural key.
+    claimed: dict[str, list[Existing]] = {}
+    unclaimed: list[Existing] = []
+    for record in existing:
+        ref = record_ref(record.value)
+        if ref is None or ref not in by_ref:
+            ref = (
+                by_link.get(record.rkey)
+                or (by_natural.get(nk) if (nk := rules.natural_key(record.value)) is not None else None)
+                or ref
+            )
+        if ref is None:
+            unclaimed.append(record)
+        else:
+            claimed.setdefault(ref, []).append(record)
+
+    taken = {record.rkey for record in existing}
+    wanted = {d.item.ref: d for d in desired}
+
+    for ref, records in sorted(claimed.items()):
+        item = by_ref.get(ref)
+        if ref in wanted:
+            link = item.link.rkey if item and item.link else None
+            records = sorted(records, key=lambda r: (r.rkey != link, _age(r.rkey)))
+            keeper, duplicates = records[0], records[1:]
+            for dup in duplicates:
+                plan.writes.append(Write("delete", dup.rkey, f"duplicate of {keeper.rkey}", ref))
+            want = wanted[ref].value
+            diff = _differences(want, keeper.value)
+            if diff:
+                plan.writes.append(Write("update", keeper.rkey, "differs: " + ", ".join(diff), ref, want))
+            else:
+                plan.unchanged[ref] = keeper
+            plan.kept[ref] = keeper.rkey
+        elif item is not None and item.wanted:
+            # A live item that could not be built this run (bad document, failed blob, invalid record)
+            # keeps its record as it is: it is reported as failed, and stale content beats lost content.
+            continue
+        else:
+            reason = "not in MongoDB" if item is None else f"item {item.removed}"
+            for record in records:
+                plan.writes.append(Write("delete", record.rkey, reason, ref))
+
+    for record in unclaimed:
+        plan.writes.append(Write("delete", record.rkey, "record names no MongoDB item", None))
+
+    for ref, want in sorted(wanted.items(), key=lambda kv: (kv[1].item.when, kv[0])):
+        if ref in plan.kept:
+            continue
+        item = want.item
+        rkey = item_tid(item.when, ref, taken)
+        taken.add(rkey)
+        reason = "missing on the PDS" if item.link else "new"
+        plan.writes.append(Write("create", rkey, reason, ref, want.value))
+        plan.kept[ref] = rkey
+
+    order = {"delete": 0, "update": 1, "create": 2}
+    plan.writes.sort(key=lambda w: order[w.action])
+    return plan

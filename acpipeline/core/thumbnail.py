@@ -1,0 +1,51 @@
+"""Painting thumbnails as the platform's `/api/pixel/512:contain` made them."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+SIZE = 512
+BACKDROP = (32, 32, 32)
+MAX_BYTES = 1_048_576  # the lexicon's maxSize for `thumbnail`
+MAX_SOURCE_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageProblem(ValueError):
+    pass
+
+
+def painting_thumbnail(png: bytes) -> bytes:
+    """The original on an opaque rgb(32,32,32) backdrop of its own size, fitted (contain) into 512x512 on
+    a transparent canvas: nearest-neighbour when enlarging (pixel art), Lanczos when shrinking; PNG."""
+    if not png.startswith(PNG_SIGNATURE):
+        raise ImageProblem("image is not a PNG")
+    try:
+        with Image.open(io.BytesIO(png)) as probe:
+            width, height = probe.size
+            if width * height > MAX_SOURCE_PIXELS:
+                raise ImageProblem(f"image of {width}x{height} pixels is too large to decode")
+            probe.load()
+            source = probe.convert("RGBA")
+    except ImageProblem:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageProblem(f"image cannot be decoded ({exc})") from None
+    if width == 0 or height == 0:
+        raise ImageProblem("image has no pixels")
+    flat = Image.new("RGBA", (width, height), BACKDROP + (255,))
+    flat.alpha_composite(source)
+    scale = min(SIZE / width, SIZE / height)
+    fitted_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    fitted = flat.resize(fitted_size, resample)
+    canvas = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+    canvas.paste(fitted, ((SIZE - fitted_size[0]) // 2, (SIZE - fitted_size[1]) // 2))
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", optimize=True)
+    data = out.getvalue()
+    if len(data) > MAX_BYTES:
+        raise ImageProblem(f"thumbnail of {len(data)} bytes exceeds the 1 MB limit")
+    return data

@@ -1,0 +1,27 @@
+"""The Dagster instance the CLI records its runs in: `$DAGSTER_HOME` (default `./.dagster_home`), set up
+from the project's `dagster.yaml` on first use, so `dagster dev` shows the same history."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def ensure_dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    target = home / "dagster.yaml"
+    if not target.exists() and PROJECT_DAGSTER_YAML.exists():
+        shutil.copy(PROJECT_DAGSTER_YAML, target)
+    return home
+
+
+def get_instance() -> DagsterInstance:
+    ensure_dagster_home()
+    return DagsterInstance.get()

@@ -1,0 +1,1 @@
+"""The edges of the pipeline: MongoDB, the PDS, and media storage, each a Dagster resource."""

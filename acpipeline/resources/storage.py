@@ -1,0 +1,132 @@
+"""Media storage (the platform's DigitalOcean Spaces buckets): URLs from templates, bounded fetches.
+
+Every URL is built from a template and checked values, so a document cannot send a request to another
+host: its bucket must be one of the configured ones and its user and slug plain path segments.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from acpipeline.core.items import Item, ItemProblem
+from acpipeline.settings import DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9|_.@-]{1,128}$")
+
+
+class FetchProblem(ItemProblem):
+    """Storage did not deliver the bytes (404, 5xx, too slow, too large): the item fails, the rest goes on."""
+
+
+class StorageResource(ConfigurableResource):
+    """URL templates take {bucket}, {user}, {user_dir} ("{user}/" or "") and {slug}."""
+
+    image_url: str = DEFAULT_IMAGE_URL
+    guest_image_url: str = DEFAULT_GUEST_IMAGE_URL
+    zip_url: str = DEFAULT_ZIP_URL
+    buckets: list[str] = ["art-aesthetic-computer", "user-aesthetic-computer"]
+    timeout_s: float = 30.0
+    max_image_bytes: int = 64 * 1024 * 1024
+    max_zip_bytes: int = 1024 * 1024 * 1024
+    _http: httpx.Client | None = PrivateAttr(default=None)
+
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                timeout=httpx.Timeout(self.timeout_s, connect=10.0), follow_redirects=False
+            )
+        return self._http
+
+    def teardown_after_execution(self, context: Any) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # -- URLs ------------------------------------------------------------------------------------
+
+    def _url(self, template: str, bucket: str, user: str | None, slug: str) -> str:
+        if bucket not in self.buckets or not _BUCKET_RE.match(bucket):
+            raise ItemProblem(f"bucket {bucket[:40]!r} is not a configured storage bucket")
+        if not _SLUG_RE.match(slug) or ".." in slug:
+            raise ItemProblem(f"slug {slug[:40]!r} is not a plain storage name")
+        if user is not None and (not _USER_RE.match(user) or ".." in user):
+            raise ItemProblem(f"user {user[:40]!r} is not a plain storage name")
+        quoted_user = quote(user or "", safe="")
+        url = template.format(
+            bucket=bucket,
+            user=quoted_user,
+            user_dir=f"{quoted_user}/" if user else "",
+            slug=quote(slug, safe=""),
+        )
+        expected = urlsplit(template.format(bucket=bucket, user="u", user_dir="", slug="s"))
+        got = urlsplit(url)
+        if (got.scheme, got.netloc) != (expected.scheme, expected.netloc):
+            raise ItemProblem(f"storage URL for {slug[:40]!r} leaves the storage host")
+        return url
+
+    def painting_image_url(self, item: Item) -> str:
+        if item.owner:
+            return self._url(self.image_url, item.data["bucket"], item.owner, item.data["slug"])
+        return self._url(self.guest_image_url, item.data["bucket"], None, item.data["image_slug"])
+
+    def recording_url(self, item: Item) -> str:
+        return self._url(self.zip_url, item.data["bucket"], item.owner, item.data["recording_slug"])
+
+    def tape_url(self, item: Item) -> str:
+        return self._url(self.zip_url, item.data["bucket"], item.owner, item.data["slug"])
+
+    # -- fetching --------------------------------------------------------------------------------
+
+    def fetch(self, url: str, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or self.max_image_bytes
+        chunks: list[bytes] = []
+        self._stream(url, limit, chunks.append)
+        return b"".join(chunks)
+
+    def fetch_to_file(self, url: str, path: Path, max_bytes: int | None = None) -> None:
+        with open(path, "wb") as fh:
+            self._stream(url, max_bytes or self.max_zip_bytes, fh.write)
+
+    def _stream(self, url: str, limit: int, sink: Any) -> None:
+        try:
+            with self.http().stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise FetchProblem(f"storage answered {response.status_code} for {_short(url)}")
+                received = 0
+                for chunk in response.iter_bytes(1 << 16):
+                    received += len(chunk)
+                    if received > limit:
+                        raise FetchProblem(f"{_short(url)} is larger than {limit} bytes")
+                    sink(chunk)
+        except httpx.TimeoutException:
+            raise FetchProblem(
+                f"storage too slow for {_short(url)} (timeout {self.timeout_s:.0f} s)"
+            ) from None
+        except httpx.TransportError as exc:
+            raise FetchProblem(f"storage unreachable for {_short(url)} ({type(exc).__name__})") from None
+
+    def exists(self, url: str) -> bool:
+        """HEAD answering 200 means the object exists; 403/404 mean it does not; other answers fail."""
+        try:
+            response = self.http().head(url)
+        except httpx.HTTPError as exc:
+            raise FetchProblem(f"storage unreachable for {_short(url)} ({type(exc).__name__})") from None
+        if response.status_code == 200:
+            return True
+        if response.status_code in (403, 404):
+            return False
+        raise FetchProblem(f"storage answered {response.status_code} to HEAD {_short(url)}")
+
+
+def _short(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.netloc}{parts.path}"[:160]

@@ -1,0 +1,149 @@
+"""The diff planner: creates, updates, deletes, adoption and duplicates, from a listing."""
+
+from datetime import UTC, datetime, timedelta
+
+from bson import ObjectId
+
+from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.core.items import Derived
+from acpipeline.core.media import MEDIA
+from acpipeline.core.plan import Desired, Existing, Write, plan_writes
+from acpipeline.core.tid import decode_tid, encode_tid, is_tid, micros_of
+
+MOOD = MEDIA["mood"]
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def mood_doc(i: int, **extra):
+    return {
+        "_id": ObjectId(f"{i:024x}"),
+        "user": "auth0|u",
+        "mood": f"mood {i}",
+        "when": T0 + timedelta(minutes=i),
+        **extra,
+    }
+
+
+def build(docs):
+    items = [MOOD.normalise(d) for d in docs]
+    desired = [Desired(i, MOOD.value(i, Derived())) for i in items if i.wanted and not i.problem]
+    return items, desired
+
+
+def listed(rkey, value):
+    return Existing(rkey=rkey, cid=f"cid-{rkey}", value=value)
+
+
+def random_tid(n: int) -> str:
+    return encode_tid(1_650_000_000_000_000 + n, 5)
+
+
+def test_empty_pds_creates_everything_with_deterministic_keys():
+    items, desired = build([mood_doc(i) for i in range(3)])
+    plan = plan_writes(MOOD, desired, [], items)
+    assert [w.action for w in plan.writes] == ["create"] * 3
+    for write, item in zip(plan.writes, items, strict=True):
+        assert is_tid(write.rkey) and decode_tid(write.rkey)[0] == micros_of(item.when)
+    again = plan_writes(MOOD, desired, [], items)
+    assert [w.rkey for w in again.writes] == [w.rkey for w in plan.writes]
+
+
+def test_converged_state_plans_nothing():
+    items, desired = build([mood_doc(i) for i in range(3)])
+    existing = [listed(random_tid(i), d.value) for i, d in enumerate(desired)]
+    assert plan_writes(MOOD, desired, existing, items).is_empty
+
+
+def test_nuked_deleted_and_gone_items_are_deleted_with_reasons():
+    docs = [mood_doc(0), mood_doc(1, deleted=True)]
+    items, desired = build(docs)
+    gone_value = {"$type": MOOD.nsid, "mood": "gone", "when": "2024-01-01T00:00:00.000Z", "ref": f"{99:024x}"}
+    existing = [
+        listed("3kaaaaaaaaaa2", desired[0].value),
+        listed(
+            "3kaaaaaaaaab2",
+            MOOD.value(items[1].__class__(**{**items[1].__dict__, "removed": None}), Derived()),
+        ),
+        listed("3kaaaaaaaaac2", gone_value),
+    ]
+    plan = plan_writes(MOOD, desired, existing, items)
+    reasons = {w.rkey: (w.action, w.reason) for w in plan.writes}
+    assert reasons == {
+        "3kaaaaaaaaab2": ("delete", "item deleted"),
+        "3kaaaaaaaaac2": ("delete", "not in MongoDB"),
+    }
+
+
+def test_edit_updates_in_place_and_names_the_field():
+    items, desired = build([mood_doc(0)])
+    old = {**desired[0].value, "mood": "before the edit"}
+    plan = plan_writes(MOOD, desired, [listed("3kaaaaaaaaaa2", old)], items)
+    assert [(w.action, w.rkey, w.reason) for w in plan.writes] == [
+        ("update", "3kaaaaaaaaaa2", "differs: mood")
+    ]
+
+
+def test_adopts_platform_records_by_ref_and_mongo_id():
+    items, desired = build([mood_doc(0), mood_doc(1)])
+    platform_text = {
+        "$type": MOOD.nsid,
+        "text": "mood 0",
+        "when": "x",
+        "ref": items[0].ref,
+    }  # the old `text` bug
+    old_style = {k: v for k, v in desired[1].value.items() if k != "ref"} | {"mongoId": items[1].ref}
+    plan = plan_writes(
+        MOOD, desired, [listed(random_tid(1), platform_text), listed(random_tid(2), old_style)], items
+    )
+    assert sorted((w.action, w.rkey) for w in plan.writes) == [
+        ("update", random_tid(1)),
+        ("update", random_tid(2)),
+    ]
+    assert plan.count("create") == 0
+
+
+def test_duplicates_keep_the_linked_one_else_the_oldest():
+    linked = mood_doc(0, atproto={"rkey": random_tid(5), "uri": "at://x", "cid": "c"})
+    items, desired = build([linked, mood_doc(1)])
+    value0, value1 = desired[0].value, desired[1].value
+    existing = [listed(random_tid(n), value0) for n in (3, 5, 7)] + [
+        listed(random_tid(n), value1) for n in (9, 4)
+    ]
+    plan = plan_writes(MOOD, desired, existing, items)
+    deleted = sorted(w.rkey for w in plan.writes if w.action == "delete")
+    assert deleted == sorted([random_tid(3), random_tid(7), random_tid(9)])
+    assert plan.kept == {items[0].ref: random_tid(5), items[1].ref: random_tid(4)}
+    assert all(w.reason.startswith("duplicate of") for w in plan.writes)
+
+
+def test_failed_item_keeps_its_record():
+    items, desired = build([mood_doc(0)])
+    plan = plan_writes(MOOD, [], [listed("3kaaaaaaaaaa2", desired[0].value)], items)
+    assert plan.is_empty
+
+
+def test_bad_document_is_not_desired_and_not_deleted():
+    docs = [mood_doc(0), {**mood_doc(1), "when": "2024-01-01"}]
+    items, desired = build(docs)
+    assert items[1].problem == "when is a str, not a date"
+    existing = [listed("3kaaaaaaaaab2", {"$type": MOOD.nsid, "mood": "mood 1", "ref": items[1].ref})]
+    plan = plan_writes(MOOD, desired, existing, items)
+    assert [w.action for w in plan.writes] == ["create"]
+
+
+def test_same_microsecond_items_get_distinct_keys():
+    docs = [mood_doc(i) | {"when": T0} for i in range(50)]
+    items, desired = build(docs)
+    keys = [w.rkey for w in plan_writes(MOOD, desired, [], items).writes]
+    assert len(set(keys)) == 50
+
+
+def test_batches_split_at_200_writes_and_at_the_byte_limit():
+    writes = [Write("create", random_tid(i), "new", None, {"mood": "x"}) for i in range(450)]
+    assert [len(b) for b in batch_writes(MOOD.nsid, writes)] == [200, 200, 50]
+    big = [Write("create", random_tid(i), "new", None, {"source": "y" * 50_000}) for i in range(45)]
+    batches = list(batch_writes("computer.aesthetic.kidlisp", big))
+    assert [len(b) for b in batches] == [17, 17, 11]
+    for batch in batches:
+        body = encode_body({"repo": "did:plc:x", "writes": [write_op("c", w) for w in batch]})
+        assert len(body) < 1_000_000
