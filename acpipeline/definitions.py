@@ -1,0 +1,48 @@
+"""The Dagster code location: assets, checks, jobs, sensors and schedules, wired to resources from the
+environment (`MONGODB_CONNECTION_STRING`, `MONGODB_NAME`, `PDS_URL`, `PDS_ADMIN_PASSWORD`, storage URL
+templates). Secrets are passed as `EnvVar`s, so their values never land in run config or the UI."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, EnvVar, in_process_executor
+
+from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.pds import PdsResource
+from acpipeline.resources.storage import StorageResource
+from acpipeline.settings import DEFAULT_DATABASE, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
+from acpipeline.sync.assets import atproto_records, media_blobs, source_items
+
+
+def _env(name: str, default: str | None = None):
+    """An EnvVar when the variable is set (resolved at run time, never stored), else the default."""
+    return EnvVar(name) if os.environ.get(name) else default
+
+
+def build_resources() -> dict:
+    return {
+        "mongo": MongoResource(
+            connection_string=_env("MONGODB_CONNECTION_STRING"),
+            database=_env("MONGODB_NAME", DEFAULT_DATABASE),
+        ),
+        "pds": PdsResource(url=_env("PDS_URL"), admin_password=_env("PDS_ADMIN_PASSWORD")),
+        "storage": StorageResource(
+            image_url=_env("ACPIPELINE_IMAGE_URL", DEFAULT_IMAGE_URL),
+            guest_image_url=_env("ACPIPELINE_GUEST_IMAGE_URL", DEFAULT_GUEST_IMAGE_URL),
+            zip_url=_env("ACPIPELINE_ZIP_URL", DEFAULT_ZIP_URL),
+        ),
+    }
+
+
+def build_definitions() -> Definitions:
+    """Built from the environment as it is now (the CLI sets the demo's URLs before calling this)."""
+    return Definitions(
+        assets=[source_items, media_blobs, atproto_records],
+        resources=build_resources(),
+        # The three stages of a partition run in one process: no per-step process start-up.
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions()

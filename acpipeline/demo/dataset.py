@@ -1,0 +1,900 @@
+"""A realistic synthetic Aesthetic Computer dataset: MongoDB documents plus the media files they point at.
+
+Everything except account passwords is deterministic for a given seed. Accounts are created through an
+injected callable, so this module knows nothing about the PDS client.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import io
+import json
+import math
+import random
+import secrets
+import shutil
+import string
+import struct
+import time
+import wave
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from PIL import Image, ImageDraw
+
+from acpipeline.errors import OperatorError
+
+CreateAccount = Callable[[str, str], str]  # (pds_handle, password) -> did
+
+USER_BUCKET = "user-aesthetic-computer"
+ART_BUCKET = "art-aesthetic-computer"
+ART_GUEST_SUB = "art-guest"
+ART_GUEST_HANDLE = "art.at.aesthetic.computer"
+COLLECTIONS = ("users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes")
+SIZES = ("small", "bench")
+KIDLISP_MAX = 50_000
+
+_EPOCH_START = datetime(2023, 3, 1)
+_EPOCH_END = datetime(2025, 10, 31)
+_ALNUM = string.ascii_letters + string.digits
+_CODE_ALPHABET = string.ascii_lowercase + string.digits
+_PALETTE = [
+    (0, 0, 0), (255, 255, 255), (255, 0, 77), (255, 163, 0), (255, 236, 39), (0, 228, 54),
+    (41, 173, 255), (131, 118, 156), (255, 119, 168), (29, 43, 83), (126, 37, 83), (0, 135, 81),
+    (171, 82, 54), (95, 87, 79), (194, 195, 199), (255, 241, 232),
+]  # fmt: skip
+
+
+class DatasetExists(OperatorError):
+    """The target database already holds users; pass reset=True to replace them."""
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    """One platform user (or the art-guest account that owns anonymous work)."""
+
+    sub: str
+    ac_handle: str | None
+    pds_handle: str | None
+    password: str | None
+    did: str | None = None
+
+
+@dataclass
+class DatasetSummary:
+    """What was generated: counts, users, and references to the edge cases a sync must handle."""
+
+    size: str
+    seed: int
+    media_root: str
+    counts: dict[str, int]
+    users: list[DemoUser]
+    handles_with_accounts: list[str]
+    user_without_account: DemoUser | None
+    flat_fields_user: DemoUser | None
+    art_guest: DemoUser
+    owned_counts: dict[str, dict[str, int]]  # sub -> collection -> documents (removed ones included)
+    anonymous_counts: dict[str, int]  # collection -> documents without an owner (removed ones included)
+    removed_counts: dict[str, int]  # collection -> nuked / deleted documents
+    recordings: int  # painting recording ZIPs written
+    missing_image_painting: dict[str, Any] | None = None  # doc exists, PNG does not
+    missing_zip_tape: dict[str, Any] | None = None  # doc exists, ZIP does not
+    broken_zip_tape: dict[str, Any] | None = None  # ZIP exists but is truncated
+    null_user_painting: dict[str, Any] | None = None  # anonymous with `user: null` rather than absent
+    large_painting: dict[str, Any] | None = None  # original PNG above 1 MB (must never be the thumbnail)
+    long_kidlisp: dict[str, Any] | None = None
+    soundtrack_tape: dict[str, Any] | None = None
+    same_when_moods: list[str] = field(default_factory=list)  # two moods sharing one `when`
+    elapsed_seconds: float = 0.0
+
+    def user(self, handle: str) -> DemoUser:
+        """The user whose AC handle or PDS handle is `handle`."""
+        for user in self.users:
+            if handle in (user.ac_handle, user.pds_handle):
+                return user
+        raise KeyError(handle)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (passwords included: this is throwaway demo data)."""
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- media files
+
+
+def painting_key(slug: str, user: str | None) -> str:
+    """The production object key of a painting's PNG (the part after `:` is the recording)."""
+    image_slug = slug.partition(":")[0]
+    return f"{user}/painting/{image_slug}.png" if user else f"{image_slug}.png"
+
+
+def zip_key(slug: str, user: str | None) -> str:
+    """The object key of a recording or tape ZIP: `{user/ if any}{slug}.zip`."""
+    return f"{user}/{slug}.zip" if user else f"{slug}.zip"
+
+
+def recording_slug(slug: str) -> str:
+    image_slug, _, rec = slug.partition(":")
+    return rec or image_slug
+
+
+def _png_bytes(img: Image.Image, compress_level: int = 6) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def make_painting(width: int, height: int, rng: random.Random, noisy: bool = False) -> Image.Image:
+    """A pixel-art painting: a flat or transparent ground with pixel-aligned strokes and blocks (large
+    canvases are often drawn at a lower resolution and enlarged, giving chunky pixels)."""
+    chunk = rng.choice((1, 2, 4)) if min(width, height) >= 256 and not noisy else 1
+    if chunk > 1:
+        small = make_painting(max(1, width // chunk), max(1, height // chunk), rng)
+        return small.resize((width, height), Image.Resampling.NEAREST)
+    transparent = rng.random() < 0.2
+    ground = (0, 0, 0, 0) if transparent else (*rng.choice(_PALETTE), 255)
+    img = Image.new("RGBA", (width, height), ground)
+    if noisy:  # camera-like noise over most of the canvas: a PNG that does not compress
+        noise = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).convert("RGBA")
+        img.paste(noise, (0, 0))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(6, 24)):
+        colour = (*rng.choice(_PALETTE), rng.choice((255, 255, 255, 160)))
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = rng.randrange(width), rng.randrange(height)
+        kind = rng.random()
+        if kind < 0.4:
+            draw.line((x0, y0, x1, y1), fill=colour, width=rng.randint(1, max(1, min(width, height) // 16)))
+        elif kind < 0.7:
+            draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=colour)
+        else:
+            draw.ellipse((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=2)
+    for _ in range(rng.randint(10, 60)):  # stray pixels
+        img.putpixel((rng.randrange(width), rng.randrange(height)), (*rng.choice(_PALETTE), 255))
+    return img
+
+
+def _zip_info(name: str, when: datetime, compress: bool) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def build_recording_zip(
+    path: Path, width: int, height: int, steps: int, rng: random.Random, when: datetime | None = None
+) -> None:
+    """A painting recording: `painting.json` (the steps) and one PNG per step, built up stroke by stroke."""
+    when = when or _EPOCH_START
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGBA", (width, height), (*rng.choice(_PALETTE), 255))
+    draw = ImageDraw.Draw(img)
+    records = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for step in range(steps):
+            colour = (*rng.choice(_PALETTE), 255)
+            x0, y0, x1, y1 = (
+                rng.randrange(width),
+                rng.randrange(height),
+                rng.randrange(width),
+                rng.randrange(height),
+            )
+            draw.line((x0, y0, x1, y1), fill=colour, width=rng.randint(1, 3))
+            name = f"{step}.png"
+            zf.writestr(_zip_info(name, when, False), _png_bytes(img, 1))
+            stamp = when + timedelta(seconds=step * 2)
+            records.append(
+                {
+                    "step": step,
+                    "label": rng.choice(("line", "rect", "smear", "oval")),
+                    "timestamp": int(stamp.replace(tzinfo=UTC).timestamp() * 1000),
+                    "gesture": [[x0, y0], [x1, y1]],
+                }
+            )
+        zf.writestr(_zip_info("painting.json", when, True), json.dumps(records))
+
+
+def _tape_frame_colour(i: int, base: int) -> tuple[int, int, int]:
+    hue = (base + i * 5) % 360
+    r, g, b = (int(127 + 100 * math.sin(math.radians(hue + k))) for k in (0, 120, 240))
+    return r, g, (b + i) % 256  # `+ i` keeps consecutive frames different even if the sine repeats
+
+
+def build_tape_zip(
+    path: Path,
+    width: int,
+    height: int,
+    frames: int,
+    fps: int = 30,
+    soundtrack: bool = False,
+    rng: random.Random | None = None,
+    exported_at: datetime | None = None,
+) -> None:
+    """A tape ZIP as the platform exports it: `frame-%05d.png` frames (every one different), `timing.json`,
+    `metadata.json` and optionally `soundtrack.wav` (a sine lasting frames/fps seconds)."""
+    rng = rng or random.Random(0)
+    exported_at = exported_at or _EPOCH_START
+    path.parent.mkdir(parents=True, exist_ok=True)
+    duration = 1000 / fps
+    base_hue = rng.randrange(360)
+    size = max(4, min(width, height) // rng.randint(4, 8))
+    x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
+    speed = rng.uniform(1.5, 4.0)
+    angle = rng.uniform(0, 2 * math.pi)
+    dx, dy = speed * math.cos(angle), speed * math.sin(angle)
+    if abs(dx) < 1:
+        dx = math.copysign(1.0, dx or 1.0)
+    # A static pixel-art layer over the changing ground, so frames look like a canvas, not a test card.
+    layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    ldraw = ImageDraw.Draw(layer)
+    for _ in range(rng.randint(3, 8)):
+        colour = (*rng.choice(_PALETTE), 255)
+        ldraw.line(
+            (rng.randrange(width), rng.randrange(height), rng.randrange(width), rng.randrange(height)),
+            fill=colour,
+            width=rng.randint(1, 3),
+        )
+    shape_colour = rng.choice(_PALETTE)
+    timing = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(frames):
+            img = Image.new("RGB", (width, height), _tape_frame_colour(i, base_hue))
+            img.paste(layer, (0, 0), layer)
+            draw = ImageDraw.Draw(img)
+            x, y = x + dx, y + dy
+            if not 0 <= x <= width - size:
+                dx, x = -dx, min(max(x, 0), width - size)
+            if not 0 <= y <= height - size:
+                dy, y = -dy, min(max(y, 0), height - size)
+            fill = tuple((c + 7 * i) % 256 for c in shape_colour)
+            draw.ellipse((int(x), int(y), int(x) + size, int(y) + size), fill=fill)
+            draw.point((i % width, (i // width) % height), fill=(255, 255, 255))  # a cursor that always moves
+            name = f"frame-{i:05d}.png"
+            zf.writestr(_zip_info(name, exported_at, False), _png_bytes(img, 1))
+            timing.append(
+                {"frame": i, "filename": name, "duration": duration, "timestamp": round(i * duration, 3)}
+            )
+        zf.writestr(_zip_info("timing.json", exported_at, True), json.dumps(timing))
+        metadata = {
+            "originalSize": {"width": width, "height": height},
+            "scaledSize": {"width": width, "height": height},
+            "scale": 1,
+            "frameCount": frames,
+            "totalDuration": round(frames * duration, 3),
+            "exportedAt": exported_at.strftime("%Y-%m-%dT%H:%M:%S.")
+            + f"{exported_at.microsecond // 1000:03d}Z",
+        }
+        zf.writestr(_zip_info("metadata.json", exported_at, True), json.dumps(metadata))
+        if soundtrack:
+            zf.writestr(
+                _zip_info("soundtrack.wav", exported_at, True),
+                sine_wav(frames / fps, rng.choice((220.0, 261.63, 329.63, 440.0))),
+            )
+
+
+def sine_wav(seconds: float, freq: float, rate: int = 22050) -> bytes:
+    """A mono 16-bit WAV holding a sine of `freq` Hz for `seconds`."""
+    count = round(seconds * rate)
+    step = 2 * math.pi * freq / rate
+    samples = array.array("h", (int(12000 * math.sin(step * n)) for n in range(count)))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- text content
+
+_MOODS = [
+    "feeling 🌈 today",
+    "so tired 😴",
+    "ça va 🙂",
+    "日本語のムード",
+    "مرحبا بالعالم",
+    "👩‍👩‍👧 family day",
+    "coding all night ☕️☕️☕️",
+    "ok",
+    "🔥🔥🔥",
+    "Ünïcödé ✨ everywhere",
+    "painting wands 🪄",
+    "a bit sad, a bit happy 🙃",
+    "Ελληνικά!",
+    "привет 👋",
+    "nothing to report",
+    "zalgo t̷e̷x̷t̷",
+    "🎹 melody time",
+    "rain 🌧️ again",
+    "👍🏽 👍🏿",
+    "hello\nsecond line",
+    "  spaces around  ",
+    "emoji flags 🇯🇵🇫🇷",
+    "math ∑∫√",
+    "done.",
+    "🐸",
+    "thinking about kidlisp (wipe blue)",
+]
+_PIECE_WORDS = [
+    "wand",
+    "starfield",
+    "bleep",
+    "melody",
+    "garden",
+    "rain",
+    "spiral",
+    "tracker",
+    "sparkle",
+    "metronome",
+    "smear",
+    "oval",
+    "line",
+    "noise",
+    "orbit",
+    "pond",
+    "lattice",
+    "bloom",
+    "drift",
+    "echo",
+    "field",
+    "glyph",
+    "loom",
+    "mosaic",
+    "prism",
+    "ripple",
+    "swarm",
+    "tide",
+    "weave",
+    "zoom",
+]
+_KID_FORMS = [
+    "(wipe {c})",
+    "(ink {c})",
+    "(line {n} {n} {n} {n})",
+    "(box {n} {n} {n} {n})",
+    "(circle {n} {n} {s})",
+    "(repeat {s} i (plot i {n}))",
+    "(def x {n})",
+    "(later {s}s (wipe {c}))",
+    "(scroll {s})",
+    "(blur 1)",
+    "(spin 0.{s})",
+    "(zoom 1.0{s})",
+    "(ink (? {c} {c}))",
+    '(write "hi" {n} {n})',
+]
+_COLOURS = ["red", "blue", "black", "white", "lime", "purple", "orange", "pink", "yellow", "cyan", "rainbow"]
+
+
+def _kidlisp_line(rng: random.Random) -> str:
+    form = rng.choice(_KID_FORMS)
+    while "{" in form:
+        form = (
+            form.replace("{c}", rng.choice(_COLOURS), 1)
+            .replace("{n}", str(rng.randint(0, 255)), 1)
+            .replace("{s}", str(rng.randint(1, 9)), 1)
+        )
+    return form
+
+
+def make_kidlisp(rng: random.Random, length: int | None = None) -> str:
+    """KidLisp source; with `length`, exactly that many (ASCII) characters."""
+    if length is None:
+        return "\n".join(_kidlisp_line(rng) for _ in range(rng.randint(1, 8)))
+    lines: list[str] = []
+    total = 0
+    while total < length - 80:
+        line = _kidlisp_line(rng)
+        lines.append(line)
+        total += len(line) + 1
+    text = "\n".join(lines) + "\n"
+    pad = length - len(text)
+    return text + ("; " + "~" * (pad - 2) if pad >= 2 else ";" * pad)
+
+
+# ---------------------------------------------------------------------------------------------- the builder
+
+
+@dataclass
+class _TapeJob:
+    path: Path
+    width: int
+    height: int
+    frames: int
+    fps: int
+    soundtrack: bool
+    seed: int
+    exported_at: datetime
+
+
+class _Builder:
+    def __init__(self, media_root: Path, create_account: CreateAccount, size: str, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.media_root = media_root
+        self.create_account = create_account
+        self.size = size
+        self.seed = seed
+        self.docs: dict[str, list[dict[str, Any]]] = {name: [] for name in COLLECTIONS}
+        self.codes: dict[str, set[str]] = {name: set() for name in COLLECTIONS}
+        self.slugs: set[str] = set()
+        self.whens: set[datetime] = set()
+        self.users: list[DemoUser] = []
+        self.recordings = 0
+        self.tape_jobs: list[_TapeJob] = []
+        self.extra: dict[str, Any] = {}
+
+    # -- primitives
+    def when(self, start: datetime = _EPOCH_START, end: datetime = _EPOCH_END) -> datetime:
+        """A random ms-precision datetime, unique across the dataset (slugs are derived from it)."""
+        span_ms = int((end - start).total_seconds() * 1000)
+        while True:
+            value = start + timedelta(milliseconds=self.rng.randrange(span_ms))
+            if value not in self.whens:
+                self.whens.add(value)
+                return value
+
+    def object_id(self, when: datetime) -> ObjectId:
+        seconds = int(when.replace(tzinfo=UTC).timestamp())
+        return ObjectId(struct.pack(">I", seconds) + self.rng.randbytes(8))
+
+    def code(self, collection: str) -> str:
+        taken = self.codes[collection]
+        while True:
+            value = "".join(self.rng.choices(_CODE_ALPHABET, k=self.rng.randint(3, 5)))
+            if value not in taken and not value.isdigit():
+                taken.add(value)
+                return value
+
+    def random_slug(self) -> str:
+        while True:
+            value = "".join(self.rng.choices(_ALNUM, k=8))
+            if value not in self.slugs:
+                self.slugs.add(value)
+                return value
+
+    @staticmethod
+    def timestamp_slug(when: datetime) -> str:
+        return (
+            f"{when.year}.{when.month}.{when.day}.{when.hour}.{when.minute:02d}.{when.second:02d}."
+            f"{when.microsecond // 1000:03d}"
+        )
+
+    def path(self, bucket: str, key: str) -> Path:
+        return self.media_root / bucket / key
+
+    def ref(self, collection: str, doc: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        out = {"collection": collection, "_id": str(doc["_id"]), "user": doc.get("user")}
+        for name in ("slug", "code", "bucket"):
+            if name in doc:
+                out[name] = doc[name]
+        if key:
+            out["key"] = key
+        return out
+
+    # -- users
+    def sub(self, prefix: str = "auth0|") -> str:
+        return prefix + self.rng.randbytes(12).hex()
+
+    def add_user(
+        self, ac_handle: str | None, pds_handle: str | None, *, sub: str | None = None, flat: bool = False
+    ) -> DemoUser:
+        sub = sub or self.sub()
+        doc: dict[str, Any] = {"_id": sub, "code": self.code("users")}
+        password = did = None
+        if pds_handle:
+            password = secrets.token_urlsafe(18)
+            did = self.create_account(pds_handle, password)
+            created = datetime.now(UTC).replace(tzinfo=None)
+            created = created.replace(microsecond=created.microsecond // 1000 * 1000)
+            if flat:
+                doc.update(atproto_did=did, atproto_handle=pds_handle, atproto_password=password)
+            else:
+                doc["atproto"] = {
+                    "did": did,
+                    "handle": pds_handle,
+                    "password": password,
+                    "createdAt": created,
+                }
+        self.docs["users"].append(doc)
+        if ac_handle:
+            self.docs["@handles"].append({"_id": sub, "handle": ac_handle})
+        user = DemoUser(sub=sub, ac_handle=ac_handle, pds_handle=pds_handle, password=password, did=did)
+        self.users.append(user)
+        return user
+
+    def add_art_guest(self) -> DemoUser:
+        return self.add_user(None, ART_GUEST_HANDLE, sub=ART_GUEST_SUB)
+
+    # -- media documents
+    def add_painting(
+        self,
+        user: str | None,
+        size: tuple[int, int],
+        *,
+        recording: bool = False,
+        nuked: bool = False,
+        write_image: bool = True,
+        noisy: bool = False,
+        null_user: bool = False,
+    ) -> dict[str, Any]:
+        when = self.when()
+        bucket = USER_BUCKET if user else ART_BUCKET
+        if user:
+            slug = self.timestamp_slug(when)
+        else:
+            slug = self.random_slug()
+            if recording:
+                slug = f"{slug}:{self.random_slug()}"
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": self.code("paintings"),
+            "slug": slug,
+            "when": when,
+            "bucket": bucket,
+        }
+        if user:
+            doc["user"] = user
+        elif null_user:
+            doc["user"] = None
+        if nuked:
+            doc["nuked"] = True
+        self.docs["paintings"].append(doc)
+        width, height = size
+        if write_image:
+            img = make_painting(width, height, self.rng, noisy=noisy)
+            target = self.path(bucket, painting_key(slug, user))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_png_bytes(img))
+        if recording:
+            rec = recording_slug(slug)
+            build_recording_zip(
+                self.path(bucket, zip_key(rec, user)),
+                min(width, 128),
+                min(height, 128),
+                self.rng.randint(2, 5),
+                self.rng,
+                when,
+            )
+            self.recordings += 1
+        return doc
+
+    def add_mood(
+        self, user: str, text: str, *, deleted: bool = False, when: datetime | None = None
+    ) -> dict[str, Any]:
+        when = when or self.when()
+        doc: dict[str, Any] = {"_id": self.object_id(when), "user": user, "mood": text, "when": when}
+        if deleted:
+            doc["deleted"] = True
+        self.docs["moods"].append(doc)
+        return doc
+
+    def add_piece(self, user: str | None, slug: str, *, nuked: bool = False) -> dict[str, Any]:
+        when = self.when()
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": self.code("pieces"),
+            "slug": slug,
+            "when": when,
+            "bucket": USER_BUCKET if user else ART_BUCKET,
+        }
+        if user:
+            doc["user"] = user
+        if nuked:
+            doc["nuked"] = True
+        self.docs["pieces"].append(doc)
+        return doc
+
+    def add_kidlisp(self, user: str | None, source: str, *, null_user: bool = False) -> dict[str, Any]:
+        when = self.when()
+        accessed = when + timedelta(milliseconds=self.rng.randrange(1, 90 * 86_400_000))
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": self.code("kidlisp"),
+            "source": source,
+            "hash": hashlib.sha256(source.encode()).hexdigest(),
+            "when": when,
+            "hits": self.rng.randint(0, 500),
+            "lastAccessed": accessed,
+        }
+        if user:
+            doc["user"] = user
+        elif null_user:
+            doc["user"] = None
+        self.docs["kidlisp"].append(doc)
+        return doc
+
+    def add_tape(
+        self,
+        user: str | None,
+        size: tuple[int, int],
+        frames: int,
+        *,
+        fps: int = 30,
+        soundtrack: bool = False,
+        nuked: bool = False,
+        zip_state: str = "ok",
+    ) -> dict[str, Any]:
+        """zip_state: "ok", "missing" (no file) or "broken" (truncated file)."""
+        when = self.when()
+        slug = self.random_slug()
+        bucket = USER_BUCKET if user else ART_BUCKET
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": self.code("tapes"),
+            "slug": slug,
+            "when": when,
+            "bucket": bucket,
+            "nuked": nuked,
+        }
+        if user:
+            doc["user"] = user
+        if self.rng.random() < 0.3:
+            doc["mp4Status"] = "pending"
+        self.docs["tapes"].append(doc)
+        target = self.path(bucket, zip_key(slug, user))
+        job = _TapeJob(target, size[0], size[1], frames, fps, soundtrack, self.rng.randrange(2**32), when)
+        if zip_state == "ok":
+            self.tape_jobs.append(job)
+        elif zip_state == "broken":
+            _run_tape_job(job)
+            data = target.read_bytes()
+            target.write_bytes(data[: len(data) // 3])
+        return doc
+
+    def painting_size(self) -> tuple[int, int]:
+        return self.rng.choice(
+            [
+                (32, 32),
+                (64, 48),
+                (128, 128),
+                (100, 100),
+                (160, 120),
+                (256, 256),
+                (300, 200),
+                (400, 300),
+                (512, 512),
+                (640, 480),
+                (800, 600),
+                (1024, 768),
+            ]
+        )
+
+    def tape_size(self) -> tuple[int, int]:
+        return self.rng.choice([(128, 128), (160, 120), (192, 144), (200, 200), (256, 192), (320, 240)])
+
+
+def _run_tape_job(job: _TapeJob) -> None:
+    build_tape_zip(
+        job.path,
+        job.width,
+        job.height,
+        job.frames,
+        job.fps,
+        job.soundtrack,
+        random.Random(job.seed),
+        job.exported_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+
+
+def _small(b: _Builder) -> None:
+    rng = b.rng
+    jeffrey = b.add_user("jeffrey", "jeffrey.at.aesthetic.computer")
+    fifi = b.add_user("fifi", "fifi.at.aesthetic.computer", sub=b.sub("sotce-"))
+    old = b.add_user("oldtimer", "oldtimer.pds.aesthetic.computer", flat=True)  # stale domain, flat fields
+    lurker = b.add_user("lurker", None)
+    b.add_art_guest()
+    b.extra["flat_fields_user"] = old
+    b.extra["user_without_account"] = lurker
+
+    # Paintings: every size at least once, across users.
+    sizes = [(32, 32), (64, 48), (128, 128), (300, 200), (1024, 768), (640, 480), (100, 100), (512, 512)]
+    for i, size in enumerate(sizes):
+        b.add_painting(jeffrey.sub, size, recording=i == 2)
+    large = b.add_painting(jeffrey.sub, (1024, 768), noisy=True)
+    b.extra["large_painting"] = b.ref("paintings", large, painting_key(large["slug"], large["user"]))
+    b.add_painting(jeffrey.sub, (64, 64), nuked=True)
+    missing = b.add_painting(jeffrey.sub, (128, 96), write_image=False)
+    b.extra["missing_image_painting"] = b.ref(
+        "paintings", missing, painting_key(missing["slug"], missing["user"])
+    )
+    for size in [(80, 60), (256, 256)]:
+        b.add_painting(fifi.sub, size)
+    b.add_painting(old.sub, (48, 48))
+    for size in [(64, 64), (200, 150)]:
+        b.add_painting(lurker.sub, size)
+    for i, size in enumerate([(32, 32), (128, 128), (300, 200), (160, 120), (96, 96), (720, 540)]):
+        b.add_painting(None, size, recording=i < 3)
+    b.add_painting(None, (64, 64), nuked=True, recording=True)
+    null_doc = b.add_painting(None, (48, 32), null_user=True)
+    b.extra["null_user_painting"] = b.ref("paintings", null_doc, painting_key(null_doc["slug"], None))
+
+    # Moods: Unicode and emoji, some deleted, two sharing one `when`.
+    texts = list(_MOODS)
+    rng.shuffle(texts)
+    for i, text in enumerate(texts[:8]):
+        b.add_mood(jeffrey.sub, text, deleted=i in (3, 6))
+    long_text = ("a long mood that goes on " * 200)[:4_900] + " 🌊"
+    b.add_mood(jeffrey.sub, long_text)
+    shared = b.when()
+    pair = [
+        b.add_mood(fifi.sub, "twin mood one 👯", when=shared),
+        b.add_mood(fifi.sub, "twin mood two 👯", when=shared),
+    ]
+    b.extra["same_when_moods"] = [str(doc["_id"]) for doc in pair]
+    for text in texts[8:11]:
+        b.add_mood(fifi.sub, text)
+    b.add_mood(old.sub, texts[11])
+    b.add_mood(old.sub, texts[12], deleted=True)
+    for text in texts[13:15]:
+        b.add_mood(lurker.sub, text)
+
+    # Pieces.
+    for slug in ("wand", "starfield", "bleep-remix"):
+        b.add_piece(jeffrey.sub, slug)
+    b.add_piece(jeffrey.sub, "oops", nuked=True)
+    b.add_piece(fifi.sub, "garden")
+    b.add_piece(old.sub, "metronome")
+    b.add_piece(None, "sketch")
+
+    # KidLisp: short ones, one close to the 50,000 limit, some anonymous.
+    for _ in range(5):
+        b.add_kidlisp(jeffrey.sub, make_kidlisp(rng))
+    long_doc = b.add_kidlisp(jeffrey.sub, make_kidlisp(rng, KIDLISP_MAX - rng.randint(10, 99)))
+    b.extra["long_kidlisp"] = b.ref("kidlisp", long_doc) | {"length": len(long_doc["source"])}
+    b.add_kidlisp(jeffrey.sub, "(wipe rainbow) ; 🌈 unicode in code")
+    b.add_kidlisp(fifi.sub, make_kidlisp(rng))
+    b.add_kidlisp(lurker.sub, make_kidlisp(rng))
+    for _ in range(3):
+        b.add_kidlisp(None, make_kidlisp(rng))
+    b.add_kidlisp(None, make_kidlisp(rng), null_user=True)
+
+    # Tapes: small canvases, one with a soundtrack, anonymous ones, nuked, missing and broken ZIPs.
+    sound = b.add_tape(jeffrey.sub, (128, 128), 45, fps=30, soundtrack=True)
+    b.extra["soundtrack_tape"] = b.ref("tapes", sound, zip_key(sound["slug"], sound["user"]))
+    b.add_tape(fifi.sub, (160, 120), 60, fps=60)
+    b.add_tape(None, (128, 96), 36, fps=24)
+    b.add_tape(None, (96, 96), 30, fps=30)
+    b.add_tape(None, (64, 64), 20, nuked=True)
+    gone = b.add_tape(jeffrey.sub, (128, 128), 30, zip_state="missing")
+    b.extra["missing_zip_tape"] = b.ref("tapes", gone, zip_key(gone["slug"], gone["user"]))
+    broken = b.add_tape(None, (128, 128), 30, zip_state="broken")
+    b.extra["broken_zip_tape"] = b.ref("tapes", broken, zip_key(broken["slug"], None))
+
+
+def _bench(b: _Builder) -> None:
+    rng = b.rng
+    jeffrey = b.add_user("jeffrey", "jeffrey.at.aesthetic.computer")
+    b.add_art_guest()
+    sizes = [
+        (32, 32),
+        (64, 48),
+        (64, 64),
+        (100, 100),
+        (128, 128),
+        (160, 120),
+        (200, 150),
+        (256, 256),
+        (300, 200),
+        (400, 300),
+        (512, 512),
+        (640, 480),
+        (800, 600),
+        (1024, 768),
+    ]
+    weights = [6, 6, 8, 8, 12, 10, 8, 10, 10, 6, 5, 4, 2, 1]
+    for i in range(395):
+        b.add_painting(jeffrey.sub, rng.choices(sizes, weights)[0], recording=i % 10 == 0)
+    for _ in range(226):
+        b.add_mood(jeffrey.sub, rng.choice(_MOODS) + rng.choice(("", "", " 🙂", " !", " ...")))
+    names = list(_PIECE_WORDS)
+    rng.shuffle(names)
+    for name in names[:26]:
+        b.add_piece(jeffrey.sub, name)
+    long_at = set(rng.sample(range(2220), 6))
+    for i in range(2220):
+        length = rng.randint(5_000, KIDLISP_MAX - 10) if i in long_at else None
+        b.add_kidlisp(jeffrey.sub, make_kidlisp(rng, length))
+    for _ in range(32):
+        b.add_tape(
+            None,
+            b.tape_size(),
+            rng.randint(60, 300),
+            fps=rng.choice((24, 30, 30, 60)),
+            soundtrack=rng.random() < 0.25,
+        )
+
+
+_SCENARIOS = {"small": _small, "bench": _bench}
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def seed_dataset(
+    db: Any,
+    media_root: Path,
+    create_account: CreateAccount,
+    size: str = "small",
+    seed: int = 7,
+    *,
+    reset: bool = False,
+) -> DatasetSummary:
+    """Fill `db` (a pymongo-API Database) and `media_root` with a synthetic Aesthetic Computer dataset.
+
+    `size` is "small" (every edge case, a few of each) or "bench" (the heavy user's real counts plus 32
+    anonymous tapes). Refuses a database that already has users unless `reset` (which drops the seven
+    collections and the two bucket folders under `media_root` first).
+    """
+    if size not in _SCENARIOS:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    started = time.perf_counter()
+    if db["users"].find_one({}, {"_id": 1}) is not None:
+        if not reset:
+            raise DatasetExists("the database already has users; pass reset=True to replace the demo data")
+        for name in COLLECTIONS:
+            db.drop_collection(name)
+        for bucket in (USER_BUCKET, ART_BUCKET):
+            shutil.rmtree(Path(media_root) / bucket, ignore_errors=True)
+    media_root = Path(media_root)
+    media_root.mkdir(parents=True, exist_ok=True)
+    builder = _Builder(media_root, create_account, size, seed)
+    _SCENARIOS[size](builder)
+    for job in builder.tape_jobs:
+        _run_tape_job(job)
+    for name in COLLECTIONS:
+        if builder.docs[name]:
+            db[name].insert_many(builder.docs[name])
+    return _summarise(builder, size, seed, time.perf_counter() - started)
+
+
+def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSummary:
+    owned: dict[str, dict[str, int]] = {}
+    anonymous: dict[str, int] = {}
+    removed: dict[str, int] = {}
+    for name in ("paintings", "moods", "pieces", "kidlisp", "tapes"):
+        anonymous[name] = 0
+        removed[name] = 0
+        for doc in b.docs[name]:
+            user = doc.get("user")
+            if user:
+                owned.setdefault(user, {n: 0 for n in ("paintings", "moods", "pieces", "kidlisp", "tapes")})
+                owned[user][name] += 1
+            else:
+                anonymous[name] += 1
+            if doc.get("nuked") is True or doc.get("deleted") is True:
+                removed[name] += 1
+    art = next(u for u in b.users if u.sub == ART_GUEST_SUB)
+    return DatasetSummary(
+        size=size,
+        seed=seed,
+        media_root=str(b.media_root),
+        counts={name: len(docs) for name, docs in b.docs.items()},
+        users=list(b.users),
+        handles_with_accounts=[u.pds_handle for u in b.users if u.pds_handle],
+        user_without_account=b.extra.get("user_without_account"),
+        flat_fields_user=b.extra.get("flat_fields_user"),
+        art_guest=art,
+        owned_counts=owned,
+        anonymous_counts=anonymous,
+        removed_counts=removed,
+        recordings=b.recordings,
+        missing_image_painting=b.extra.get("missing_image_painting"),
+        missing_zip_tape=b.extra.get("missing_zip_tape"),
+        broken_zip_tape=b.extra.get("broken_zip_tape"),
+        null_user_painting=b.extra.get("null_user_painting"),
+        large_painting=b.extra.get("large_painting"),
+        long_kidlisp=b.extra.get("long_kidlisp"),
+        soundtrack_tape=b.extra.get("soundtrack_tape"),
+        same_when_moods=b.extra.get("same_when_moods", []),
+        elapsed_seconds=round(elapsed, 3),
+    )

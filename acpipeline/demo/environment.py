@@ -1,0 +1,86 @@
+"""The demo's world on one machine: the reference PDS (local unless `PDS_URL` is set), a media server for
+the storage buckets, and the synthetic dataset in the embedded store. Tests use it too."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from acpipeline.demo.dataset import DatasetSummary, seed_dataset
+from acpipeline.demo.media_server import MediaServer
+from acpipeline.errors import OperatorError
+from acpipeline.localpds.server import LocalPds
+from acpipeline.localpds.server import start as start_pds
+from acpipeline.resources.pds import PdsClient
+from acpipeline.settings import acpipeline_home
+
+TEMPLATE_ENV = {
+    "image_url": "ACPIPELINE_IMAGE_URL",
+    "guest_image_url": "ACPIPELINE_GUEST_IMAGE_URL",
+    "zip_url": "ACPIPELINE_ZIP_URL",
+}
+
+
+@dataclass
+class DemoEnvironment:
+    pds_url: str
+    media: MediaServer
+    local_pds: LocalPds | None
+    stack: ExitStack
+
+    def close(self) -> None:
+        self.stack.close()
+
+    def __enter__(self) -> DemoEnvironment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironment:
+    """Start (or reach) the PDS and start the media server; export their URLs into this process's
+    environment, which is how the Dagster resources and child processes find them."""
+    if os.environ.get("MONGODB_CONNECTION_STRING"):
+        raise OperatorError(
+            "MONGODB_CONNECTION_STRING is set: the demo only seeds the embedded store, never a real "
+            "database. Unset it to run the demo."
+        )
+    stack = ExitStack()
+    try:
+        local = None
+        url = os.environ.get("PDS_URL")
+        if not url:
+            local = start_pds(log=log)
+            stack.callback(local.stop)
+            url = local.url
+            os.environ["PDS_URL"] = url
+            os.environ["PDS_ADMIN_PASSWORD"] = local.admin_password
+        media = MediaServer(media_root or acpipeline_home() / "media").start()
+        stack.callback(media.stop)
+        for name, template in media.url_templates().items():
+            os.environ[TEMPLATE_ENV[name]] = template
+        return DemoEnvironment(url, media, local, stack)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7) -> DatasetSummary:
+    """Create the demo accounts on the PDS and fill the embedded store (replacing earlier demo data:
+    a fresh local PDS has none of the old accounts)."""
+    client = PdsClient(env.pds_url)
+    run_tag = secrets.token_hex(3)
+
+    def create_account(handle: str, password: str) -> str:
+        return client.create_account(handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
+
+    try:
+        return seed_dataset(
+            db, Path(env.media.media_root), create_account, size=size, seed=seed_value, reset=True
+        )
+    finally:
+        client.close()

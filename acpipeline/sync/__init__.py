@@ -1,0 +1,1 @@
+"""The sync domain: MongoDB -> items -> blobs -> records -> PDS -> MongoDB link fields."""

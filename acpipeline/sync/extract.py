@@ -1,0 +1,66 @@
+"""Read the platform's MongoDB: accounts (users with an ATProto account) and each owner's items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.database import Database
+
+from acpipeline.core.items import Item
+from acpipeline.core.media import MediaRules
+from acpipeline.settings import ART_GUEST_ID
+
+
+@dataclass(frozen=True)
+class Account:
+    """A PDS account; `owner` is the Auth0 sub whose items it holds (None: the anonymous art account)."""
+
+    handle: str
+    did: str
+    password: str = field(repr=False)
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class Accounts:
+    by_handle: dict[str, Account]
+    without_account: list[str]  # subs of users who have no ATProto account (skipped, reported)
+
+
+def _credentials(user: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(did, handle, password) from `atproto.{did,handle,password}` or the older flat fields."""
+    atproto = user.get("atproto") if isinstance(user.get("atproto"), dict) else {}
+    did = atproto.get("did") or user.get("atproto_did")
+    handle = atproto.get("handle") or user.get("atproto_handle")
+    password = atproto.get("password") or user.get("atproto_password")
+    return did, handle, password
+
+
+def find_accounts(db: Database) -> Accounts:
+    """Users with an ATProto account (`did` and `password` both present), keyed by PDS handle."""
+    by_handle: dict[str, Account] = {}
+    without: list[str] = []
+    projection = {"atproto": 1, "atproto_did": 1, "atproto_handle": 1, "atproto_password": 1}
+    for user in db["users"].find({}, projection):
+        did, handle, password = _credentials(user)
+        if not (did and password and handle):
+            without.append(str(user["_id"]))
+            continue
+        owner = None if user["_id"] == ART_GUEST_ID else str(user["_id"])
+        by_handle[handle] = Account(handle=handle, did=did, password=password, owner=owner)
+    return Accounts(by_handle=by_handle, without_account=sorted(without))
+
+
+def owner_filter(owner: str | None) -> dict[str, Any]:
+    """Owned: `{user: sub}`; anonymous: no `user` (a null `user` counts as anonymous too)."""
+    return {"user": owner} if owner is not None else {"user": None}
+
+
+def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[Item]:
+    """Every document of the owner in the media's collection, removed ones included (they drive
+    deletes), as items sorted by `when`."""
+    if owner is None and not rules.may_be_anonymous:
+        return []
+    items = [rules.normalise(doc) for doc in db[rules.collection].find(owner_filter(owner))]
+    return sorted(items, key=lambda i: (i.when is None, i.when or 0, i.ref))

@@ -1,0 +1,251 @@
+"""The record stage: plan from a fresh listing, upload missing blobs, applyWrites in batches, write the
+links back to MongoDB in bulk."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.database import Database
+
+from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.core.items import Derived, Item
+from acpipeline.core.lexicon import Lexicon, load_lexicons
+from acpipeline.core.media import MediaRules
+from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
+from acpipeline.resources.pds import PdsClient, PdsError, Session, TransientWriteError
+from acpipeline.sync.extract import Account
+
+MAX_REPLANS = 3
+
+
+@dataclass
+class SyncReport:
+    handle: str
+    media: str
+    did: str
+    desired: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    blobs_uploaded: int = 0
+    blob_bytes_uploaded: int = 0
+    commits: int = 0
+    mongo_updates: int = 0
+    planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's writes, with reasons
+    replans: int = 0
+
+
+def build_desired(
+    rules: MediaRules, items: list[Item], derived: dict[str, Derived], lexicon: Lexicon
+) -> tuple[list[Desired], list[tuple[str, str]]]:
+    """Record values of every wanted item that can be built and passes the lexicon; the others failed."""
+    desired: list[Desired] = []
+    failed: list[tuple[str, str]] = []
+    for item in items:
+        if not item.wanted:
+            continue
+        if item.problem:
+            failed.append((item.ref, item.problem))
+            continue
+        got = derived.get(item.ref, Derived())
+        if got.problem:
+            failed.append((item.ref, got.problem))
+            continue
+        value = rules.value(item, got)
+        violations = lexicon.violations(value)
+        if violations:
+            failed.append((item.ref, "invalid record: " + "; ".join(str(v) for v in violations)))
+            continue
+        desired.append(Desired(item, value))
+    return desired, failed
+
+
+def list_existing(client: PdsClient, did: str, nsid: str) -> list[Existing]:
+    return [
+        Existing(rkey=r["uri"].rsplit("/", 1)[-1], cid=r["cid"], value=r["value"])
+        for r in client.list_records(did, nsid)
+    ]
+
+
+class RecordSync:
+    """One partition's record stage: an account, a media type, its items and their derived blobs."""
+
+    def __init__(
+        self,
+        client: PdsClient,
+        db: Database,
+        rules: MediaRules,
+        account: Account,
+        items: list[Item],
+        derived: dict[str, Derived],
+    ):
+        self.client, self.db, self.rules, self.account = client, db, rules, account
+        self.items = items
+        self.derived = derived
+        self.lexicon = load_lexicons()[rules.nsid]
+        self.desired, failed = build_desired(rules, items, derived, self.lexicon)
+        self.report = SyncReport(
+            account.handle, rules.name, account.did, desired=len(self.desired), failed=failed
+        )
+        self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
+        self._linked: set[str] = set()  # refs whose link was written back during the batches
+
+    def uri(self, rkey: str) -> str:
+        return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
+
+    def plan(self) -> tuple[Plan, list[Existing]]:
+        existing = list_existing(self.client, self.account.did, self.rules.nsid)
+        plan = plan_writes(self.rules, self.desired, existing, self.items)
+        for write in plan.writes:
+            if write.action == "create":
+                self.lexicon.check_key(write.rkey)
+        return plan, existing
+
+    def run(self, dry_run: bool = False) -> SyncReport:
+        plan, existing = self.plan()
+        self.report.planned = [w.as_dict() for w in plan.writes]
+        if dry_run:
+            self._count(plan, applied=plan.writes)
+            return self.report
+        session = self.client.session(self.account.did, self.account.password)
+        results: dict[str, tuple[str, str]] = {}  # rkey -> (uri, cid) of records written this run
+        applied: list[Write] = []
+        for attempt in range(MAX_REPLANS + 1):
+            try:
+                self._apply(session, plan, existing, results, applied)
+                break
+            except TransientWriteError:
+                # A batch may or may not have applied: never retry it blind, plan again from the PDS.
+                if attempt == MAX_REPLANS:
+                    raise
+                self.report.replans += 1
+                time.sleep(1.0 + attempt)
+                plan, existing = self.plan()
+        self._count(plan, applied)
+        self._write_back_final(plan, existing, results)
+        return self.report
+
+    def _count(self, plan: Plan, applied: list[Write]) -> None:
+        self.report.created = sum(1 for w in applied if w.action == "create")
+        self.report.updated = sum(1 for w in applied if w.action == "update")
+        self.report.deleted = sum(1 for w in applied if w.action == "delete")
+        self.report.unchanged = len(self.desired) - self.report.created - self.report.updated
+
+    def _apply(
+        self,
+        session: Session,
+        plan: Plan,
+        existing: list[Existing],
+        results: dict[str, tuple[str, str]],
+        applied: list[Write],
+    ) -> None:
+        held = {cid for record in existing for cid in _blob_cids(record.value)}
+        for batch in batch_writes(self.rules.nsid, plan.writes):
+            self._upload_blobs(session, batch, held)
+            body = encode_body(
+                {"repo": self.account.did, "writes": [write_op(self.rules.nsid, w) for w in batch]}
+            )
+            answer = self.client.apply_writes(session, body)
+            self.report.commits += 1
+            for write, result in zip(batch, answer.get("results", []), strict=False):
+                if write.action != "delete":
+                    results[write.rkey] = (result.get("uri") or self.uri(write.rkey), result["cid"])
+            applied.extend(batch)
+            self._write_back(self._links_for(batch, results))
+
+    def _upload_blobs(self, session: Session, batch: list[Write], held: set[str]) -> None:
+        """Upload the batch's blobs the PDS does not hold yet, right before the write that references them
+        (the PDS garbage-collects blobs no record references)."""
+        needed = {cid for w in batch if w.value for cid in _blob_cids(w.value)} - held
+        if not needed:
+            return
+
+        def upload(cid: str) -> int:
+            blob = self._blob_paths[cid]
+            answer = self.client.upload_blob(session, blob.read(), blob.mime_type)
+            got = answer.get("ref", {}).get("$link")
+            if got != cid:
+                raise PdsError(f"uploadBlob answered CID {got}, expected {cid}")
+            return blob.size
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            sizes = list(pool.map(upload, sorted(needed)))
+        held |= needed
+        self.report.blobs_uploaded += len(sizes)
+        self.report.blob_bytes_uploaded += sum(sizes)
+
+    def _links_for(self, batch: list[Write], results: dict[str, tuple[str, str]]) -> list[UpdateOne]:
+        by_ref = {i.ref: i for i in self.items}
+        ops = []
+        for write in batch:
+            item = by_ref.get(write.ref) if write.ref else None
+            if item is None:
+                continue
+            if write.action == "delete":
+                continue
+            uri, cid = results[write.rkey]
+            self._linked.add(item.ref)
+            if op := self._set_link(item, write.rkey, uri, cid):
+                ops.append(op)
+        return ops
+
+    def _write_back_final(
+        self, plan: Plan, existing: list[Existing], results: dict[str, tuple[str, str]]
+    ) -> None:
+        """Links of records kept as they were (adopted, or written before a crash), and unset links of
+        items whose record is gone."""
+        listed = {r.rkey: r.cid for r in existing}
+        ops: list[UpdateOne] = []
+        for item in self.items:
+            rkey = plan.kept.get(item.ref)
+            if item.ref in self._linked:
+                continue
+            if rkey is not None and item.wanted and item.problem is None:
+                uri, cid = results.get(rkey) or (self.uri(rkey), listed.get(rkey))
+                if cid is not None and (op := self._set_link(item, rkey, uri, cid)):
+                    ops.append(op)
+            elif item.link is not None and not item.wanted:
+                fields = {f"atproto.{k}": "" for k in ("rkey", "uri", "cid", "syncedAt")}
+                if self.rules.name == "tape":
+                    fields.update({f"at.{k}": "" for k in ("rkey", "uri", "cid")})
+                ops.append(UpdateOne({"_id": _mongo_id(item.ref)}, {"$unset": fields}))
+        self._write_back(ops)
+
+    def _set_link(self, item: Item, rkey: str, uri: str, cid: str) -> UpdateOne | None:
+        if item.link and (item.link.rkey, item.link.uri, item.link.cid) == (rkey, uri, cid):
+            return None
+        fields: dict[str, Any] = {
+            "atproto.rkey": rkey,
+            "atproto.uri": uri,
+            "atproto.cid": cid,
+            "atproto.syncedAt": datetime.now(UTC),
+        }
+        if self.rules.name == "tape":
+            fields.update({"at.rkey": rkey, "at.uri": uri, "at.cid": cid})
+        return UpdateOne({"_id": _mongo_id(item.ref)}, {"$set": fields})
+
+    def _write_back(self, ops: list[UpdateOne]) -> None:
+        if ops:
+            self.db[self.rules.collection].bulk_write(ops, ordered=False)
+            self.report.mongo_updates += len(ops)
+
+
+def _mongo_id(ref: str) -> Any:
+    from bson import ObjectId
+
+    return ObjectId(ref) if ObjectId.is_valid(ref) else ref
+
+
+def _blob_cids(value: dict[str, Any]) -> list[str]:
+    return [
+        v["ref"]["$link"]
+        for v in value.values()
+        if isinstance(v, dict) and v.get("$type") == "blob" and isinstance(v.get("ref"), dict)
+    ]

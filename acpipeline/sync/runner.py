@@ -1,0 +1,117 @@
+"""Materialize sync partitions through Dagster from the command line (recorded in the DAGSTER_HOME
+instance, so the UI shows the same history as runs it launched itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import DagsterInstance, Definitions, TableMetadataValue
+
+from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.sync.extract import extract_items, find_accounts
+from acpipeline.sync.partitions import partition_key, register_handles
+
+
+@dataclass
+class PartitionResult:
+    handle: str
+    media: str
+    ok: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    check_passed: bool | None = None
+    error: str | None = None
+    run_id: str = ""
+
+    def row(self) -> dict[str, Any]:
+        keys = ("desired", "created", "updated", "deleted", "unchanged", "failed", "duration_s")
+        return {
+            "handle": self.handle,
+            "media": self.media,
+            "ok": self.ok,
+            **{k: self.metadata.get(k) for k in keys},
+            "check_passed": self.check_passed,
+            "failed_items": self.metadata.get("failed_items") or [],
+            "planned": self.metadata.get("plan", []) if self.metadata.get("dry_run") else [],
+            "error": self.error,
+            "run_id": self.run_id,
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, TableMetadataValue):
+        return [record.data for record in value.records]
+    return getattr(value, "value", value)
+
+
+def run_partitions(
+    defs: Definitions,
+    instance: DagsterInstance,
+    handles: list[str] | None,
+    media: list[str] | None,
+    dry_run: bool = False,
+    strict: bool = False,
+) -> tuple[list[PartitionResult], list[str]]:
+    """Run each selected partition; returns the results and the users skipped for having no account."""
+    db = defs.resources["mongo"].db()
+    register_handles(instance, db)
+    accounts = find_accounts(db)
+    selected = handles or sorted(accounts.by_handle)
+    unknown = [h for h in selected if h not in accounts.by_handle]
+    if unknown:
+        from acpipeline.errors import OperatorError
+
+        raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
+    job = defs.resolve_implicit_global_asset_job_def()
+    run_config = {
+        "ops": {"atproto_records": {"config": {"dry_run": dry_run, "strict": strict}}},
+        # The full event log goes to the instance (and the UI); the terminal gets warnings only.
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    results = []
+    for handle in selected:
+        for name in media or MEDIA_NAMES:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=partition_key(handle, name),
+                run_config=run_config,
+                raise_on_error=False,
+                tags={"acpipeline/cli": "sync" if not dry_run else "dry-run"},
+            )
+            results.append(_outcome(handle, name, result, dry_run))
+    return results, accounts.without_account
+
+
+def _outcome(handle: str, media: str, result: Any, dry_run: bool) -> PartitionResult:
+    metadata: dict[str, Any] = {}
+    check_passed = None
+    for event in result.all_events:
+        if event.event_type_value in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION"):
+            data = event.event_specific_data
+            entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+            if entry is not None and entry.asset_key.to_user_string() == "atproto_records":
+                metadata = {k: _plain(v) for k, v in entry.metadata.items()}
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            check_passed = event.event_specific_data.passed
+    metadata["dry_run"] = dry_run
+    error = None
+    if not result.success:
+        failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+        error = failure.event_specific_data.error.message.strip().splitlines()[0] if failure else "run failed"
+    return PartitionResult(handle, media, result.success, metadata, check_passed, error, result.run_id)
+
+
+def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
+    """Per partition: items MongoDB wants synced vs records on the PDS."""
+    db = defs.resources["mongo"].db()
+    client = defs.resources["pds"].client()
+    accounts = find_accounts(db)
+    rows = []
+    for handle in handles or sorted(accounts.by_handle):
+        account = accounts.by_handle[handle]
+        for name, rules in MEDIA.items():
+            items = extract_items(db, rules, account.owner)
+            desired = sum(1 for i in items if i.wanted and i.problem is None)
+            on_pds = len(client.list_records(account.did, rules.nsid))
+            rows.append({"handle": handle, "media": name, "desired": desired, "on_pds": on_pds})
+    return rows

@@ -1,0 +1,78 @@
+"""Fixtures: one real reference PDS per test session, and per test a fresh embedded store, media server,
+ACPIPELINE_HOME and Dagster instance."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from acpipeline.demo.media_server import MediaServer
+from acpipeline.localpds import server as localpds
+from acpipeline.resources.pds import PdsClient
+
+_accounts = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pds_url():
+    """The real reference PDS on a free port, stopped by its pid at the end of the session."""
+    pds = localpds.start(log=lambda *_: None)
+    yield pds.url
+    pds.stop()
+
+
+@dataclass
+class World:
+    pds_url: str
+    home: Path
+    media_root: Path
+    media: MediaServer
+    client: PdsClient
+    instance: DagsterInstance
+
+    def defs(self):
+        from acpipeline.definitions import build_definitions
+
+        return build_definitions()
+
+    def db(self):
+        return self.defs().resources["mongo"].db()
+
+    def new_account(self, name: str) -> tuple[str, str, str]:
+        """A fresh PDS account: (handle as MongoDB names it, did, password)."""
+        handle = f"{name}{next(_accounts)}{secrets.token_hex(2)}.at.aesthetic.computer"
+        password = secrets.token_urlsafe(16)
+        did = self.client.create_account(handle, password, f"{handle}@example.com")
+        return handle, did, password
+
+    def create_account_unique(self, handle: str, password: str) -> str:
+        """For the dataset generator: the same handles in MongoDB, unique accounts on the shared PDS."""
+        name = handle.split(".")[0][:8]
+        unique = f"{name}{next(_accounts)}{secrets.token_hex(2)}.at.aesthetic.computer"
+        return self.client.create_account(unique, password, f"{unique}@example.com")
+
+
+@pytest.fixture
+def world(pds_url, tmp_path, monkeypatch) -> World:
+    home = tmp_path / "home"
+    monkeypatch.setenv("ACPIPELINE_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("PDS_URL", pds_url)
+    monkeypatch.delenv("MONGODB_CONNECTION_STRING", raising=False)
+    media_root = tmp_path / "media"
+    media_root.mkdir()
+    media = MediaServer(media_root).start()
+    for name, template in media.url_templates().items():
+        monkeypatch.setenv(f"ACPIPELINE_{name.upper()}", template)
+    client = PdsClient(pds_url)
+    instance = DagsterInstance.ephemeral()
+    yield World(pds_url, home, media_root, media, client, instance)
+    client.close()
+    media.stop()
+    os.environ.pop("ACPIPELINE_HOME", None)

@@ -1,0 +1,466 @@
+"""The synthetic Aesthetic Computer dataset and the local media server."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import re
+import time
+import wave
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import litemongo
+import pytest
+from bson import ObjectId
+from PIL import Image
+
+from acpipeline.demo import (
+    ART_BUCKET,
+    USER_BUCKET,
+    DatasetExists,
+    MediaServer,
+    build_tape_zip,
+    painting_key,
+    seed_dataset,
+    zip_key,
+)
+
+TIMESTAMP_SLUG = re.compile(r"^\d{4}\.\d{1,2}\.\d{1,2}\.\d{1,2}\.\d{2}\.\d{2}\.\d{3}$")
+CODE = re.compile(r"^[a-z0-9]{3,6}$")
+MEDIA = ("paintings", "moods", "pieces", "kidlisp", "tapes")
+
+
+class FakeAccounts:
+    """Stands in for the PDS: a DID derived from the handle, and a record of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, handle: str, password: str) -> str:
+        self.calls.append((handle, password))
+        return "did:plc:" + hashlib.sha256(handle.encode()).hexdigest()[:24]
+
+
+def _open_db(path: Path) -> Any:
+    return litemongo.connect(str(path))["aesthetic"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("small")
+    db = _open_db(root / "db")
+    accounts = FakeAccounts()
+    started = time.perf_counter()
+    summary = seed_dataset(db, root / "media", accounts)
+    return {
+        "db": db,
+        "media": root / "media",
+        "summary": summary,
+        "accounts": accounts,
+        "elapsed": time.perf_counter() - started,
+    }
+
+
+def _docs(db: Any, name: str, query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return list(db[name].find(query or {}))
+
+
+def _anonymous(doc: dict[str, Any]) -> bool:
+    return doc.get("user") is None
+
+
+def _frames(zf: zipfile.ZipFile) -> list[str]:
+    return sorted(n for n in zf.namelist() if re.fullmatch(r"frame-\d{5}\.png", n))
+
+
+def _check_tape(path: Path) -> dict[str, Any]:
+    """Open a tape ZIP, check its structure and motion; return its facts."""
+    with zipfile.ZipFile(path) as zf:
+        frames = _frames(zf)
+        assert frames and frames == [f"frame-{i:05d}.png" for i in range(len(frames))]
+        timing = json.loads(zf.read("timing.json"))
+        assert isinstance(timing, list) and len(timing) == len(frames)
+        assert [t["filename"] for t in timing] == frames
+        assert [t["frame"] for t in timing] == list(range(len(frames)))
+        assert all(set(t) == {"frame", "filename", "duration", "timestamp"} for t in timing)
+        fps = round(1000 / (sum(t["duration"] for t in timing) / len(timing)))
+        meta = json.loads(zf.read("metadata.json"))
+        assert set(meta) == {
+            "originalSize",
+            "scaledSize",
+            "scale",
+            "frameCount",
+            "totalDuration",
+            "exportedAt",
+        }
+        assert meta["frameCount"] == len(frames)
+        previous = None
+        size = None
+        for name in frames:
+            img = Image.open(io.BytesIO(zf.read(name)))
+            img.load()
+            size = size or img.size
+            assert img.size == size
+            pixels = img.tobytes()
+            assert pixels != previous, f"{path.name}:{name} repeats the previous frame"
+            previous = pixels
+        facts = {"frames": len(frames), "fps": fps, "size": size, "soundtrack": None}
+        if "soundtrack.wav" in zf.namelist():
+            with wave.open(io.BytesIO(zf.read("soundtrack.wav"))) as wav:
+                facts["soundtrack"] = wav.getnframes() / wav.getframerate()
+        return facts
+
+
+# ---------------------------------------------------------------------------------------------- small
+
+
+def test_small_has_every_collection(small: dict[str, Any]) -> None:
+    db, summary = small["db"], small["summary"]
+    for name in ("users", "@handles", *MEDIA):
+        assert db[name].count_documents({}) > 0, name
+        assert db[name].count_documents({}) == summary.counts[name]
+    assert small["elapsed"] < 30
+
+
+def test_small_users_and_accounts(small: dict[str, Any]) -> None:
+    db, summary, accounts = small["db"], small["summary"], small["accounts"]
+    users = {doc["_id"]: doc for doc in _docs(db, "users")}
+    assert [h for h, _ in accounts.calls] == summary.handles_with_accounts
+    assert "art.at.aesthetic.computer" in summary.handles_with_accounts
+    assert "jeffrey.at.aesthetic.computer" in summary.handles_with_accounts
+
+    art = users["art-guest"]
+    assert art["atproto"]["handle"] == "art.at.aesthetic.computer"
+    assert summary.art_guest.sub == "art-guest" and summary.art_guest.ac_handle is None
+
+    modern = [doc for doc in users.values() if "atproto" in doc]
+    assert len(modern) >= 3  # two users plus art-guest
+    for doc in modern:
+        atproto = doc["atproto"]
+        assert set(atproto) == {"did", "handle", "password", "createdAt"}
+        assert atproto["did"].startswith("did:plc:") and atproto["password"]
+        assert (atproto["handle"], atproto["password"]) in accounts.calls
+
+    flat = users[summary.flat_fields_user.sub]
+    assert "atproto" not in flat
+    assert flat["atproto_did"] == summary.flat_fields_user.did
+    assert flat["atproto_handle"] == summary.flat_fields_user.pds_handle
+    assert flat["atproto_password"] == summary.flat_fields_user.password
+
+    lurker = summary.user_without_account
+    assert lurker.pds_handle is None and lurker.did is None
+    doc = users[lurker.sub]
+    assert not any(key.startswith("atproto") for key in doc)
+    assert db["paintings"].count_documents({"user": lurker.sub}) > 0
+    assert db["moods"].count_documents({"user": lurker.sub}) > 0
+
+    handles = {doc["_id"]: doc["handle"] for doc in _docs(db, "@handles")}
+    for user in summary.users:
+        if user.sub == "art-guest":
+            assert user.sub not in handles
+        else:
+            assert handles[user.sub] == user.ac_handle and not user.ac_handle.startswith("@")
+    codes = [doc["code"] for doc in users.values()]
+    assert len(set(codes)) == len(codes) and all(CODE.match(c) for c in codes)
+    assert any(sub.startswith("auth0|") for sub in users)
+
+
+def test_small_document_shapes(small: dict[str, Any]) -> None:
+    db = small["db"]
+    for name in MEDIA:
+        docs = _docs(db, name)
+        for doc in docs:
+            assert isinstance(doc["_id"], ObjectId)
+            when = doc["when"]
+            assert when.microsecond % 1000 == 0
+            assert 2023 <= when.year <= 2025
+            if name != "moods":
+                assert CODE.match(doc["code"]), doc
+        if name != "moods":
+            codes = [doc["code"] for doc in docs]
+            assert len(set(codes)) == len(codes), f"duplicate codes in {name}"
+    for doc in _docs(db, "paintings"):
+        if _anonymous(doc):
+            assert doc["bucket"] == ART_BUCKET
+            assert all(re.fullmatch(r"[A-Za-z0-9]{8}", part) for part in doc["slug"].split(":"))
+        else:
+            assert doc["bucket"] == USER_BUCKET
+            assert TIMESTAMP_SLUG.match(doc["slug"])
+            w = doc["when"]
+            assert doc["slug"].startswith(f"{w.year}.{w.month}.{w.day}.{w.hour}.{w.minute:02d}.")
+    for doc in _docs(db, "tapes"):
+        assert isinstance(doc["nuked"], bool)
+        assert doc["bucket"] == (ART_BUCKET if _anonymous(doc) else USER_BUCKET)
+    for doc in _docs(db, "kidlisp"):
+        assert doc["hash"] == hashlib.sha256(doc["source"].encode()).hexdigest()
+        assert isinstance(doc["hits"], int) and doc["lastAccessed"] >= doc["when"]
+    assert all("text" not in doc and isinstance(doc["mood"], str) for doc in _docs(db, "moods"))
+
+
+def test_small_edge_cases(small: dict[str, Any]) -> None:
+    db, summary = small["db"], small["summary"]
+    for name in ("paintings", "pieces", "kidlisp", "tapes"):
+        assert db[name].count_documents({"user": {"$exists": False}}) > 0, f"no anonymous {name}"
+    assert db["moods"].count_documents({"user": {"$exists": False}}) == 0
+    # One anonymous painting says `user: null` instead of leaving the field out; `{user: null}` finds both.
+    absent = db["paintings"].count_documents({"user": {"$exists": False}})
+    assert db["paintings"].count_documents({"user": None}) == absent + 1
+    null_doc = db["paintings"].find_one({"_id": ObjectId(summary.null_user_painting["_id"])})
+    assert "user" in null_doc and null_doc["user"] is None and null_doc["bucket"] == ART_BUCKET
+    for name in ("paintings", "pieces", "tapes"):
+        assert db[name].count_documents({"nuked": True}) > 0, f"no nuked {name}"
+    assert db["moods"].count_documents({"deleted": True}) > 0
+    assert summary.removed_counts["moods"] == db["moods"].count_documents({"deleted": True})
+
+    moods = [doc["mood"] for doc in _docs(db, "moods")]
+    assert any(any(ord(ch) > 0xFFFF for ch in text) for text in moods), "no emoji"
+    assert any(any(0x80 <= ord(ch) <= 0xFFFF for ch in text) for text in moods), "no non-ASCII BMP text"
+    assert all(len(text.encode()) <= 5000 for text in moods)
+    twins = [db["moods"].find_one({"_id": ObjectId(ref)}) for ref in summary.same_when_moods]
+    assert len(twins) == 2 and twins[0]["when"] == twins[1]["when"]
+
+    lengths = [len(doc["source"]) for doc in _docs(db, "kidlisp")]
+    assert any(49_000 <= n <= 50_000 for n in lengths)
+    assert max(lengths) <= 50_000 and min(lengths) < 200
+    assert summary.long_kidlisp["length"] == max(lengths)
+    assert all(len(doc["source"].encode()) <= 50_000 for doc in _docs(db, "kidlisp"))
+
+
+def test_small_paintings_are_real_pngs(small: dict[str, Any]) -> None:
+    db, media, summary = small["db"], small["media"], small["summary"]
+    sizes = set()
+    missing = []
+    for doc in _docs(db, "paintings"):
+        path = media / doc["bucket"] / painting_key(doc["slug"], doc.get("user"))
+        if not path.exists():
+            missing.append(str(doc["_id"]))
+            continue
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+            img.load()
+            sizes.add(img.size)
+    assert missing == [summary.missing_image_painting["_id"]]
+    assert not (media / USER_BUCKET / summary.missing_image_painting["key"]).exists()
+    assert len(sizes) >= 6
+    assert any(w * h < 512 * 512 for w, h in sizes) and any(max(w, h) > 512 for w, h in sizes)
+    assert (32, 32) in sizes and (1024, 768) in sizes
+    large = media / USER_BUCKET / summary.large_painting["key"]
+    assert large.stat().st_size > 1_048_576
+    user_dir = media / USER_BUCKET / summary.users[0].sub
+    assert "|" in user_dir.name and user_dir.is_dir()
+
+
+def test_small_recordings(small: dict[str, Any]) -> None:
+    db, media, summary = small["db"], small["media"], small["summary"]
+    with_colon = [doc for doc in _docs(db, "paintings") if ":" in doc["slug"]]
+    assert len(with_colon) >= 2
+    found = 0
+    for doc in _docs(db, "paintings"):
+        user = doc.get("user")
+        rec = doc["slug"].partition(":")[2] or doc["slug"]
+        path = media / doc["bucket"] / zip_key(rec, user)
+        if ":" in doc["slug"]:
+            assert path.exists(), doc
+        if path.exists():
+            found += 1
+            with zipfile.ZipFile(path) as zf:
+                assert zf.testzip() is None
+                steps = json.loads(zf.read("painting.json"))
+                assert len(steps) >= 2 and all(f"{s['step']}.png" in zf.namelist() for s in steps)
+    assert found == summary.recordings
+    assert any(
+        doc.get("user")
+        for doc in _docs(db, "paintings")
+        if ":" not in doc["slug"] and (media / doc["bucket"] / zip_key(doc["slug"], doc.get("user"))).exists()
+    )
+
+
+def test_small_tapes(small: dict[str, Any]) -> None:
+    db, media, summary = small["db"], small["media"], small["summary"]
+    checked = 0
+    soundtracks = []
+    for doc in _docs(db, "tapes"):
+        path = media / doc["bucket"] / zip_key(doc["slug"], doc.get("user"))
+        ref = str(doc["_id"])
+        if ref == summary.missing_zip_tape["_id"]:
+            assert not path.exists()
+            continue
+        if ref == summary.broken_zip_tape["_id"]:
+            with pytest.raises(zipfile.BadZipFile):
+                zipfile.ZipFile(path)
+            continue
+        facts = _check_tape(path)
+        checked += 1
+        if facts["soundtrack"] is not None:
+            soundtracks.append(ref)
+            duration = facts["frames"] / facts["fps"]
+            assert abs(facts["soundtrack"] - duration) < 0.01
+            assert round(facts["frames"] / facts["soundtrack"]) == facts["fps"]
+    assert checked >= 4
+    assert soundtracks == [summary.soundtrack_tape["_id"]]
+    assert db["tapes"].count_documents({"user": {"$exists": False}, "nuked": False}) >= 2
+
+
+def test_summary_is_json(small: dict[str, Any]) -> None:
+    summary = small["summary"]
+    data = json.loads(json.dumps(summary.to_dict()))
+    assert data["counts"] == summary.counts
+    assert data["user_without_account"]["pds_handle"] is None
+    assert summary.user("jeffrey").pds_handle == "jeffrey.at.aesthetic.computer"
+    assert summary.user("art.at.aesthetic.computer").sub == "art-guest"
+    total = {
+        name: sum(c[name] for c in summary.owned_counts.values()) + summary.anonymous_counts[name]
+        for name in MEDIA
+    }
+    assert total == {name: summary.counts[name] for name in MEDIA}
+
+
+def test_deterministic_and_refuses_reseed(small: dict[str, Any], tmp_path: Path) -> None:
+    db = _open_db(tmp_path / "db")
+    summary = seed_dataset(db, tmp_path / "media", FakeAccounts())
+    for name in MEDIA:
+        assert _docs(db, name) == _docs(small["db"], name), name
+    assert [u.sub for u in summary.users] == [u.sub for u in small["summary"].users]
+    files = sorted(p.relative_to(tmp_path / "media") for p in (tmp_path / "media").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(small["media"]) for p in small["media"].rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "media" / rel).read_bytes() == (small["media"] / rel).read_bytes(), rel
+
+    with pytest.raises(DatasetExists):
+        seed_dataset(db, tmp_path / "media", FakeAccounts())
+    again = seed_dataset(db, tmp_path / "media", FakeAccounts(), seed=8, reset=True)
+    assert db["users"].count_documents({}) == again.counts["users"]
+    assert db["paintings"].count_documents({}) == again.counts["paintings"]
+    assert _docs(db, "paintings") != _docs(small["db"], "paintings")
+    with pytest.raises(ValueError):
+        seed_dataset(_open_db(tmp_path / "db2"), tmp_path / "m2", FakeAccounts(), size="huge")
+
+
+def test_build_tape_zip(tmp_path: Path) -> None:
+    path = tmp_path / "t.zip"
+    build_tape_zip(path, 64, 48, 12, fps=24, soundtrack=True)
+    facts = _check_tape(path)
+    assert facts == {"frames": 12, "fps": 24, "size": (64, 48), "soundtrack": pytest.approx(0.5, abs=0.001)}
+
+
+# ---------------------------------------------------------------------------------------------- media server
+
+
+def _raw(server: MediaServer, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A request sent exactly as written (httpx would normalise `..` away before sending)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_media_server(small: dict[str, Any], tmp_path: Path) -> None:
+    db, media, summary = small["db"], small["media"], small["summary"]
+    (tmp_path / "secret.txt").write_text("outside")
+    painting = db["paintings"].find_one({"user": summary.users[0].sub, "nuked": {"$exists": False}})
+    key = painting_key(painting["slug"], painting["user"])
+    local = media / USER_BUCKET / key
+    if not local.exists():  # the one missing painting
+        painting = db["paintings"].find_one({"_id": ObjectId(summary.large_painting["_id"])})
+        key = summary.large_painting["key"]
+        local = media / USER_BUCKET / key
+    guest = next(doc for doc in _docs(db, "paintings", {"user": {"$exists": False}}) if ":" in doc["slug"])
+    tape = db["tapes"].find_one({"_id": ObjectId(summary.soundtrack_tape["_id"])})
+
+    with MediaServer(media) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        templates = server.url_templates()
+        user = painting["user"]
+        image_url = templates["image_url"].format(bucket=USER_BUCKET, user=user, slug=painting["slug"])
+        guest_image, _, rec = guest["slug"].partition(":")
+        guest_url = templates["guest_image_url"].format(bucket=ART_BUCKET, slug=guest_image)
+        rec_url = templates["zip_url"].format(bucket=ART_BUCKET, user_dir="", slug=rec)
+        tape_url = templates["zip_url"].format(
+            bucket=USER_BUCKET, user_dir=f"{tape['user']}/", slug=tape["slug"]
+        )
+        missing = summary.missing_image_painting
+        missing_url = templates["image_url"].format(
+            bucket=USER_BUCKET, user=missing["user"], slug=missing["slug"]
+        )
+
+        with httpx.Client(timeout=10) as client:
+            resp = client.get(image_url)  # httpx sends `|` as %7C: the server decodes it
+            assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+            assert resp.content == local.read_bytes()
+            assert int(resp.headers["content-length"]) == local.stat().st_size
+            head = client.head(image_url)
+            assert head.status_code == 200 and head.content == b""
+            assert int(head.headers["content-length"]) == local.stat().st_size
+            assert client.get(guest_url).headers["content-type"] == "image/png"
+            for url in (rec_url, tape_url):
+                resp = client.head(url)
+                assert resp.status_code == 200 and resp.headers["content-type"] == "application/zip"
+            zipped = client.get(tape_url).content
+            assert zipfile.ZipFile(io.BytesIO(zipped)).namelist()[0] == "frame-00000.png"
+            assert client.get(missing_url).status_code == 404
+            assert client.head(missing_url).status_code == 404
+            assert client.head(f"{server.url}/{USER_BUCKET}/nope.zip").status_code == 404
+            assert client.get(f"{server.url}/{USER_BUCKET}").status_code == 404  # a folder is not an object
+
+        encoded = "/" + USER_BUCKET + "/" + key.replace("|", "%7C")
+        assert _raw(server, "GET", encoded)[0] == 200
+        assert _raw(server, "HEAD", "/" + USER_BUCKET + "/" + key)[0] == 200
+        outside = f"../{tmp_path.name}/secret.txt"
+        for path in (
+            f"/{outside}",
+            f"/{USER_BUCKET}/../../{outside}",
+            "/%2e%2e/secret.txt",
+            f"/{USER_BUCKET}/%2E%2E/%2e%2e/{outside}",
+            "/..%2fsecret.txt",
+        ):
+            status, _, body = _raw(server, "GET", path)
+            assert status in (403, 404) and b"outside" not in body, path
+        assert _raw(server, "GET", "/../secret.txt")[0] == 403
+    with pytest.raises(RuntimeError):
+        _ = server.url
+
+
+# ---------------------------------------------------------------------------------------------- bench
+
+
+def test_bench_counts_and_tapes(tmp_path: Path) -> None:
+    db = _open_db(tmp_path / "db")
+    accounts = FakeAccounts()
+    started = time.perf_counter()
+    summary = seed_dataset(db, tmp_path / "media", accounts, size="bench")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 60, f"bench generation took {elapsed:.1f} s"
+    assert [h for h, _ in accounts.calls] == ["jeffrey.at.aesthetic.computer", "art.at.aesthetic.computer"]
+    jeffrey = summary.user("jeffrey").sub
+    expected = {"paintings": 395, "moods": 226, "pieces": 26, "kidlisp": 2220, "tapes": 0}
+    for name, count in expected.items():
+        assert db[name].count_documents({"user": jeffrey}) == count, name
+        assert summary.owned_counts[jeffrey][name] == count
+    assert db["tapes"].count_documents({"user": {"$exists": False}}) == 32
+    assert db["tapes"].count_documents({}) == 32
+    for name in ("paintings", "moods", "pieces", "kidlisp"):
+        assert db[name].count_documents({"user": {"$exists": False}}) == 0
+    assert sum(summary.removed_counts.values()) == 0
+    lengths = [len(doc["source"]) for doc in _docs(db, "kidlisp")]
+    assert sum(n > 5_000 for n in lengths) >= 3 and sorted(lengths)[len(lengths) // 2] < 300
+    assert max(lengths) <= 50_000
+
+    media = tmp_path / "media"
+    for doc in _docs(db, "paintings"):
+        assert (media / USER_BUCKET / painting_key(doc["slug"], jeffrey)).exists()
+    frame_counts = []
+    for doc in _docs(db, "tapes"):
+        facts = _check_tape(media / ART_BUCKET / zip_key(doc["slug"], None))
+        width, height = facts["size"]
+        assert 128 <= width <= 320 and 120 <= height <= 240
+        assert 60 <= facts["frames"] <= 300
+        frame_counts.append(facts["frames"])
+    assert len(set(frame_counts)) > 5
