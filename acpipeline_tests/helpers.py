@@ -1,0 +1,47 @@
+"""Shared test helpers: run partitions through Dagster, read the PDS independently, insert documents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from acpipeline.sync.runner import PartitionResult, run_partitions
+
+T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def sync(
+    world, handles=None, media=None, dry_run=False, strict=False
+) -> dict[tuple[str, str], PartitionResult]:
+    results, _ = run_partitions(world.defs(), world.instance, handles, media, dry_run=dry_run, strict=strict)
+    return {(r.handle, r.media): r for r in results}
+
+
+def head(world, did: str) -> str:
+    """The repo's latest commit rev, read from the PDS: it changes with every applied write."""
+    return world.client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})["rev"]
+
+
+def records(world, did: str, nsid: str) -> list[dict[str, Any]]:
+    return world.client.list_records(did, nsid)
+
+
+def add_user(world, db, name: str) -> tuple[str, str, str]:
+    """A MongoDB user with a fresh PDS account; returns (sub, handle, did)."""
+    handle, did, password = world.new_account(name)
+    sub = f"auth0|{name}{ObjectId()}"
+    db["users"].insert_one(
+        {"_id": sub, "code": name[:4], "atproto": {"did": did, "handle": handle, "password": password}}
+    )
+    return sub, handle, did
+
+
+def add_moods(db, sub: str, texts: list[str], **extra) -> list[ObjectId]:
+    docs = [
+        {"_id": ObjectId(), "user": sub, "mood": text, "when": T0 + timedelta(seconds=i), **extra}
+        for i, text in enumerate(texts)
+    ]
+    db["moods"].insert_many(docs)
+    return [d["_id"] for d in docs]

@@ -1,0 +1,246 @@
+"""The sync against the real reference PDS: all five media types, convergence, idempotence, dry runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from acpipeline.core.lexicon import Lexicon, load_lexicons
+from acpipeline.core.media import MEDIA
+from acpipeline.core.tid import item_tid
+from acpipeline.demo.dataset import seed_dataset
+from acpipeline.sync.extract import find_accounts
+
+from .helpers import add_moods, add_user, head, records, sync
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lexicons"
+
+
+def published_lexicons() -> dict[str, Lexicon]:
+    found = {}
+    for path in PUBLISHED.glob("*.json"):
+        doc = json.loads(path.read_text())
+        found[doc["id"]] = Lexicon(doc["id"], "tid", doc["defs"]["main"]["record"])
+    assert len(found) == 5, f"the platform's published lexicons are expected at {PUBLISHED}"
+    return found
+
+
+def link_snapshot(db) -> dict:
+    return {
+        (name, str(doc["_id"])): (doc.get("atproto"), doc.get("at"))
+        for name in ("paintings", "moods", "pieces", "kidlisp", "tapes")
+        for doc in db[name].find({})
+    }
+
+
+def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
+    db = world.db()
+    summary = seed_dataset(db, world.media_root, world.create_account_unique, size="small")
+    results = sync(world)
+    accounts = find_accounts(db).by_handle
+    assert set(accounts) == set(summary.handles_with_accounts)
+    assert {h for h, _ in results} == set(accounts)
+    assert all(r.ok and r.check_passed for r in results.values()), [
+        r.row() for r in results.values() if not r.ok
+    ]
+
+    failed = {f["ref"]: f["reason"] for r in results.values() for f in r.row()["failed_items"]}
+    assert str(summary.missing_image_painting["_id"]) in failed
+    assert "404" in failed[str(summary.missing_image_painting["_id"])]
+    assert str(summary.missing_zip_tape["_id"]) in failed
+    assert str(summary.broken_zip_tape["_id"]) in failed
+
+    theirs = published_lexicons()
+    total = 0
+    for handle, account in accounts.items():
+        for name, rules in MEDIA.items():
+            listed = records(world, account.did, rules.nsid)
+            total += len(listed)
+            for record in listed:
+                theirs[rules.nsid].validate(record["value"])
+                load_lexicons()[rules.nsid].validate(record["value"])
+            result = results[(handle, name)]
+            assert len(listed) == result.metadata["desired"], (handle, name)
+    assert total > 40
+
+    # anonymous work lives in the art account; moods carry their text in `mood`
+    art = accounts["art.at.aesthetic.computer"]
+    anonymous = [d for d in db["paintings"].find({"user": None}) if not d.get("nuked")]
+    art_paintings = records(world, art.did, "computer.aesthetic.painting")
+    assert len(art_paintings) == len(anonymous) - (
+        1 if summary.missing_image_painting.get("user") is None else 0
+    )
+    assert any("recordingUrl" in r["value"] for r in art_paintings)
+    assert all(r["value"]["thumbnail"]["size"] < 1_048_576 for r in art_paintings)
+    for user_handle, account in accounts.items():
+        for record in records(world, account.did, "computer.aesthetic.mood"):
+            doc = db["moods"].find_one({"_id": __import__("bson").ObjectId(record["value"]["ref"])})
+            assert record["value"]["mood"] == doc["mood"] and "text" not in record["value"], user_handle
+
+    # links written back; record keys are the deterministic TIDs of the items
+    for name, rules in MEDIA.items():
+        for doc in db[rules.collection].find({"atproto.rkey": {"$exists": True}}):
+            item = rules.normalise(doc)
+            assert doc["atproto"]["rkey"] == item_tid(item.when, item.ref)
+            assert doc["atproto"]["uri"].endswith(f"/{rules.nsid}/{doc['atproto']['rkey']}")
+            if name == "tape":
+                assert doc["at"]["rkey"] == doc["atproto"]["rkey"]
+    tapes = [r for a in accounts.values() for r in records(world, a.did, "computer.aesthetic.tape")]
+    assert tapes and all(r["value"]["video"]["mimeType"] == "video/mp4" for r in tapes)
+    assert all(r["value"]["thumbnail"]["mimeType"] == "image/jpeg" for r in tapes)
+
+    heads = {a.did: head(world, a.did) for a in accounts.values()}
+    links = link_snapshot(db)
+    again = sync(world)
+    for result in again.values():
+        meta = result.metadata
+        assert result.ok and result.check_passed
+        assert (meta["created"], meta["updated"], meta["deleted"]) == (0, 0, 0), result.row()
+        assert (meta["commits"], meta["blobs_uploaded"], meta["mongo_updates"]) == (0, 0, 0), result.row()
+    assert {a.did: head(world, a.did) for a in accounts.values()} == heads
+    assert link_snapshot(db) == links
+
+
+def test_nuke_edit_and_dry_run(world):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "editor")
+    ids = add_moods(db, sub, ["one", "two", "three", "four"])
+    db["pieces"].insert_one(
+        {
+            "_id": ids[0],
+            "user": sub,
+            "slug": "wand",
+            "when": db["moods"].find_one()["when"],
+            "code": "w1",
+            "bucket": "user-aesthetic-computer",
+        }
+    )
+    first = sync(world, [handle], ["mood", "piece"])
+    assert first[(handle, "mood")].metadata["created"] == 4
+
+    db["moods"].update_one({"_id": ids[0]}, {"$set": {"mood": "one, edited"}})
+    db["moods"].update_one({"_id": ids[1]}, {"$set": {"deleted": True}})
+    db["pieces"].update_one({"_id": ids[0]}, {"$set": {"nuked": True}})
+    db["moods"].delete_one({"_id": ids[2]})
+
+    rev, links = head(world, did), link_snapshot(db)
+    dry = sync(world, [handle], ["mood", "piece"], dry_run=True)
+    assert all(r.ok and r.check_passed is False for r in dry.values()), [r.error for r in dry.values()]
+    planned = {(w["action"], w["reason"]) for r in dry.values() for w in r.row()["planned"]}
+    assert planned == {
+        ("update", "differs: mood"),
+        ("delete", "item deleted"),
+        ("delete", "not in MongoDB"),
+        ("delete", "item nuked"),
+    }
+    assert head(world, did) == rev and link_snapshot(db) == links
+    assert world.instance.get_latest_materialization_event  # dry runs are observations, not materializations
+
+    done = sync(world, [handle], ["mood", "piece"])
+    assert (done[(handle, "mood")].metadata["updated"], done[(handle, "mood")].metadata["deleted"]) == (1, 2)
+    assert done[(handle, "piece")].metadata["deleted"] == 1
+    moods = {r["value"]["ref"]: r["value"]["mood"] for r in records(world, did, "computer.aesthetic.mood")}
+    assert moods == {str(ids[0]): "one, edited", str(ids[3]): "four"}
+    assert records(world, did, "computer.aesthetic.piece") == []
+    assert "rkey" not in db["moods"].find_one({"_id": ids[1]})["atproto"]
+    assert "rkey" not in db["pieces"].find_one({"_id": ids[0]})["atproto"]
+
+
+def test_adopts_platform_records_and_resolves_duplicates(world):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "adopter")
+    ids = add_moods(db, sub, ["alpha", "beta", "gamma"])
+    session = world.client.session(did, db["users"].find_one({"_id": sub})["atproto"]["password"])
+
+    def create(value):
+        body = json.dumps({"repo": did, "collection": "computer.aesthetic.mood", "record": value}).encode()
+        return world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+
+    when = "2024-03-01T12:00:00.000Z"
+    # the platform's oldest records: `mongoId` instead of `ref`; its bulk sync's `text` bug; three
+    # duplicates of one mood after an interrupted run (same `when`), the second one linked in MongoDB
+    old = create({"$type": "computer.aesthetic.mood", "mood": "alpha", "when": when, "mongoId": str(ids[0])})
+    create(
+        {
+            "$type": "computer.aesthetic.mood",
+            "text": "beta",
+            "when": "2024-03-01T12:00:01.000Z",
+            "ref": str(ids[1]),
+        }
+    )
+    dups = [
+        create(
+            {
+                "$type": "computer.aesthetic.mood",
+                "mood": "gamma",
+                "when": "2024-03-01T12:00:02.000Z",
+                "ref": str(ids[2]),
+            }
+        )
+        for _ in range(3)
+    ]
+    linked = dups[1]["uri"].rsplit("/", 1)[-1]
+    db["moods"].update_one({"_id": ids[2]}, {"$set": {"atproto": {"rkey": linked, "uri": dups[1]["uri"]}}})
+
+    result = sync(world, [handle], ["mood"])[(handle, "mood")]
+    assert result.ok and result.check_passed
+    assert (result.metadata["created"], result.metadata["updated"], result.metadata["deleted"]) == (0, 2, 2)
+    listed = records(world, did, "computer.aesthetic.mood")
+    assert len(listed) == 3
+    by_ref = {r["value"]["ref"]: r for r in listed}
+    assert by_ref[str(ids[0])]["uri"] == old["uri"]  # adopted in place, not re-created
+    assert by_ref[str(ids[1])]["value"]["mood"] == "beta" and "text" not in by_ref[str(ids[1])]["value"]
+    assert by_ref[str(ids[2])]["uri"].endswith(linked)  # the duplicate MongoDB points to is the keeper
+    assert db["moods"].find_one({"_id": ids[0]})["atproto"]["uri"] == old["uri"]
+
+
+def test_writes_are_batched_by_count_and_by_size(world):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "batcher")
+    add_moods(db, sub, [f"mood number {i}" for i in range(450)])
+    source = "(wipe blue)\n" * 4000  # 48,000 characters
+    db["kidlisp"].insert_many(
+        [
+            {
+                "_id": __import__("bson").ObjectId(),
+                "user": sub,
+                "code": f"k{i}",
+                "source": source,
+                "when": __import__("datetime").datetime(2024, 5, 1, 0, 0, i),
+            }
+            for i in range(40)
+        ]
+    )
+    results = sync(world, [handle], ["mood", "kidlisp"])
+    assert results[(handle, "mood")].metadata["commits"] == 3  # 200 + 200 + 50
+    assert results[(handle, "kidlisp")].metadata["commits"] == 3  # ~1.9 MB in bodies under 1 MB each
+    assert len(records(world, did, "computer.aesthetic.mood")) == 450
+    assert len(records(world, did, "computer.aesthetic.kidlisp")) == 40
+    assert all(r.check_passed for r in results.values())
+
+
+def test_invalid_items_are_reported_while_the_rest_syncs(world):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "broken")
+    good = add_moods(db, sub, ["fine", "also fine"])
+    bad = {
+        "when as text": add_moods(db, sub, ["x"], when="2024-01-01")[0],
+        "no when": add_moods(db, sub, ["y"], when=None)[0],
+        "absurd when": add_moods(db, sub, ["z"], when=__import__("datetime").datetime(1970, 1, 2))[0],
+        "too long": add_moods(db, sub, ["w" * 5001])[0],
+        "missing text": add_moods(db, sub, [""])[0],
+    }
+    result = sync(world, [handle], ["mood"])[(handle, "mood")]
+    assert result.ok and result.check_passed
+    reasons = {f["ref"]: f["reason"] for f in result.row()["failed_items"]}
+    assert reasons[str(bad["when as text"])] == "when is a str, not a date"
+    assert reasons[str(bad["no when"])] == "when is missing"
+    assert "outside" in reasons[str(bad["absurd when"])]
+    assert reasons[str(bad["too long"])].startswith("invalid record: mood: maxLength 5000")
+    assert reasons[str(bad["missing text"])] == "mood is missing"
+    assert {r["value"]["ref"] for r in records(world, did, "computer.aesthetic.mood")} == {
+        str(g) for g in good
+    }
+
+    strict = sync(world, [handle], ["mood"], strict=True)[(handle, "mood")]
+    assert not strict.ok and "strict" in strict.error
