@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Everything else is a helper.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export ACPIPELINE_HOME ?= $(CURDIR)/.acpipeline
@@ -8,9 +8,9 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 .PHONY: demo test dev lint install node clean
 
 $(BIN)/acpipeline: pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 not found: install it or run 'make PYTHON=python3 ...'"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "acpipeline needs Python >= 3.11 ($(PYTHON) is older)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 

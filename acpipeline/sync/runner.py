@@ -3,6 +3,9 @@ instance, so the UI shows the same history as runs it launched itself)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,27 +65,57 @@ def run_partitions(
         from acpipeline.errors import OperatorError
 
         raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
-    job = defs.resolve_implicit_global_asset_job_def()
     run_config = {
         "ops": {"atproto_records": {"config": {"dry_run": dry_run, "strict": strict}}},
         # The full event log goes to the instance (and the UI); the terminal gets warnings only.
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    results = []
-    for handle in selected:
-        for name in media or MEDIA_NAMES:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=partition_key(handle, name),
-                run_config=run_config,
-                raise_on_error=False,
-                tags={"acpipeline/cli": "sync" if not dry_run else "dry-run"},
-            )
-            results.append(_outcome(handle, name, result, dry_run))
+    tags = {"acpipeline/cli": "dry-run" if dry_run else "sync"}
+    keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
+    defs.resources["mongo"].close()
+    workers = min(len(keys), sync_workers())
+    if workers <= 1 or instance.is_ephemeral:
+        results = [_execute(defs, instance, key, run_config, tags) for key in keys]
+    else:
+        # Partitions are independent runs: run several at once in forked workers, each recording into the
+        # same instance (Dagster's storage is multi-process safe; the pool still caps PDS writers).
+        global _FORKED
+        _FORKED = (defs, run_config, tags)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_execute_forked, keys))
     return results, accounts.without_account
 
 
-def _outcome(handle: str, media: str, result: Any, dry_run: bool) -> PartitionResult:
+_FORKED: tuple[Definitions, dict, dict] | None = None
+
+
+def sync_workers() -> int:
+    """Partition runs at once: `ACPIPELINE_SYNC_WORKERS`, default the number of cores (2 to 4)."""
+    configured = os.environ.get("ACPIPELINE_SYNC_WORKERS")
+    return int(configured) if configured else min(4, max(2, os.cpu_count() or 1))
+
+
+def _execute_forked(key: tuple[str, str]) -> PartitionResult:
+    assert _FORKED is not None
+    defs, run_config, tags = _FORKED
+    return _execute(defs, DagsterInstance.get(), key, run_config, tags)
+
+
+def _execute(
+    defs: Definitions, instance: DagsterInstance, key: tuple[str, str], run_config: dict, tags: dict
+) -> PartitionResult:
+    handle, name = key
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        partition_key=partition_key(handle, name),
+        run_config=run_config,
+        raise_on_error=False,
+        tags=tags,
+    )
+    return _outcome(handle, name, result)
+
+
+def _outcome(handle: str, media: str, result: Any) -> PartitionResult:
     metadata: dict[str, Any] = {}
     check_passed = None
     for event in result.all_events:
@@ -93,7 +126,7 @@ def _outcome(handle: str, media: str, result: Any, dry_run: bool) -> PartitionRe
                 metadata = {k: _plain(v) for k, v in entry.metadata.items()}
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             check_passed = event.event_specific_data.passed
-    metadata["dry_run"] = dry_run
+    metadata["dry_run"] = result.dagster_run.tags.get("acpipeline/cli") == "dry-run"
     error = None
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)

@@ -1,0 +1,227 @@
+"""The benchmark: one fresh local PDS, the `bench` dataset, every figure measured in the same run.
+
+Method: the pipeline's syncs run as `acpipeline sync` subprocesses (exactly what an operator runs, Dagster
+included), timed by wall clock, their process tree's resident memory sampled every 50 ms. The no-op run
+goes through a counting proxy, so its writes are counted on the PDS's side. The two reference writers get
+the records the pipeline produced (same values, same thumbnails) and write them to fresh accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from acpipeline.bench.counting_proxy import CountingProxy
+from acpipeline.bench.strategies import PreparedRecord, write_ceiling, write_platform_style
+from acpipeline.core.media import MEDIA
+
+HEAVY = "jeffrey.at.aesthetic.computer"
+ART = "art.at.aesthetic.computer"
+KEYS = (
+    "records",
+    "full_sync_s",
+    "noop_sync_s",
+    "noop_writes",
+    "ceiling_s",
+    "seed_strategy_s",
+    "tape_realtime_factor",
+    "peak_rss_mb",
+)
+
+
+def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB of the process tree, stdout) of a command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(process.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(args[2:])} exited {process.returncode}: {err.strip()[-2000:]}")
+    return elapsed, peak / 1e6, out
+
+
+def _prepared(client, did: str, home: Path) -> list[PreparedRecord]:
+    out = []
+    for rules in MEDIA.values():
+        for record in client.list_records(did, rules.nsid):
+            value = record["value"]
+            thumb = value.get("thumbnail")
+            blob = (home / "blobs" / thumb["ref"]["$link"]).read_bytes() if thumb else None
+            out.append(
+                PreparedRecord(
+                    rules.nsid,
+                    record["uri"].rsplit("/", 1)[-1],
+                    value,
+                    blob,
+                    thumb["mimeType"] if thumb else None,
+                )
+            )
+    return out
+
+
+def _tape_factor(home: Path) -> tuple[float, float, int]:
+    """(video seconds, encode seconds, tapes) over the tapes encoded in this run's cache."""
+    db = sqlite3.connect(home / "derived.sqlite")
+    metas = [
+        json.loads(v)["meta"]
+        for (v,) in db.execute("SELECT value FROM derived WHERE key LIKE 'tape-v1:zip:%'")
+    ]
+    db.close()
+    return sum(m["duration_s"] for m in metas), sum(m["encode_s"] for m in metas), len(metas)
+
+
+def run_bench(json_path: str | None = None, log=print) -> dict[str, Any]:
+    from acpipeline.demo.dataset import seed_dataset
+    from acpipeline.demo.media_server import MediaServer
+    from acpipeline.localpds import server as localpds
+    from acpipeline.resources.mongo import MongoResource
+    from acpipeline.resources.pds import PdsClient
+
+    work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-"))
+    home, dagster_home = work / "home", work / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", dagster_home / "dagster.yaml")
+    saved = dict(os.environ)
+    os.environ.update(ACPIPELINE_HOME=str(home), DAGSTER_HOME=str(dagster_home))
+    os.environ.pop("MONGODB_CONNECTION_STRING", None)
+    os.environ.pop("PDS_URL", None)
+    pds = localpds.start(log=log)
+    media = MediaServer(work / "media").start()
+    client = PdsClient(pds.url)
+    try:
+        env = dict(os.environ, PDS_URL=pds.url)
+        for name, template in media.url_templates().items():
+            env[f"ACPIPELINE_{name.upper()}"] = template
+        os.environ.update(env)
+        tag = secrets.token_hex(3)
+        mongo = MongoResource()
+        log("seeding the bench dataset ...")
+        summary = seed_dataset(
+            mongo.db(),
+            work / "media",
+            lambda handle, password: client.create_account(handle, password, f"{handle}-{tag}@example.com"),
+            size="bench",
+        )
+        mongo.close()
+        heavy = summary.user(HEAVY)
+        sync = [sys.executable, "-m", "acpipeline.cli", "sync", "--json"]
+
+        log("full sync of the heavy user through Dagster ...")
+        full_s, rss_full, out = run_measured([*sync, "--handle", HEAVY], env)
+        rows = json.loads(out)["partitions"]
+        if not all(r["ok"] for r in rows):
+            raise RuntimeError(f"the full sync failed: {[r['error'] for r in rows if not r['ok']]}")
+        records = sum(len(client.list_records(heavy.did, rules.nsid)) for rules in MEDIA.values())
+
+        log("no-op sync (through a counting proxy) ...")
+        proxy = CountingProxy(pds.url).start()
+        try:
+            noop_s, rss_noop, _ = run_measured([*sync, "--handle", HEAVY], dict(env, PDS_URL=proxy.url))
+            noop_writes = proxy.writes()
+        finally:
+            proxy.stop()
+
+        prepared = _prepared(client, heavy.did, home)
+        log(f"ceiling: {len(prepared)} records by uploadBlob + applyWrites of 200 ...")
+        password = secrets.token_urlsafe(16)
+        did = client.create_account(f"ceiling-{tag}.test", password, f"ceiling-{tag}@example.com")
+        ceiling_s = write_ceiling(pds.url, did, password, prepared)
+        log("the platform's strategy: a login and a createRecord per record, 10 at a time ...")
+        did = client.create_account(f"seed-{tag}.test", password, f"seed-{tag}@example.com")
+        seed_s = write_platform_style(pds.url, did, password, prepared)
+
+        log("tapes: the 32 anonymous tapes ...")
+        _, rss_tapes, _ = run_measured([*sync, "--handle", ART, "--tapes-only"], env)
+        video_s, encode_s, tapes = _tape_factor(home)
+
+        result = {
+            "records": records,
+            "full_sync_s": round(full_s, 2),
+            "noop_sync_s": round(noop_s, 2),
+            "noop_writes": noop_writes,
+            "ceiling_s": round(ceiling_s, 2),
+            "seed_strategy_s": round(seed_s, 2),
+            "tape_realtime_factor": round(video_s / encode_s, 2) if encode_s else 0.0,
+            "peak_rss_mb": round(max(rss_full, rss_noop, rss_tapes), 1),
+            "tapes": tapes,
+            "tape_video_s": round(video_s, 2),
+            "tape_encode_s": round(encode_s, 2),
+            "machine": machine(),
+        }
+        log(format_table(result))
+        if json_path:
+            Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    finally:
+        client.close()
+        media.stop()
+        pds.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    python = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {python}"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b else "-"
+
+    rows = [
+        ("records (heavy user)", r["records"], ""),
+        ("full sync (s)", r["full_sync_s"], ""),
+        (
+            "no-op sync (s)",
+            r["noop_sync_s"],
+            f"noop/full = {ratio(r['noop_sync_s'], r['full_sync_s'])} (target <= 0.2)",
+        ),
+        ("no-op writes", r["noop_writes"], "target 0"),
+        (
+            "PDS ceiling (s)",
+            r["ceiling_s"],
+            f"ceiling/full = {ratio(r['ceiling_s'], r['full_sync_s'])} (target >= 0.5)",
+        ),
+        (
+            "platform strategy (s)",
+            r["seed_strategy_s"],
+            f"strategy/full = {ratio(r['seed_strategy_s'], r['full_sync_s'])} (target >= 10)",
+        ),
+        ("tape encode x real time", r["tape_realtime_factor"], f"{r['tapes']} tapes, target >= 5"),
+        ("peak RSS (MB)", r["peak_rss_mb"], "target <= 500"),
+    ]
+    return "\n".join(f"| {name} | {value} | {note} |" for name, value, note in rows)

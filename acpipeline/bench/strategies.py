@@ -1,0 +1,89 @@
+"""The two reference writers the benchmark compares the pipeline with, on the same records and blobs.
+
+- `write_ceiling`: the thinnest possible client: one login, uploadBlob for each thumbnail, then
+  applyWrites of up to 200 records (and under the body limit): the PDS's own limit on this machine.
+- `write_platform_style`: what the platform's sync does: for every record a fresh login (createSession)
+  and a createRecord (after its uploadBlob for paintings), 10 records at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+
+from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.core.plan import Write
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """A record value with `$type`, and the bytes of the blob its `thumbnail` field points at (if any)."""
+
+    collection: str
+    rkey: str
+    value: dict
+    blob: bytes | None = None
+    blob_mime: str | None = None
+
+
+def _login(http: httpx.Client, identifier: str, password: str) -> str:
+    answer = http.post(
+        "/xrpc/com.atproto.server.createSession", json={"identifier": identifier, "password": password}
+    )
+    answer.raise_for_status()
+    return answer.json()["accessJwt"]
+
+
+def write_ceiling(pds_url: str, did: str, password: str, records: list[PreparedRecord]) -> float:
+    started = time.perf_counter()
+    with httpx.Client(base_url=pds_url, timeout=120) as http:
+        auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
+        for record in records:
+            if record.blob is not None:
+                http.post(
+                    "/xrpc/com.atproto.repo.uploadBlob",
+                    content=record.blob,
+                    headers={**auth, "Content-Type": record.blob_mime or "application/octet-stream"},
+                ).raise_for_status()
+        by_collection: dict[str, list[Write]] = {}
+        for record in records:
+            by_collection.setdefault(record.collection, []).append(
+                Write("create", record.rkey, "", None, record.value)
+            )
+        for collection, writes in by_collection.items():
+            for batch in batch_writes(collection, writes):
+                body = encode_body({"repo": did, "writes": [write_op(collection, w) for w in batch]})
+                http.post(
+                    "/xrpc/com.atproto.repo.applyWrites",
+                    content=body,
+                    headers={**auth, "Content-Type": "application/json"},
+                ).raise_for_status()
+    return time.perf_counter() - started
+
+
+def write_platform_style(pds_url: str, did: str, password: str, records: list[PreparedRecord]) -> float:
+    started = time.perf_counter()
+    with httpx.Client(base_url=pds_url, timeout=120, limits=httpx.Limits(max_connections=10)) as http:
+
+        def one(record: PreparedRecord) -> None:
+            auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
+            if record.blob is not None:
+                http.post(
+                    "/xrpc/com.atproto.repo.uploadBlob",
+                    content=record.blob,
+                    headers={**auth, "Content-Type": record.blob_mime or "application/octet-stream"},
+                ).raise_for_status()
+            body = json.dumps({"repo": did, "collection": record.collection, "record": record.value})
+            http.post(
+                "/xrpc/com.atproto.repo.createRecord",
+                content=body.encode(),
+                headers={**auth, "Content-Type": "application/json"},
+            ).raise_for_status()
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            list(pool.map(one, records))
+    return time.perf_counter() - started
