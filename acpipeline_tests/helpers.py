@@ -13,9 +13,12 @@ T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def sync(
-    world, handles=None, media=None, dry_run=False, strict=False
+    world, handles=None, media=None, dry_run=False, strict=False, full=True
 ) -> dict[tuple[str, str], PartitionResult]:
-    results, _ = run_partitions(world.defs(), world.instance, handles, media, dry_run=dry_run, strict=strict)
+    """Through Dagster; `full` by default, so every partition really runs (the quick path has its tests)."""
+    results, _ = run_partitions(
+        world.defs(), world.instance, handles, media, dry_run=dry_run, strict=strict, full=full
+    )
     return {(r.handle, r.media): r for r in results}
 
 

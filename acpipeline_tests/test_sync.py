@@ -91,6 +91,11 @@ def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
 
     heads = {a.did: head(world, a.did) for a in accounts.values()}
     links = link_snapshot(db)
+    # the quick path: partitions that failed nothing are proven converged and not run at all
+    quick = sync(world, full=False)
+    skipped = {key for key, r in quick.items() if r.skipped}
+    assert skipped == {key for key, r in results.items() if not r.metadata["failed"]}
+    assert all(r.ok for r in quick.values())
     again = sync(world)
     for result in again.values():
         meta = result.metadata
@@ -244,3 +249,28 @@ def test_invalid_items_are_reported_while_the_rest_syncs(world):
 
     strict = sync(world, [handle], ["mood"], strict=True)[(handle, "mood")]
     assert not strict.ok and "strict" in strict.error
+
+
+def test_quick_path_runs_what_changed_and_anything_after_a_foreign_write(world):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "quick")
+    ids = add_moods(db, sub, ["one", "two"])
+    first = sync(world, [handle], ["mood", "piece"], full=False)
+    assert not any(r.skipped for r in first.values())
+    assert all(r.skipped for r in sync(world, [handle], ["mood", "piece"], full=False).values())
+
+    db["moods"].update_one({"_id": ids[0]}, {"$set": {"mood": "one, edited"}})
+    edited = sync(world, [handle], ["mood", "piece"], full=False)
+    assert not edited[(handle, "mood")].skipped and edited[(handle, "mood")].metadata["updated"] == 1
+    assert edited[(handle, "piece")].skipped
+
+    # any write to the account outside a sync (here: another collection) voids every mark of the account
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    session = world.client.session(did, password)
+    body = json.dumps({"repo": did, "collection": "com.example.other", "record": {"x": 1}}).encode()
+    world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+    after = sync(world, [handle], ["mood", "piece"], full=False)
+    assert not any(r.skipped for r in after.values())
+    assert all(
+        r.metadata["created"] == r.metadata["updated"] == r.metadata["deleted"] == 0 for r in after.values()
+    )

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import DagsterInstance, Definitions, TableMetadataValue
 
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.errors import OperatorError
+from acpipeline.settings import acpipeline_home
+from acpipeline.sync.converged import ConvergedState, latest_rev, source_fingerprint
 from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.partitions import partition_key, register_handles
 
@@ -25,6 +30,7 @@ class PartitionResult:
     check_passed: bool | None = None
     error: str | None = None
     run_id: str = ""
+    skipped: bool = False  # proven converged: no run was needed (see acpipeline.sync.converged)
 
     def row(self) -> dict[str, Any]:
         keys = ("desired", "created", "updated", "deleted", "unchanged", "failed", "duration_s")
@@ -38,7 +44,13 @@ class PartitionResult:
             "planned": self.metadata.get("plan", []) if self.metadata.get("dry_run") else [],
             "error": self.error,
             "run_id": self.run_id,
+            "skipped": self.skipped,
         }
+
+    @property
+    def clean(self) -> bool:
+        """Succeeded with nothing failed and the check passed: what makes a partition converged."""
+        return self.skipped or (self.ok and self.check_passed is True and not self.metadata.get("failed"))
 
 
 def _plain(value: Any) -> Any:
@@ -54,16 +66,39 @@ def run_partitions(
     media: list[str] | None,
     dry_run: bool = False,
     strict: bool = False,
+    full: bool = False,
 ) -> tuple[list[PartitionResult], list[str]]:
-    """Run each selected partition; returns the results and the users skipped for having no account."""
-    db = defs.resources["mongo"].db()
+    """Run each selected partition; returns the results and the users skipped for having no account.
+
+    Unless `full` (or a dry run), a partition proven converged since the last sync is not run again."""
+    with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
+        return _run_partitions(defs, instance, mongo, pds, handles, media, dry_run, strict, full)
+
+
+@contextmanager
+def resolved(defs: Definitions, name: str) -> Iterator[Any]:
+    """A resource of the definitions with its EnvVars resolved, as a run would get it."""
+    with defs.resources[name].process_config_and_initialize_cm() as resource:
+        yield resource
+
+
+def _run_partitions(
+    defs: Definitions,
+    instance: DagsterInstance,
+    mongo: Any,
+    pds: Any,
+    handles: list[str] | None,
+    media: list[str] | None,
+    dry_run: bool,
+    strict: bool,
+    full: bool,
+) -> tuple[list[PartitionResult], list[str]]:
+    db = mongo.db()
     register_handles(instance, db)
     accounts = find_accounts(db)
     selected = handles or sorted(accounts.by_handle)
     unknown = [h for h in selected if h not in accounts.by_handle]
     if unknown:
-        from acpipeline.errors import OperatorError
-
         raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
     run_config = {
         "ops": {"atproto_records": {"config": {"dry_run": dry_run, "strict": strict}}},
@@ -72,7 +107,10 @@ def run_partitions(
     }
     tags = {"acpipeline/cli": "dry-run" if dry_run else "sync"}
     keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
-    defs.resources["mongo"].close()
+    quick = QuickPath(pds.client(), db, accounts, keys) if not dry_run else None
+    skipped = quick.converged() if quick and not full else []
+    keys = [key for key in keys if key not in {(r.handle, r.media) for r in skipped}]
+    mongo.close()
     workers = min(len(keys), sync_workers())
     if workers <= 1 or instance.is_ephemeral:
         results = [_execute(defs, instance, key, run_config, tags) for key in keys]
@@ -83,7 +121,64 @@ def run_partitions(
         _FORKED = (defs, run_config, tags)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             results = list(pool.map(_execute_forked, keys))
-    return results, accounts.without_account
+    if quick:
+        quick.record(results + skipped)
+    order = {key: n for n, key in enumerate((h, m) for h in selected for m in media or MEDIA_NAMES)}
+    return sorted(results + skipped, key=lambda r: order[(r.handle, r.media)]), accounts.without_account
+
+
+class QuickPath:
+    """Which partitions need no run because they are proven converged, and the marks after a sync."""
+
+    def __init__(self, client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]]):
+        self.client = client
+        self.state = ConvergedState(acpipeline_home())
+        self.accounts = accounts
+        self.rev_at_start: dict[str, str] = {}
+        self.fingerprints: dict[tuple[str, str], str] = {}
+        self.desired: dict[tuple[str, str], int] = {}
+        for handle, name in keys:
+            account = accounts.by_handle[handle]
+            items = extract_items(db, MEDIA[name], account.owner)
+            self.fingerprints[(handle, name)] = source_fingerprint(items)
+            self.desired[(handle, name)] = sum(1 for i in items if i.wanted and i.problem is None)
+            if account.did not in self.rev_at_start:
+                self.rev_at_start[account.did] = latest_rev(self.client, account.did)
+
+    def converged(self) -> list[PartitionResult]:
+        out = []
+        for (handle, name), fingerprint in self.fingerprints.items():
+            did = self.accounts.by_handle[handle].did
+            rev, marks = self.state.load(did)
+            if rev == self.rev_at_start[did] and marks.get(name) == fingerprint:
+                n = self.desired[(handle, name)]
+                metadata = {
+                    "desired": n,
+                    "unchanged": n,
+                    "created": 0,
+                    "updated": 0,
+                    "deleted": 0,
+                    "failed": 0,
+                }
+                out.append(PartitionResult(handle, name, True, metadata, True, skipped=True))
+        return out
+
+    def record(self, results: list[PartitionResult]) -> None:
+        """Per account: the rev now and the partitions that are clean; earlier marks of partitions not in
+        this sync survive only if nothing was written to the account between that sync and this one."""
+        for did in self.rev_at_start:
+            rev, marks = self.state.load(did)
+            if rev != self.rev_at_start[did]:
+                marks = {}
+            for result in results:
+                if self.accounts.by_handle[result.handle].did != did:
+                    continue
+                if result.clean:
+                    marks[result.media] = self.fingerprints[(result.handle, result.media)]
+                else:
+                    marks.pop(result.media, None)
+            self.state.save(did, latest_rev(self.client, did), marks)
+        self.state.close()
 
 
 _FORKED: tuple[Definitions, dict, dict] | None = None
@@ -136,10 +231,16 @@ def _outcome(handle: str, media: str, result: Any) -> PartitionResult:
 
 def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
     """Per partition: items MongoDB wants synced vs records on the PDS."""
-    db = defs.resources["mongo"].db()
-    client = defs.resources["pds"].client()
+    with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
+        return _status(mongo.db(), pds.client(), handles)
+
+
+def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, Any]]:
     accounts = find_accounts(db)
     rows = []
+    unknown = [h for h in handles or [] if h not in accounts.by_handle]
+    if unknown:
+        raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
     for handle in handles or sorted(accounts.by_handle):
         account = accounts.by_handle[handle]
         for name, rules in MEDIA.items():
