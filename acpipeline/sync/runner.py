@@ -236,6 +236,7 @@ def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[
 
 
 def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, Any]]:
+    client.describe_server()  # a PDS that does not answer is named even when there is nothing to count
     accounts = find_accounts(db)
     rows = []
     unknown = [h for h in handles or [] if h not in accounts.by_handle]
