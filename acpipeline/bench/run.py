@@ -8,6 +8,7 @@ the records the pipeline produced (same values, same thumbnails) and write them 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -41,8 +42,19 @@ KEYS = (
 )
 
 
+def tree_memory(root: psutil.Process) -> int:
+    """Resident bytes of a process tree, pages shared between its processes (the forked partition
+    workers share most of theirs with their parent) counted once: the sum of each process's PSS."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_full_info().pss
+    return total
+
+
 def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB of the process tree, stdout) of a command."""
+    """(wall seconds, peak resident MB of the process tree, stdout) of a command."""
     started = time.perf_counter()
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -52,11 +64,7 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, st
         nonlocal peak
         root = psutil.Process(process.pid)
         while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
+            peak = max(peak, tree_memory(root))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -71,21 +79,17 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, st
 
 
 def _prepared(client, did: str, home: Path) -> list[PreparedRecord]:
+    """The account's records as the pipeline wrote them, with their blobs' bytes from the blob cache."""
     out = []
     for rules in MEDIA.values():
         for record in client.list_records(did, rules.nsid):
             value = record["value"]
-            thumb = value.get("thumbnail")
-            blob = (home / "blobs" / thumb["ref"]["$link"]).read_bytes() if thumb else None
-            out.append(
-                PreparedRecord(
-                    rules.nsid,
-                    record["uri"].rsplit("/", 1)[-1],
-                    value,
-                    blob,
-                    thumb["mimeType"] if thumb else None,
-                )
+            blobs = tuple(
+                ((home / "blobs" / value[name]["ref"]["$link"]).read_bytes(), value[name]["mimeType"])
+                for name in rules.blob_fields
+                if name in value
             )
+            out.append(PreparedRecord(rules.nsid, record["uri"].rsplit("/", 1)[-1], value, blobs))
     return out
 
 
@@ -104,7 +108,8 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
     raise RuntimeError(f"no tape blob stage was recorded for {handle}")
 
 
-def run_bench(json_path: str | None = None, log=print) -> dict[str, Any]:
+def run_bench(json_path: str | None = None, size: str = "bench", log=print) -> dict[str, Any]:
+    """Every figure of the benchmark; `size="small"` runs the same steps on the demo data (smoke test)."""
     from acpipeline.demo.dataset import seed_dataset
     from acpipeline.demo.media_server import MediaServer
     from acpipeline.localpds import server as localpds
@@ -134,7 +139,7 @@ def run_bench(json_path: str | None = None, log=print) -> dict[str, Any]:
             mongo.db(),
             work / "media",
             lambda handle, password: client.create_account(handle, password, f"{handle}-{tag}@example.com"),
-            size="bench",
+            size=size,
         )
         mongo.close()
         heavy = summary.user(HEAVY)

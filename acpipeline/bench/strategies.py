@@ -21,18 +21,25 @@ from acpipeline.core.plan import Write
 
 @dataclass(frozen=True)
 class PreparedRecord:
-    """A record value with `$type`, and the bytes of the blob its `thumbnail` field points at (if any)."""
+    """A record value with `$type`, and the (bytes, mime type) of every blob it references."""
 
     collection: str
     rkey: str
     value: dict
-    blob: bytes | None = None
-    blob_mime: str | None = None
+    blobs: tuple[tuple[bytes, str], ...] = ()
+
+
+def _ok(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.url.path}: HTTP {response.status_code} {response.text[:300]}")
+    return response
 
 
 def _login(http: httpx.Client, identifier: str, password: str) -> str:
-    answer = http.post(
-        "/xrpc/com.atproto.server.createSession", json={"identifier": identifier, "password": password}
+    answer = _ok(
+        http.post(
+            "/xrpc/com.atproto.server.createSession", json={"identifier": identifier, "password": password}
+        )
     )
     answer.raise_for_status()
     return answer.json()["accessJwt"]
@@ -43,12 +50,15 @@ def write_ceiling(pds_url: str, did: str, password: str, records: list[PreparedR
     with httpx.Client(base_url=pds_url, timeout=120) as http:
         auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
         for record in records:
-            if record.blob is not None:
-                http.post(
-                    "/xrpc/com.atproto.repo.uploadBlob",
-                    content=record.blob,
-                    headers={**auth, "Content-Type": record.blob_mime or "application/octet-stream"},
-                ).raise_for_status()
+            for data, mime in record.blobs:
+                _ok(
+                    http.post(
+                        "/xrpc/com.atproto.repo.uploadBlob",
+                        content=data,
+                        headers={**auth, "Content-Type": mime},
+                    )
+                )
+
         by_collection: dict[str, list[Write]] = {}
         for record in records:
             by_collection.setdefault(record.collection, []).append(
@@ -57,11 +67,14 @@ def write_ceiling(pds_url: str, did: str, password: str, records: list[PreparedR
         for collection, writes in by_collection.items():
             for batch in batch_writes(collection, writes):
                 body = encode_body({"repo": did, "writes": [write_op(collection, w) for w in batch]})
-                http.post(
-                    "/xrpc/com.atproto.repo.applyWrites",
-                    content=body,
-                    headers={**auth, "Content-Type": "application/json"},
-                ).raise_for_status()
+                _ok(
+                    http.post(
+                        "/xrpc/com.atproto.repo.applyWrites",
+                        content=body,
+                        headers={**auth, "Content-Type": "application/json"},
+                    )
+                )
+
     return time.perf_counter() - started
 
 
@@ -71,18 +84,23 @@ def write_platform_style(pds_url: str, did: str, password: str, records: list[Pr
 
         def one(record: PreparedRecord) -> None:
             auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
-            if record.blob is not None:
-                http.post(
-                    "/xrpc/com.atproto.repo.uploadBlob",
-                    content=record.blob,
-                    headers={**auth, "Content-Type": record.blob_mime or "application/octet-stream"},
-                ).raise_for_status()
+            for data, mime in record.blobs:
+                _ok(
+                    http.post(
+                        "/xrpc/com.atproto.repo.uploadBlob",
+                        content=data,
+                        headers={**auth, "Content-Type": mime},
+                    )
+                )
+
             body = json.dumps({"repo": did, "collection": record.collection, "record": record.value})
-            http.post(
-                "/xrpc/com.atproto.repo.createRecord",
-                content=body.encode(),
-                headers={**auth, "Content-Type": "application/json"},
-            ).raise_for_status()
+            _ok(
+                http.post(
+                    "/xrpc/com.atproto.repo.createRecord",
+                    content=body.encode(),
+                    headers={**auth, "Content-Type": "application/json"},
+                )
+            )
 
         with ThreadPoolExecutor(max_workers=10) as pool:
             list(pool.map(one, records))
