@@ -36,13 +36,8 @@ def _ok(response: httpx.Response) -> httpx.Response:
 
 
 def _login(http: httpx.Client, identifier: str, password: str) -> str:
-    answer = _ok(
-        http.post(
-            "/xrpc/com.atproto.server.createSession", json={"identifier": identifier, "password": password}
-        )
-    )
-    answer.raise_for_status()
-    return answer.json()["accessJwt"]
+    body = {"identifier": identifier, "password": password}
+    return _ok(http.post("/xrpc/com.atproto.server.createSession", json=body)).json()["accessJwt"]
 
 
 def write_ceiling(pds_url: str, did: str, password: str, records: list[PreparedRecord]) -> float:
