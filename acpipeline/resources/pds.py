@@ -3,6 +3,10 @@
 Sessions are persisted (owner-only file permissions) under ACPIPELINE_HOME and refreshed in place, so a run
 never logs in per record and consecutive runs reuse the same session instead of spending the PDS's
 createSession allowance (30 per 5 minutes per account). Tokens and passwords never appear in errors.
+
+When the PDS signals pressure (429, or `ratelimit-remaining` near zero) every client of that PDS slows down,
+not only the one that was told: a "not before" time per PDS host is shared in this process and, through a
+small file under ACPIPELINE_HOME/throttle, with every other process (concurrent Dagster runs).
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from dagster import ConfigurableResource
@@ -26,6 +34,13 @@ from acpipeline.errors import OperatorError
 from acpipeline.settings import acpipeline_home
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+TOKEN_ERRORS = ("ExpiredToken", "InvalidToken")
+DEFAULT_RETRY_BUDGET_S = 120.0
+RETRY_BUDGET_ENV = "ACPIPELINE_PDS_RETRY_BUDGET_S"
+# Below this share of `ratelimit-limit` left in the window, calls are spread over what remains of it.
+PRESSURE_SHARE = 0.02
+# Errors raised before the request left this machine: safe to retry even for a write.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class PdsError(Exception):
@@ -49,6 +64,12 @@ def _jwt_exp(token: str) -> float:
         return 0.0
 
 
+def _safe_url(url: str) -> str:
+    """The URL without any `user:password@` part, for messages."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+
+
 @dataclass
 class Session:
     did: str
@@ -60,20 +81,98 @@ class Session:
         return {"did": self.did, "handle": self.handle, "accessJwt": self.access, "refreshJwt": self.refresh}
 
 
-class PdsClient:
-    """XRPC calls with retries: 429 waits for `ratelimit-reset`/`retry-after`; 5xx, timeouts and dropped
-    connections back off exponentially with jitter, within `retry_budget_s`."""
+class Throttle:
+    """A "not before" time for one PDS host, shared by every client in this process (a dict) and across
+    processes (a file under ACPIPELINE_HOME/throttle, read before each call). Concurrent updates keep the
+    later time; a lost race only loses one extension of an already-set pause."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0, retry_budget_s: float = 120.0):
+    _local: dict[str, float] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, url: str):
+        self.host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        self._name = hashlib.sha256(self.host.encode()).hexdigest()[:16] + ".json"
+
+    def path(self) -> Path:
+        # Looked up per call: ACPIPELINE_HOME is read from the environment, which may change between runs.
+        return acpipeline_home() / "throttle" / self._name
+
+    def not_before(self) -> float:
+        path = self.path()
+        with self._lock:
+            local = self._local.get(str(path), 0.0)
+        return max(local, _read_not_before(path))
+
+    def delay(self) -> float:
+        """Seconds to wait before the next call to this PDS (0 when free to go)."""
+        return max(0.0, self.not_before() - time.time())
+
+    def hold(self, until: float) -> None:
+        """No call to this PDS before `until` (epoch seconds), from any client."""
+        path = self.path()
+        with self._lock:
+            if until <= self._local.get(str(path), 0.0):
+                return
+            self._local[str(path)] = until
+            if until <= _read_not_before(path):
+                return
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps({"host": self.host, "not_before": until}))
+            os.replace(tmp, path)
+
+    def observe(self, response: httpx.Response) -> None:
+        """Pace calls when the PDS says its allowance is nearly spent: spread the calls still allowed over
+        the rest of the window (a 429 holds until the reset; see `_rate_limit_wait`)."""
+        remaining = _header_float(response, "ratelimit-remaining")
+        reset = _reset_time(response)
+        if remaining is None or reset is None:
+            return
+        limit = _header_float(response, "ratelimit-limit") or 0.0
+        if remaining > max(1.0, limit * PRESSURE_SHARE):
+            return
+        now = time.time()
+        self.hold(now + max(0.0, reset - now) / (remaining + 1))
+
+
+def _read_not_before(path: Path) -> float:
+    try:
+        return float(json.loads(path.read_text())["not_before"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+class PdsClient:
+    """XRPC calls with retries: 429 waits for `ratelimit-reset`/`retry-after` (shared with every client of
+    the PDS through `Throttle`); 5xx, timeouts and dropped connections back off exponentially with jitter;
+    all within `retry_budget_s` (default `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s).
+
+    A write (`idempotent=False`) is never re-sent once it may have reached the PDS: its 5xx or dropped
+    connection raises TransientWriteError and the caller re-plans from a fresh listing."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        retry_budget_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.url = url.rstrip("/")
+        if retry_budget_s is None:
+            retry_budget_s = float(os.environ.get(RETRY_BUDGET_ENV) or DEFAULT_RETRY_BUDGET_S)
         self.retry_budget_s = retry_budget_s
+        self.sleep = sleep
+        self.throttle = Throttle(self.url)
         self.http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
         self._sessions: dict[str, Session] = {}
+        self._passwords: dict[str, str] = {}
         self._session_lock = threading.Lock()
+        # Until the PDS has answered once, a refused connection is a wrong PDS_URL, not a hiccup.
+        self._answered = False
 
     def close(self) -> None:
         self.http.close()
@@ -89,54 +188,128 @@ class PdsClient:
         body: bytes | None = None,
         content_type: str = "application/json",
         session: Session | None = None,
+        bearer: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         idempotent: bool = True,
     ) -> dict[str, Any]:
+        """One XRPC call answering JSON; `session` (refreshed once on ExpiredToken/InvalidToken) or a raw
+        `bearer` token."""
+        response = self.send(
+            method,
+            nsid,
+            params=params,
+            body=body,
+            content_type=content_type,
+            session=session,
+            bearer=bearer,
+            basic_auth=basic_auth,
+            idempotent=idempotent,
+        )
+        return response.json() if response.content else {}
+
+    def send(
+        self,
+        method: str,
+        nsid: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        session: Session | None = None,
+        bearer: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """`call`, answering the successful HTTP response itself (for bytes: getBlob, getRepo)."""
         deadline = time.monotonic() + self.retry_budget_s
         attempt = 0
         tried: list[str] = []
         refreshed = False
         while True:
+            self._wait_for_throttle(nsid, deadline, tried)
             attempt += 1
             headers = {"Content-Type": content_type} if body is not None else {}
-            if session is not None:
-                headers["Authorization"] = f"Bearer {session.access}"
+            token = session.access if session is not None else bearer
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self.http.request(
                     method, f"/xrpc/{nsid}", params=params, content=body, headers=headers, auth=basic_auth
                 )
             except httpx.TransportError as exc:
-                outcome = f"{type(exc).__name__}"
-                if isinstance(exc, httpx.ConnectError) and attempt == 1 and not tried:
+                outcome = type(exc).__name__
+                if isinstance(exc, httpx.UnsupportedProtocol):
                     raise OperatorError(
-                        f"the PDS at {self.url} does not answer ({exc.__class__.__name__}): check PDS_URL"
+                        f"PDS_URL {_safe_url(self.url)!r} is not an http(s) URL: check PDS_URL"
                     ) from None
-                if not idempotent:
-                    raise TransientWriteError(f"{nsid}: {outcome}; outcome unknown") from None
+                if isinstance(exc, httpx.ConnectError) and not self._answered:
+                    raise OperatorError(
+                        f"the PDS at {_safe_url(self.url)} does not answer ({outcome}): check PDS_URL"
+                    ) from None
+                if isinstance(exc, httpx.LocalProtocolError):  # our request is malformed: no retry helps
+                    raise PdsError(f"{nsid} could not be sent ({outcome})") from None
+                tried.append(outcome)
+                if not idempotent and not isinstance(exc, _UNSENT):
+                    raise TransientWriteError(f"{nsid}: {_summary(tried)}; outcome unknown") from None
                 wait = self._backoff(attempt)
             else:
+                self._answered = True
+                self.throttle.observe(response)
                 if response.status_code < 400:
-                    return response.json() if response.content else {}
+                    return response
                 error, message = _error_of(response)
-                if error in ("ExpiredToken", "InvalidToken") and session is not None and not refreshed:
-                    self.refresh(session)
+                if error in TOKEN_ERRORS and session is not None and not refreshed:
+                    self._renew(session, stale_access=token or "")
                     refreshed = True
                     continue
                 outcome = f"HTTP {response.status_code} {error or ''}".strip()
+                tried.append(outcome)
                 if response.status_code not in RETRY_STATUS:
-                    raise PdsError(f"{nsid} failed: {outcome}: {message}", response.status_code, error)
-                if response.status_code != 429 and not idempotent:
-                    raise TransientWriteError(
-                        f"{nsid}: {outcome}; outcome unknown", response.status_code, error
+                    before = f" (after {_summary(tried[:-1])})" if len(tried) > 1 else ""
+                    raise PdsError(
+                        f"{nsid} failed: {outcome}: {message}{before}", response.status_code, error
                     )
-                wait = _rate_limit_wait(response) if response.status_code == 429 else self._backoff(attempt)
-            tried.append(outcome)
+                pressure = response.status_code == 429 or (
+                    response.status_code == 503 and "retry-after" in response.headers
+                )
+                if pressure:
+                    # The PDS refused before doing anything: safe to retry a write too. Every client of
+                    # this PDS waits, not only this one.
+                    self.throttle.hold(time.time() + _rate_limit_wait(response))
+                    wait = 0.0  # the throttle makes this client (and the others) wait
+                elif not idempotent:
+                    raise TransientWriteError(
+                        f"{nsid}: {_summary(tried)}; outcome unknown", response.status_code, error
+                    )
+                else:
+                    wait = self._backoff(attempt)
             if time.monotonic() + wait > deadline:
                 raise PdsError(
                     f"{nsid} failed after {attempt} attempts within {self.retry_budget_s:.0f} s: "
-                    + ", ".join(tried)
+                    + _summary(tried)
                 )
-            time.sleep(wait)
+            if wait > 0:
+                self.sleep(wait)
+
+    def _wait_for_throttle(self, nsid: str, deadline: float, tried: list[str]) -> None:
+        delay = self.throttle.delay()
+        if delay <= 0:
+            return
+        if time.monotonic() + delay > deadline:
+            until = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+            raise PdsError(
+                f"{nsid}: the PDS at {self.throttle.host} asked clients to slow down until {until} "
+                f"({delay:.0f} s), beyond the retry budget of {self.retry_budget_s:.0f} s"
+                + (f"; tried: {_summary(tried)}" if tried else ""),
+                429,
+                "RateLimitExceeded",
+            )
+        # A little jitter, so clients released at the same moment do not all call at once.
+        self.sleep(delay + random.random() * min(1.0, 0.1 * delay + 0.05))
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: about 0.25 s, 0.5 s, 1 s, ... at most 45 s."""
+        return self._backoff(attempt)
 
     @staticmethod
     def _backoff(attempt: int) -> float:
@@ -147,6 +320,7 @@ class PdsClient:
     def session(self, did: str, password: str) -> Session:
         """The account's session: in memory, else the persisted one (refreshed if needed), else a login."""
         with self._session_lock:
+            self._passwords[did] = password
             if did in self._sessions:
                 return self._sessions[did]
             session = _load_session(did)
@@ -173,9 +347,7 @@ class PdsClient:
                 body=encode_body({"identifier": did, "password": password}),
             )
         except PdsError as exc:
-            raise PdsError(
-                f"login as {did} failed: HTTP {exc.status} {exc.error or ''}".strip(), exc.status, exc.error
-            ) from None
+            raise PdsError(f"login as {did} failed: {exc}", exc.status, exc.error) from None
         session = Session(data["did"], data.get("handle", ""), data["accessJwt"], data["refreshJwt"])
         _save_session(session)
         return session
@@ -184,15 +356,29 @@ class PdsClient:
         with self._session_lock:
             self._refresh_locked(session)
 
+    def _renew(self, session: Session, stale_access: str) -> None:
+        """A call was refused for its access token: refresh (once for all threads that saw the same token),
+        or log in again when the refresh token is refused too and the password is known."""
+        with self._session_lock:
+            if session.access != stale_access:
+                return  # another thread refreshed it meanwhile
+            try:
+                self._refresh_locked(session)
+            except PdsError as exc:
+                password = self._passwords.get(session.did)
+                if password is None or exc.status not in (400, 401):
+                    raise
+                fresh = self._login(session.did, password)
+                session.access, session.refresh = fresh.access, fresh.refresh
+
     def _refresh_locked(self, session: Session) -> None:
-        # Refreshing revokes the old refresh token: persist the new pair at once.
-        response = self.http.post(
-            "/xrpc/com.atproto.server.refreshSession", headers={"Authorization": f"Bearer {session.refresh}"}
-        )
-        if response.status_code >= 400:
-            error, _ = _error_of(response)
-            raise PdsError(f"session refresh for {session.did} failed: HTTP {response.status_code} {error}")
-        data = response.json()
+        # Refreshing revokes the old refresh token (after a grace period, so a retry after a lost answer is
+        # still accepted): persist the new pair at once.
+        try:
+            data = self.call("POST", "com.atproto.server.refreshSession", bearer=session.refresh)
+        except PdsError as exc:
+            message = f"session refresh for {session.did} failed: {exc}"
+            raise PdsError(message, exc.status, exc.error) from None
         session.access, session.refresh = data["accessJwt"], data["refreshJwt"]
         _save_session(session)
 
@@ -215,6 +401,9 @@ class PdsClient:
             if not cursor or not page.get("records"):
                 return records
 
+    def get_blob(self, did: str, cid: str) -> bytes:
+        return self.send("GET", "com.atproto.sync.getBlob", params={"did": did, "cid": cid}).content
+
     def upload_blob(self, session: Session, data: bytes, mime_type: str) -> dict[str, Any]:
         return self.call(
             "POST", "com.atproto.repo.uploadBlob", body=data, content_type=mime_type, session=session
@@ -234,6 +423,17 @@ class PdsClient:
         return data["did"]
 
 
+def _summary(tried: list[str]) -> str:
+    """`HTTP 502 x3, ReadTimeout`: what the attempts met, repeats folded."""
+    folded: list[tuple[str, int]] = []
+    for outcome in tried:
+        if folded and folded[-1][0] == outcome:
+            folded[-1] = (outcome, folded[-1][1] + 1)
+        else:
+            folded.append((outcome, 1))
+    return ", ".join(f"{o} x{n}" if n > 1 else o for o, n in folded)
+
+
 def _error_of(response: httpx.Response) -> tuple[str | None, str]:
     try:
         data = response.json()
@@ -242,26 +442,53 @@ def _error_of(response: httpx.Response) -> tuple[str | None, str]:
         return None, response.text[:200]
 
 
+def _header_float(response: httpx.Response, name: str) -> float | None:
+    try:
+        return float(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _reset_time(response: httpx.Response) -> float | None:
+    """`ratelimit-reset` as epoch seconds (the PDS sends epoch seconds; small values are read as a delay)."""
+    reset = _header_float(response, "ratelimit-reset")
+    if reset is None:
+        return None
+    return reset if reset > 1e9 else time.time() + reset
+
+
 def _rate_limit_wait(response: httpx.Response) -> float:
-    retry_after = response.headers.get("retry-after")
-    if retry_after and retry_after.isdigit():
-        return float(retry_after) + random.random() * 0.5
-    reset = response.headers.get("ratelimit-reset")
-    if reset and reset.isdigit():
-        return max(0.5, float(reset) - time.time()) + random.random() * 0.5
+    """Seconds until the PDS accepts calls again: `retry-after` (seconds or an HTTP date), else
+    `ratelimit-reset`, else a second or two."""
+    retry_after = response.headers.get("retry-after", "").strip()
+    if retry_after:
+        try:
+            return max(0.25, float(retry_after)) + random.random() * 0.5
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(retry_after).timestamp() - time.time()) + 0.5
+            except (TypeError, ValueError):
+                pass
+    reset = _reset_time(response)
+    if reset is not None:
+        return max(0.5, reset - time.time()) + random.random() * 0.5
     return 1.0 + random.random()
 
 
-def _session_path(did: str):
+def _session_path(did: str) -> Path:
     folder = acpipeline_home() / "sessions"
     folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
     return folder / f"{hashlib.sha256(did.encode()).hexdigest()[:24]}.json"
 
 
 def _save_session(session: Session) -> None:
+    """Written owner-only (0600) and atomically: a crash leaves the old pair or the new one, never half."""
     path = _session_path(session.did)
     tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when a leftover temp file had other permissions
     with os.fdopen(fd, "w") as fh:
         json.dump(session.as_json(), fh)
     os.replace(tmp, path)
@@ -276,11 +503,12 @@ def _load_session(did: str) -> Session | None:
 
 
 class PdsResource(ConfigurableResource):
-    """The platform's PDS (`PDS_URL`); `PDS_ADMIN_PASSWORD` is only needed to create accounts."""
+    """The platform's PDS (`PDS_URL`); `PDS_ADMIN_PASSWORD` is only needed to create accounts.
+    `retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s per call."""
 
     url: str | None = None
     admin_password: str | None = None
-    retry_budget_s: float = 120.0
+    retry_budget_s: float | None = None
     _client: PdsClient | None = PrivateAttr(default=None)
 
     def client(self) -> PdsClient:

@@ -1,12 +1,18 @@
-"""Media storage (the platform's DigitalOcean Spaces buckets): URLs from templates, bounded fetches.
+r"""Media storage (the platform's DigitalOcean Spaces buckets): URLs from templates, bounded fetches.
 
 Every URL is built from a template and checked values, so a document cannot send a request to another
-host: its bucket must be one of the configured ones and its user and slug plain path segments.
+host: its bucket must be one of the configured ones and its user and slug plain path segments (no `/`, `\`,
+`%`, `@`, `:` or `..`; the user is percent-quoted whole). The built URL must keep the template's scheme, host
+and path prefix, and redirects are not followed.
+
+Fetches are bounded in size and in time (a per-read timeout and a deadline for the whole body, so a server
+trickling bytes cannot hold a worker forever); 5xx answers and dropped connections are retried a little.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +41,12 @@ class StorageResource(ConfigurableResource):
     zip_url: str = DEFAULT_ZIP_URL
     buckets: list[str] = ["art-aesthetic-computer", "user-aesthetic-computer"]
     timeout_s: float = 30.0
+    """Per read: storage silent this long fails the item."""
+    deadline_s: float = 600.0
+    """Whole download: a body still arriving after this fails the item."""
+    retries: int = 2
+    """Extra attempts after a 5xx or a dropped connection (not after a timeout: that already waited)."""
+    retry_wait_s: float = 0.5
     max_image_bytes: int = 64 * 1024 * 1024
     max_zip_bytes: int = 1024 * 1024 * 1024
     _http: httpx.Client | None = PrivateAttr(default=None)
@@ -54,12 +66,14 @@ class StorageResource(ConfigurableResource):
     # -- URLs ------------------------------------------------------------------------------------
 
     def _url(self, template: str, bucket: str, user: str | None, slug: str) -> str:
-        if bucket not in self.buckets or not _BUCKET_RE.match(bucket):
-            raise ItemProblem(f"bucket {bucket[:40]!r} is not a configured storage bucket")
-        if not _SLUG_RE.match(slug) or ".." in slug:
-            raise ItemProblem(f"slug {slug[:40]!r} is not a plain storage name")
-        if user is not None and (not _USER_RE.match(user) or ".." in user):
-            raise ItemProblem(f"user {user[:40]!r} is not a plain storage name")
+        if not isinstance(bucket, str) or bucket not in self.buckets or not _BUCKET_RE.match(bucket):
+            raise ItemProblem(f"bucket {str(bucket)[:40]!r} is not a configured storage bucket")
+        if not isinstance(slug, str) or not _SLUG_RE.match(slug) or ".." in slug:
+            raise ItemProblem(f"slug {str(slug)[:40]!r} is not a plain storage name")
+        if user is not None and (
+            not isinstance(user, str) or not _USER_RE.match(user) or ".." in user or user == "."
+        ):
+            raise ItemProblem(f"user {str(user)[:40]!r} is not a plain storage name")
         quoted_user = quote(user or "", safe="")
         url = template.format(
             bucket=bucket,
@@ -68,8 +82,9 @@ class StorageResource(ConfigurableResource):
             slug=quote(slug, safe=""),
         )
         expected = urlsplit(template.format(bucket=bucket, user="u", user_dir="", slug="s"))
+        prefix = template.split("{", 1)[0]
         got = urlsplit(url)
-        if (got.scheme, got.netloc) != (expected.scheme, expected.netloc):
+        if (got.scheme, got.netloc) != (expected.scheme, expected.netloc) or not url.startswith(prefix):
             raise ItemProblem(f"storage URL for {slug[:40]!r} leaves the storage host")
         return url
 
@@ -97,34 +112,82 @@ class StorageResource(ConfigurableResource):
             self._stream(url, max_bytes or self.max_zip_bytes, fh.write)
 
     def _stream(self, url: str, limit: int, sink: Any) -> None:
+        failures: list[str] = []
+        for attempt in range(self.retries + 1):
+            try:
+                self._stream_once(url, limit, sink)
+                return
+            except _Retryable as exc:
+                failures.append(str(exc))
+                if attempt < self.retries:
+                    time.sleep(self.retry_wait_s * 2**attempt)
+        raise FetchProblem(_failure(failures))
+
+    def _stream_once(self, url: str, limit: int, sink: Any) -> None:
+        """One GET into `sink`. Retryable only while nothing reached the sink: a retry never appends a
+        second copy of the first bytes."""
+        started = time.monotonic()
+        received = 0
         try:
             with self.http().stream("GET", url) as response:
+                if response.status_code >= 500:
+                    raise _Retryable(f"storage answered {response.status_code} for {_short(url)}")
                 if response.status_code != 200:
                     raise FetchProblem(f"storage answered {response.status_code} for {_short(url)}")
-                received = 0
-                for chunk in response.iter_bytes(1 << 16):
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise FetchProblem(f"{_short(url)} is larger than {limit} bytes ({declared})")
+                for chunk in response.iter_bytes():  # as it arrives, so the deadline is checked
                     received += len(chunk)
                     if received > limit:
                         raise FetchProblem(f"{_short(url)} is larger than {limit} bytes")
+                    if time.monotonic() - started > self.deadline_s:
+                        raise FetchProblem(
+                            f"storage too slow for {_short(url)}: {received} bytes in {self.deadline_s:g} s"
+                        )
                     sink(chunk)
         except httpx.TimeoutException:
             raise FetchProblem(
-                f"storage too slow for {_short(url)} (timeout {self.timeout_s:.0f} s)"
+                f"storage too slow for {_short(url)} (nothing for {self.timeout_s:g} s)"
             ) from None
         except httpx.TransportError as exc:
-            raise FetchProblem(f"storage unreachable for {_short(url)} ({type(exc).__name__})") from None
+            reason = f"storage unreachable for {_short(url)} ({type(exc).__name__})"
+            if received:
+                raise FetchProblem(f"{reason} after {received} bytes") from None
+            raise _Retryable(reason) from None
 
     def exists(self, url: str) -> bool:
         """HEAD answering 200 means the object exists; 403/404 mean it does not; other answers fail."""
-        try:
-            response = self.http().head(url)
-        except httpx.HTTPError as exc:
-            raise FetchProblem(f"storage unreachable for {_short(url)} ({type(exc).__name__})") from None
-        if response.status_code == 200:
-            return True
-        if response.status_code in (403, 404):
-            return False
-        raise FetchProblem(f"storage answered {response.status_code} to HEAD {_short(url)}")
+        failures: list[str] = []
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http().head(url)
+            except httpx.TimeoutException:
+                raise FetchProblem(
+                    f"storage too slow for HEAD {_short(url)} (nothing for {self.timeout_s:g} s)"
+                ) from None
+            except httpx.TransportError as exc:
+                failures.append(f"storage unreachable for {_short(url)} ({type(exc).__name__})")
+            else:
+                if response.status_code == 200:
+                    return True
+                if response.status_code in (403, 404):
+                    return False
+                failure = f"storage answered {response.status_code} to HEAD {_short(url)}"
+                if response.status_code < 500:
+                    raise FetchProblem(failure)
+                failures.append(failure)
+            if attempt < self.retries:
+                time.sleep(self.retry_wait_s * 2**attempt)
+        raise FetchProblem(_failure(failures))
+
+
+class _Retryable(Exception):
+    """A storage failure worth another attempt: a 5xx, or a connection refused or dropped before any byte."""
+
+
+def _failure(failures: list[str]) -> str:
+    return failures[-1] + (f" ({len(failures)} attempts)" if len(failures) > 1 else "")
 
 
 def _short(url: str) -> str:

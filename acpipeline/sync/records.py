@@ -3,7 +3,6 @@ links back to MongoDB in bulk."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,6 +95,7 @@ class RecordSync:
         )
         self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
         self._linked: set[str] = set()  # refs whose link was written back during the batches
+        self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
 
     def uri(self, rkey: str) -> str:
         return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
@@ -114,23 +114,64 @@ class RecordSync:
         if dry_run:
             self._count(plan, applied=plan.writes)
             return self.report
-        session = self.client.session(self.account.did, self.account.password)
+        session: Session | None = None
         results: dict[str, tuple[str, str]] = {}  # rkey -> (uri, cid) of records written this run
         applied: list[Write] = []
-        for attempt in range(MAX_REPLANS + 1):
+        failures = 0  # applyWrites calls in a row whose outcome stayed unknown
+        while True:
+            done = len(applied)
+            if not plan.writes:
+                break
+            # Logged in only when there is something to write: logins are rate-limited (30 per 5 minutes
+            # per account) and most partitions of a nightly run are unchanged.
+            session = session or self.client.session(self.account.did, self.account.password)
             try:
                 self._apply(session, plan, existing, results, applied)
                 break
-            except TransientWriteError:
-                # A batch may or may not have applied: never retry it blind, plan again from the PDS.
-                if attempt == MAX_REPLANS:
-                    raise
+            except TransientWriteError as exc:
+                # The batch may or may not have applied: never retry it blind, plan again from the PDS.
+                # Each batch that went through since the last failure resets the count, so a long run
+                # survives scattered failures and gives up only when the PDS keeps failing.
+                failures = 1 if len(applied) > done else failures + 1
+                if failures > MAX_REPLANS:
+                    raise TransientWriteError(
+                        f"{failures} applyWrites calls in a row to {self.rules.nsid} of "
+                        f"{self.account.handle} ended without a known outcome (last: {exc}); a new run "
+                        "re-plans from the PDS",
+                        exc.status,
+                        exc.error,
+                    ) from None
                 self.report.replans += 1
-                time.sleep(1.0 + attempt)
+                self.client.sleep(self.client.backoff(failures + 2))
                 plan, existing = self.plan()
+                self._settle(plan, existing, results, applied)
         self._count(plan, applied)
         self._write_back_final(plan, existing, results)
         return self.report
+
+    def _settle(
+        self,
+        plan: Plan,
+        existing: list[Existing],
+        results: dict[str, tuple[str, str]],
+        applied: list[Write],
+    ) -> None:
+        """After a re-plan, the writes of the batch whose outcome was unknown that the fresh listing shows
+        applied: counted as applied and linked in MongoDB now."""
+        batch, self._in_flight = self._in_flight, []
+        listed = {r.rkey: r for r in existing}
+        pending = {w.rkey for w in plan.writes}
+        settled: list[Write] = []
+        for write in batch:
+            record = listed.get(write.rkey)
+            if write.action == "delete":
+                if record is None:
+                    settled.append(write)
+            elif record is not None and write.rkey not in pending and record.value == write.value:
+                results[write.rkey] = (self.uri(write.rkey), record.cid)
+                settled.append(write)
+        applied.extend(settled)
+        self._write_back(self._links_for(settled, results))
 
     def _count(self, plan: Plan, applied: list[Write]) -> None:
         self.report.created = sum(1 for w in applied if w.action == "create")
@@ -146,17 +187,27 @@ class RecordSync:
         results: dict[str, tuple[str, str]],
         applied: list[Write],
     ) -> None:
-        held = {cid for record in existing for cid in _blob_cids(record.value)}
+        # Blobs referenced by the records on the PDS as each batch starts: the PDS keeps those (it deletes a
+        # blob with the last record that references it, and garbage-collects uploads nothing references).
+        on_pds = {record.rkey: set(_blob_cids(record.value)) for record in existing}
         for batch in batch_writes(self.rules.nsid, plan.writes):
+            held = set().union(*on_pds.values())
             self._upload_blobs(session, batch, held)
             body = encode_body(
                 {"repo": self.account.did, "writes": [write_op(self.rules.nsid, w) for w in batch]}
             )
+            self._in_flight = batch
             answer = self.client.apply_writes(session, body)
+            self._in_flight = []
             self.report.commits += 1
             for write, result in zip(batch, answer.get("results", []), strict=False):
                 if write.action != "delete":
                     results[write.rkey] = (result.get("uri") or self.uri(write.rkey), result["cid"])
+            for write in batch:
+                if write.action == "delete":
+                    on_pds.pop(write.rkey, None)
+                else:
+                    on_pds[write.rkey] = set(_blob_cids(write.value or {}))
             applied.extend(batch)
             self._write_back(self._links_for(batch, results))
 
@@ -177,7 +228,6 @@ class RecordSync:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             sizes = list(pool.map(upload, sorted(needed)))
-        held |= needed
         self.report.blobs_uploaded += len(sizes)
         self.report.blob_bytes_uploaded += sum(sizes)
 

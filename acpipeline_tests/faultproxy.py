@@ -1,0 +1,416 @@
+"""Test stand-ins that misbehave on purpose, always in front of something real.
+
+`FaultProxy` sits in front of the REAL reference PDS and forwards every request to it, except a configured
+share (or a scripted list) it answers with a fault instead: 429 with `ratelimit-*` and `retry-after`
+headers, 500, 502, a dropped connection, a stall; or that it forwards first and then answers with a fault
+(`*_after`: the PDS applied the write but the client never hears so, the nasty case for applyWrites).
+Hooks see every request before and after forwarding (the crash tests kill the sync process from one).
+
+`StubStorage` serves a media folder like the demo's media server, except for paths given a behaviour:
+500, a stall, a trickle of bytes, or a redirect; it records every path asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+BEFORE = ("429", "500", "502", "drop", "reset", "stall")
+AFTER = ("500_after", "502_after", "drop_after")
+KINDS = BEFORE + AFTER
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Answer `share` of the requests (of `nsids`, or of all) with fault `kind`."""
+
+    kind: str
+    share: float
+    nsids: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}: choose from {KINDS}")
+
+    def applies(self, nsid: str) -> bool:
+        return self.nsids is None or nsid in self.nsids
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as a hook sees it: the XRPC method, its number among requests of that method (from 1),
+    the phase ("before" forwarding, "after" the PDS answered) and the request body."""
+
+    nsid: str
+    n: int
+    phase: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+Hook = Callable[[Seen], "str | None"]  # may return a fault kind to inject right now
+
+
+class FaultProxy:
+    """A threaded HTTP proxy to `upstream` injecting faults; `requests` counts requests per method and
+    `faults` injected faults per (kind, method). Decisions are a function of (seed, method, n), so a test is
+    reproducible however threads interleave; `max_in_a_row` keeps a fault transient (the next request of
+    that method after so many faults goes through). `script` forces a fault on the n-th request of a
+    method; `rate_headers` adds headers to forwarded answers (`ratelimit-*` pressure); the PDS's answers to
+    the methods in `keep_answers` are kept in `answers` (the secrets test collects every token from them).
+    `active = False` turns random and scripted faults off (hooks still run)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        rules: list[Rule] | tuple[Rule, ...] = (),
+        *,
+        script: dict[tuple[str, int], str] | None = None,
+        seed: int = 0,
+        max_in_a_row: int = 2,
+        retry_after: int = 1,
+        stall_s: float = 2.0,
+        rate_headers: Callable[[str], dict[str, str] | None] | None = None,
+        keep_answers: frozenset[str] = frozenset(),
+    ):
+        self.upstream = upstream.rstrip("/")
+        self.rules = list(rules)
+        self.script = dict(script or {})
+        self.seed = seed
+        self.max_in_a_row = max_in_a_row
+        self.retry_after = retry_after
+        self.stall_s = stall_s
+        self.rate_headers = rate_headers
+        self.keep_answers = keep_answers
+        self.answers: list[tuple[str, bytes]] = []  # (method, body) of the PDS's answers to keep_answers
+        self.hooks: list[Hook] = []
+        self.requests: Counter[str] = Counter()
+        self.faults: Counter[tuple[str, str]] = Counter()
+        self.active = True
+        self._in_a_row: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._client = httpx.Client(base_url=self.upstream, timeout=120)
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
+
+    # -- life ------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.close_all()
+        self._client.close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def _number(self, nsid: str) -> int:
+        with self._lock:
+            self.requests[nsid] += 1
+            return self.requests[nsid]
+
+    def _decide(self, nsid: str, n: int) -> str | None:
+        if not self.active:
+            return None
+        kind = self.script.get((nsid, n))
+        if kind is None and self.rules:
+            with self._lock:
+                if self._in_a_row[nsid] >= self.max_in_a_row:
+                    self._in_a_row[nsid] = 0
+                    return None
+            roll = random.Random(f"{self.seed}:{nsid}:{n}").random()
+            for rule in self.rules:
+                if not rule.applies(nsid):
+                    continue
+                if roll < rule.share:
+                    kind = rule.kind
+                    break
+                roll -= rule.share
+        with self._lock:
+            self._in_a_row[nsid] = self._in_a_row[nsid] + 1 if kind else 0
+        return kind
+
+    def _count(self, kind: str, nsid: str) -> None:
+        with self._lock:
+            self.faults[(kind, nsid)] += 1
+
+    def faults_by_kind(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (kind, _), n in self.faults.items():
+            out[kind] += n
+        return out
+
+    def _hooks(self, seen: Seen) -> str | None:
+        for hook in self.hooks:
+            kind = hook(seen)
+            if kind:
+                return kind
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks its open connections, so stopping it also ends kept-alive ones (as a PDS going away does)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.open: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.open_lock:
+            self.open.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        self.shutdown()
+        self.server_close()
+        with self.open_lock:
+            for sock in list(self.open):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up (or being killed) mid-request are expected here
+
+
+def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _handle(self) -> None:
+            body = self._body()
+            nsid = urlsplit(self.path).path.removeprefix("/xrpc/")
+            n = proxy._number(nsid)
+            kind = proxy._hooks(Seen(nsid, n, "before", body)) or proxy._decide(nsid, n)
+            if kind in BEFORE and kind != "stall":
+                proxy._count(kind, nsid)
+                self._fault(kind)
+                return
+            if kind == "stall":
+                proxy._count(kind, nsid)
+                time.sleep(proxy.stall_s)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            try:
+                answer = proxy._client.request(self.command, self.path, content=body or None, headers=headers)
+            except httpx.HTTPError:
+                self._fault("502")
+                return
+            if nsid in proxy.keep_answers:
+                with proxy._lock:
+                    proxy.answers.append((nsid, answer.content))
+            after = proxy._hooks(Seen(nsid, n, "after", body))
+            if after is None and kind in AFTER:
+                after = kind
+            if after:
+                proxy._count(after if after.endswith("_after") else f"{after}_after", nsid)
+                self._fault(after.removesuffix("_after"))
+                return
+            extra = proxy.rate_headers(nsid) if proxy.rate_headers else None
+            self.send_response(answer.status_code)
+            for key, value in answer.headers.items():
+                if key.lower() not in _HOP:
+                    self.send_header(key, value)
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def _fault(self, kind: str) -> None:
+            if kind in ("drop", "reset"):
+                if kind == "reset":  # RST instead of FIN
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
+            status = int(kind)
+            headers = {"Content-Type": "application/json"}
+            if status == 429:
+                error = {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}
+                headers.update(
+                    {
+                        "ratelimit-limit": "3000",
+                        "ratelimit-remaining": "0",
+                        "ratelimit-reset": str(int(time.time()) + proxy.retry_after),
+                        "ratelimit-policy": "3000;w=300",
+                        "retry-after": str(proxy.retry_after),
+                    }
+                )
+            elif status == 500:
+                error = {"error": "InternalServerError", "message": "Internal Server Error"}
+            else:
+                error = {"error": "UpstreamFailure", "message": "Bad Gateway"}
+            data = json.dumps(error).encode()
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _handle  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+class StubStorage:
+    """Serves `root/{path}` like the demo's media server (GET and HEAD), except paths containing a key of
+    `behaviours`: "500", "stall" (headers, then silence), "trickle" (a byte every 0.05 s, forever), or
+    "redirect:<url>". `asked` lists every path requested, so a test can prove a request never came."""
+
+    def __init__(self, root: Path, behaviours: dict[str, str] | None = None, stall_s: float = 5.0):
+        self.root = Path(root)
+        self.behaviours = dict(behaviours or {})
+        self.stall_s = stall_s
+        self.asked: list[str] = []
+        self._stop = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), _storage_handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="stubstorage", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> StubStorage:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._server.close_all()
+
+    def __enter__(self) -> StubStorage:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url_templates(self) -> dict[str, str]:
+        return {
+            "image_url": f"{self.url}/{{bucket}}/{{user}}/painting/{{slug}}.png",
+            "guest_image_url": f"{self.url}/{{bucket}}/{{slug}}.png",
+            "zip_url": f"{self.url}/{{bucket}}/{{user_dir}}{{slug}}.zip",
+        }
+
+
+def _storage_handler(stub: StubStorage) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self, body: bool) -> None:
+            stub.asked.append(self.path)
+            path = unquote(urlsplit(self.path).path)
+            behaviour = next((b for key, b in stub.behaviours.items() if key in path), None)
+            if behaviour == "500":
+                self._status(500, body)
+                return
+            if behaviour and behaviour.startswith("redirect:"):
+                self.send_response(302)
+                self.send_header("Location", behaviour.removeprefix("redirect:"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if behaviour == "stall":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.flush()
+                stub._stop.wait(stub.stall_s)
+                self.close_connection = True
+                return
+            if behaviour == "trickle":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                while not stub._stop.is_set():
+                    try:
+                        self.wfile.write(b"\x89")
+                        self.wfile.flush()
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+                self.close_connection = True
+                return
+            parts = [p for p in path.split("/") if p]
+            target = stub.root.joinpath(*parts) if parts else stub.root
+            if ".." in parts or not target.is_file():
+                self._status(404, body)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(target.stat().st_size))
+            self.end_headers()
+            if body:
+                with target.open("rb") as fh:
+                    shutil.copyfileobj(fh, self.wfile)
+
+        def _status(self, status: int, body: bool) -> None:
+            data = f"{status}\n".encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._serve(body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._serve(body=False)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
