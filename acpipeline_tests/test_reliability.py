@@ -527,27 +527,6 @@ def kill_sync_at(world, proxy: FaultProxy, handle: str, point: str) -> None:
     assert killed.is_set() and proc.returncode == -signal.SIGKILL, (point, proc.returncode)
 
 
-def release_dead_runs() -> int:
-    """Mark the runs a killed sync left STARTED as failed and free the `pds_writes` pool slots they hold.
-
-    Without this, the next CLI sync on the same DAGSTER_HOME waits forever for a slot: an
-    `execute_in_process` run killed with SIGKILL never releases its op concurrency slots, and the CLI has
-    no daemon to notice the dead run (see test_a_killed_sync_does_not_block_the_next_one). The runner
-    should do this itself for runs whose process is gone; until it does, the crash tests do it here, as an
-    operator would, so they test what they are about: the data converging."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-
-    instance = DagsterInstance.get()
-    try:
-        runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-        for run in runs:
-            instance.report_run_failed(run, message="its process was killed")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        return len(runs)
-    finally:
-        instance.dispose()
-
-
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_at_any_point_then_a_rerun_converges_to_one_clean_run(world, proxy_for, point):
     db = world.db()
@@ -562,8 +541,7 @@ def test_sigkill_at_any_point_then_a_rerun_converges_to_one_clean_run(world, pro
     if point == "last batch applied, before write-back":
         assert at_kill == 450 and db["moods"].count_documents({"atproto.rkey": {"$exists": True}}) == 400
 
-    # The re-run: the same command on the same Dagster instance.
-    release_dead_runs()
+    # The re-run: the same command on the same Dagster instance (it releases the killed runs' slots).
     rerun = _cli(handle)
     out, err = _finish(rerun, timeout=180)
     assert rerun.returncode == 0, (out, err)
@@ -573,11 +551,6 @@ def test_sigkill_at_any_point_then_a_rerun_converges_to_one_clean_run(world, pro
     print(f"\nFIGURES kill point {point!r}: {at_kill} mood records at kill, converged, 0 duplicates")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SIGKILLed CLI sync keeps its pds_writes pool slots: the next sync on the same DAGSTER_HOME "
-    "waits forever (acpipeline/sync/runner.py must release the slots of runs whose process is gone)",
-)
 def test_a_killed_sync_does_not_block_the_next_one(world, proxy_for, monkeypatch):
     db = world.db()
     sub, handle, did = add_user(world, db, "blocked")

@@ -48,7 +48,14 @@ class MongoResource(ConfigurableResource):
 
             return litemongo.connect(embedded_path(), tz_aware=True)
         try:
-            client = pymongo.MongoClient(self.connection_string, serverSelectionTimeoutMS=8000, tz_aware=True)
+            # Invalid UTF-8 in a document becomes lone surrogates, which the item checks report as one
+            # failed item, instead of an exception that would fail the whole partition.
+            client = pymongo.MongoClient(
+                self.connection_string,
+                serverSelectionTimeoutMS=8000,
+                tz_aware=True,
+                unicode_decode_error_handler="surrogateescape",
+            )
             client.admin.command("ping")
         except ConfigurationError as exc:
             raise OperatorError(f"MONGODB_CONNECTION_STRING is not a valid MongoDB URI ({exc})") from None

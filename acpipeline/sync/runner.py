@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import DagsterInstance, Definitions, TableMetadataValue
+import psutil
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, TableMetadataValue
 
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.errors import OperatorError
@@ -94,6 +96,7 @@ def _run_partitions(
     full: bool,
 ) -> tuple[list[PartitionResult], list[str]]:
     db = mongo.db()
+    release_dead_runs(instance)
     register_handles(instance, db)
     accounts = find_accounts(db)
     selected = handles or sorted(accounts.by_handle)
@@ -105,7 +108,7 @@ def _run_partitions(
         # The full event log goes to the instance (and the UI); the terminal gets warnings only.
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    tags = {"acpipeline/cli": "dry-run" if dry_run else "sync"}
+    tags = {"acpipeline/cli": "dry-run" if dry_run else "sync", HOST_TAG: socket.gethostname()}
     keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
     quick = QuickPath(pds.client(), db, accounts, keys) if not dry_run else None
     skipped = quick.converged() if quick and not full else []
@@ -200,14 +203,46 @@ def _execute(
     defs: Definitions, instance: DagsterInstance, key: tuple[str, str], run_config: dict, tags: dict
 ) -> PartitionResult:
     handle, name = key
+    me = psutil.Process()
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         partition_key=partition_key(handle, name),
         run_config=run_config,
         raise_on_error=False,
-        tags=tags,
+        tags={**tags, PID_TAG: str(me.pid), STARTED_TAG: str(me.create_time())},
     )
     return _outcome(handle, name, result)
+
+
+HOST_TAG, PID_TAG, STARTED_TAG = "acpipeline/host", "acpipeline/pid", "acpipeline/process-started"
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[str]:
+    """Fail the runs an earlier CLI sync on this host left STARTED when it was killed, and free the
+    `pds_writes` pool slots they held: a killed in-process run never releases them, and without a daemon
+    nothing else notices, so the next sync would wait for a slot forever."""
+    released = []
+    runs = instance.get_runs(
+        filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])
+    )
+    for run in runs:
+        if run.tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in run.tags:
+            continue
+        if _alive(int(run.tags[PID_TAG]), float(run.tags.get(STARTED_TAG, 0))):
+            continue
+        instance.report_run_failed(run, message="the acpipeline process running it is gone (killed)")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        # A killed worker whose parent died too may linger as a zombie nobody reaps: it is gone as well.
+        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
 
 
 def _outcome(handle: str, media: str, result: Any) -> PartitionResult:
@@ -225,8 +260,15 @@ def _outcome(handle: str, media: str, result: Any) -> PartitionResult:
     error = None
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
-        error = failure.event_specific_data.error.message.strip().splitlines()[0] if failure else "run failed"
+        error = _root_cause(failure.event_specific_data.error) if failure else "run failed"
     return PartitionResult(handle, media, result.success, metadata, check_passed, error, result.run_id)
+
+
+def _root_cause(info: Any) -> str:
+    """The message of the exception beneath Dagster's own wrappers (a failed login, a missing account)."""
+    while info.cause is not None and info.cls_name.startswith("Dagster"):
+        info = info.cause
+    return info.message.strip().splitlines()[0]
 
 
 def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
