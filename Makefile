@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 export ACPIPELINE_HOME ?= $(CURDIR)/.acpipeline
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev lint install node clean
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test dev lint install node browser clean
 
 $(BIN)/acpipeline: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -31,7 +34,12 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/acpipeline demo --serve
 
-test: install node
+# The UI test drives Debian's chromium with Playwright (no browser download from the internet).
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the UI test"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+test: install node browser
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/python -m pytest $(ARGS)
 

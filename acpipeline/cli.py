@@ -127,6 +127,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wipe(args: argparse.Namespace) -> int:
+    """Without --yes (or with --dry-run) only counts what would go; with --yes deletes it."""
+    from acpipeline.instance import get_instance
+    from acpipeline.operations.wipe import run_wipe
+
+    dry_run = args.dry_run or not args.yes
+    outcome = run_wipe(
+        _load_defs(), get_instance(), args.handle, _media(args), dry_run=dry_run, confirm=args.yes
+    )
+    if args.json:
+        print(json.dumps({"ok": outcome.ok, "error": outcome.error, **outcome.value}, indent=2, default=str))
+        return 0 if outcome.ok else 1
+    if not outcome.ok:
+        print(f"wipe of {args.handle} failed: {outcome.error} (run {outcome.run_id})", file=sys.stderr)
+        return 1
+    rows = outcome.value["collections"]
+    if dry_run:
+        for row in rows:
+            row["would_delete"], row["links_to_clear"] = row["on_pds"], row["linked"]
+        print(_table(rows, ["nsid", "would_delete", "links_to_clear"]))
+        print(
+            f"dry run: nothing deleted; {outcome.value['records_on_pds']} records of {args.handle} would be "
+            + ("deleted (without --dry-run)." if args.yes else "deleted: add --yes to delete them.")
+        )
+    else:
+        print(_table(rows, ["nsid", "on_pds", "deleted", "commits", "links_cleared"]))
+        print(
+            f"wiped {args.handle}: {outcome.value['records_deleted']} records deleted, "
+            f"{outcome.value['links_cleared']} MongoDB links cleared. "
+            f"Restore with: acpipeline sync --handle {args.handle}"
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from acpipeline.demo.environment import seed, start_environment
     from acpipeline.instance import ensure_dagster_home
@@ -204,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--strict", action="store_true", help="fail a partition when any item failed")
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(func=run_sync)
+
+    wipe = sub.add_parser(
+        "wipe",
+        help="delete one account's computer.aesthetic.* records and clear their MongoDB links "
+        "(without --yes: only show what would be deleted)",
+    )
+    wipe.add_argument("--handle", required=True, help="the account's PDS handle")
+    wipe.add_argument("--media", help="comma-separated (default all): " + ",".join(MEDIA_NAMES))
+    wipe.add_argument("--dry-run", action="store_true", help="only count, even with --yes")
+    wipe.add_argument("--yes", action="store_true", help="really delete")
+    wipe.add_argument("--json", action="store_true")
+    wipe.set_defaults(func=cmd_wipe)
 
     status = sub.add_parser("status", help="per partition: desired items vs records on the PDS")
     status.add_argument("--handle", action="append")

@@ -8,6 +8,7 @@ import os
 
 from dagster import Definitions, EnvVar, in_process_executor
 
+from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
 from acpipeline.resources.storage import StorageResource
@@ -39,8 +40,11 @@ def build_definitions() -> Definitions:
     """Built from the environment as it is now (the CLI sets the demo's URLs before calling this)."""
     return Definitions(
         assets=[source_items, media_blobs, atproto_records],
+        jobs=[sync_job, wipe_job],
+        sensors=[new_content_sensor],
+        schedules=[reconcile_schedule],
         resources=build_resources(),
-        # The three stages of a partition run in one process: no per-step process start-up.
+        # The three stages of a partition (and a wipe) run in one process: no per-step process start-up.
         executor=in_process_executor,
     )
 

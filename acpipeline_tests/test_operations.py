@@ -1,0 +1,348 @@
+"""Operations against the real reference PDS: wipe and restore, the new-content sensor, the schedule."""
+
+import json
+from datetime import UTC, datetime
+
+from bson import ObjectId
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    build_schedule_context,
+    build_sensor_context,
+)
+
+from acpipeline.cli import main
+from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.demo.dataset import build_tape_zip, zip_key
+from acpipeline.instance import get_instance
+from acpipeline.operations import sensor as sensor_module
+from acpipeline.operations.fingerprint import projection, read_all
+from acpipeline.operations.schedule import reconcile_schedule
+from acpipeline.operations.sensor import (
+    SensorState,
+    decode_state,
+    encode_state,
+    load_state,
+    new_content_sensor,
+    save_state,
+)
+from acpipeline.operations.wipe import run_wipe
+from acpipeline.settings import ART_GUEST_ID
+from acpipeline.sync.partitions import partition_key
+
+from .helpers import T0, add_moods, add_user, head, records, sync
+
+OTHER = "com.example.other"
+
+
+def aesthetic_records(world, did: str) -> dict[str, int]:
+    return {MEDIA[m].nsid: len(records(world, did, MEDIA[m].nsid)) for m in MEDIA_NAMES}
+
+
+def create_other_record(world, db, sub: str, did: str) -> str:
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    session = world.client.session(did, password)
+    body = json.dumps({"repo": did, "collection": OTHER, "record": {"$type": OTHER, "text": "keep me"}})
+    created = world.client.call("POST", "com.atproto.repo.createRecord", body=body.encode(), session=session)
+    return created["uri"]
+
+
+def add_pieces(db, sub: str | None, slugs: list[str]) -> list[ObjectId]:
+    docs = [
+        {
+            "_id": ObjectId(),
+            "slug": slug,
+            "code": slug[:4],
+            "when": T0.replace(minute=i),
+            "bucket": "user-aesthetic-computer" if sub else "art-aesthetic-computer",
+            **({"user": sub} if sub else {}),
+        }
+        for i, slug in enumerate(slugs)
+    ]
+    db["pieces"].insert_many(docs)
+    return [d["_id"] for d in docs]
+
+
+def linked(db, collection: str, ids) -> list[bool]:
+    return [bool((db[collection].find_one({"_id": i}).get("atproto") or {}).get("rkey")) for i in ids]
+
+
+# -- wipe -------------------------------------------------------------------------------------------------
+
+
+def test_wipe_removes_exactly_the_accounts_records_and_sync_restores_them(world, capsys):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "wiped")
+    other_sub, other_handle, other_did = add_user(world, db, "bystander")
+    moods = add_moods(db, sub, [f"mood {i}" for i in range(230)])  # two applyWrites batches
+    pieces = add_pieces(db, sub, ["wand", "line"])
+    other_moods = add_moods(db, other_sub, ["untouched", "also untouched"])
+    first = sync(world, [handle, other_handle], ["mood", "piece"])
+    assert all(r.ok for r in first.values())
+    kept_uri = create_other_record(world, db, sub, did)
+    before = aesthetic_records(world, did)
+    assert before[MEDIA["mood"].nsid] == 230 and before[MEDIA["piece"].nsid] == 2
+    bystander = {nsid: records(world, other_did, nsid) for nsid in (MEDIA["mood"].nsid, MEDIA["piece"].nsid)}
+
+    # refused without confirmation; a dry run counts and changes nothing
+    rev = head(world, did)
+    refused = run_wipe(world.defs(), world.instance, handle)
+    assert not refused.ok and "confirm_handle" in refused.error
+    assert main(["wipe", "--handle", handle]) == 0
+    out = capsys.readouterr().out
+    assert "would_delete" in out and "add --yes" in out and "232 records" in out
+    assert head(world, did) == rev and aesthetic_records(world, did) == before
+    assert all(linked(db, "moods", moods))
+
+    # the wipe, through the CLI
+    assert main(["wipe", "--handle", handle, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"{MEDIA['mood'].nsid}" in out and "232 records deleted" in out
+    assert aesthetic_records(world, did) == dict.fromkeys(before, 0)
+    assert [r["uri"] for r in records(world, did, OTHER)] == [kept_uri]
+    assert {n: records(world, other_did, n) for n in bystander} == bystander
+    assert not any(linked(db, "moods", moods)) and not any(linked(db, "pieces", pieces))
+    assert all(linked(db, "moods", other_moods))
+    doc = db["moods"].find_one({"_id": moods[0]})
+    assert not set(doc.get("atproto") or {}) & {"rkey", "uri", "cid", "syncedAt"}
+
+    # the UI sees the partitions wiped: an observation and a failed check on atproto_records
+    instance = DagsterInstance.get()  # the CLI's instance (DAGSTER_HOME)
+    observations = instance.fetch_observations(AssetKey("atproto_records"), limit=10).records
+    wiped = {o.partition_key: o.asset_observation.metadata for o in observations}
+    assert set(wiped) == {partition_key(handle, "mood"), partition_key(handle, "piece")}
+    assert wiped[partition_key(handle, "mood")]["wiped"].value is True
+    assert wiped[partition_key(handle, "mood")]["records_deleted"].value == 230
+    checks = instance.get_records_for_run(
+        run_id=instance.get_runs(limit=1)[0].run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    assert {c.event_log_entry.dagster_event.event_specific_data.passed for c in checks} == {False}
+
+    # a second wipe deletes nothing and succeeds
+    again = run_wipe(world.defs(), world.instance, handle, confirm=True)
+    assert again.ok and again.value["records_deleted"] == 0 and again.value["links_cleared"] == 0
+    assert [r["uri"] for r in records(world, did, OTHER)] == [kept_uri]
+
+    # restore: a sync of the account
+    restored = sync(world, [handle])
+    assert all(r.ok and r.check_passed for r in restored.values()), [r.row() for r in restored.values()]
+    assert aesthetic_records(world, did) == before
+    assert all(linked(db, "moods", moods)) and all(linked(db, "pieces", pieces))
+    assert [r["uri"] for r in records(world, did, OTHER)] == [kept_uri]
+
+
+def test_wipe_of_the_art_account_clears_only_anonymous_items(world):
+    """The art account (`art-guest` in MongoDB; a unique handle on the shared test PDS) owns the anonymous
+    items: its wipe clears their links and no owned item's."""
+    db = world.db()
+    handle, did, password = world.new_account("art")
+    db["users"].insert_one(
+        {"_id": ART_GUEST_ID, "atproto": {"did": did, "handle": handle, "password": password}}
+    )
+    sub, user_handle, user_did = add_user(world, db, "owner")
+    anonymous = add_pieces(db, None, ["anon", "mous"])
+    owned = add_pieces(db, sub, ["mine"])
+    assert all(r.ok for r in sync(world, [handle, user_handle], ["piece"]).values())
+    assert len(records(world, did, MEDIA["piece"].nsid)) == 2
+
+    media_only = run_wipe(world.defs(), world.instance, handle, ["piece", "mood"], confirm=True)
+    assert media_only.ok, media_only.error
+    rows = {r["media"]: r for r in media_only.value["collections"]}
+    assert set(rows) == {"piece", "mood"}
+    assert (rows["piece"]["deleted"], rows["piece"]["links_cleared"]) == (2, 2)
+    assert records(world, did, MEDIA["piece"].nsid) == []
+    assert not any(linked(db, "pieces", anonymous)) and all(linked(db, "pieces", owned))
+    assert len(records(world, user_did, MEDIA["piece"].nsid)) == 1
+
+
+def test_wipe_refuses_unknown_handles_and_media(world):
+    db = world.db()
+    add_user(world, db, "someone")
+    unknown = run_wipe(world.defs(), world.instance, "nobody.at.aesthetic.computer", confirm=True)
+    assert not unknown.ok and "no user in MongoDB" in unknown.error
+    assert main(["wipe", "--handle", "x.at.aesthetic.computer", "--media", "sculpture"]) == 2
+
+
+# -- the new-content sensor -------------------------------------------------------------------------------
+
+
+class SensorDriver:
+    """Evaluates the sensor as the daemon would, carrying its cursor from tick to tick."""
+
+    def __init__(self, world):
+        self.world = world
+        self.resources = world.defs().resources
+        self.cursor: str | None = None
+
+    def tick(self) -> dict[str, str]:
+        with build_sensor_context(
+            instance=self.world.instance, cursor=self.cursor, resources=self.resources
+        ) as context:
+            result = new_content_sensor(context)
+        self.cursor = result.cursor
+        assert self.state() is not None and len(self.cursor) < 40
+        return {r.partition_key: r.tags["acpipeline/reason"] for r in result.run_requests or []}
+
+    def state(self) -> SensorState | None:
+        return load_state(self.world.instance, self.cursor)
+
+
+def test_sensor_requests_exactly_the_partitions_whose_source_changed(world):
+    db = world.db()
+    sub, handle, _ = add_user(world, db, "active")
+    moods = add_moods(db, sub, ["first", "second", "third"])
+    pieces = add_pieces(db, sub, ["wand"])
+    sync(world, [handle], ["mood", "piece"])
+    driver = SensorDriver(world)
+
+    assert driver.tick() == {}  # first tick: its baseline; everything it sees was synced already
+    assert driver.tick() == {}
+
+    add_moods(db, sub, ["fourth"])
+    assert driver.tick() == {partition_key(handle, "mood"): "source-changed"}
+    assert driver.tick() == {}
+
+    db["moods"].update_one({"_id": moods[0]}, {"$set": {"mood": "first, edited"}})
+    db["pieces"].update_one({"_id": pieces[0]}, {"$set": {"nuked": True}})
+    assert driver.tick() == {
+        partition_key(handle, "mood"): "source-changed",
+        partition_key(handle, "piece"): "source-changed",
+    }
+    db["moods"].update_one({"_id": moods[1]}, {"$set": {"deleted": True}})
+    assert driver.tick() == {partition_key(handle, "mood"): "source-changed"}
+    db["moods"].delete_one({"_id": moods[2]})
+    assert driver.tick() == {partition_key(handle, "mood"): "source-changed"}
+
+    # fields no record is built from, and the links a sync writes back, are not changes
+    db["moods"].update_one({"_id": moods[0]}, {"$set": {"hits": 12}})
+    sync(world, [handle], ["mood", "piece"])
+    assert driver.tick() == {}
+
+    # a user who gained an account: registered and synced in the same tick
+    new_sub, new_handle, _ = add_user(world, db, "newcomer")
+    add_moods(db, new_sub, ["hello"])
+    assert new_handle not in world.instance.get_dynamic_partitions("handle")
+    assert driver.tick() == {partition_key(new_handle, "mood"): "new-account"}
+    assert new_handle in world.instance.get_dynamic_partitions("handle")
+
+    # a change whose partition already has a run waiting to start: that run will read it
+    waiting = world.instance.create_run_for_job(
+        job_def=world.defs().resolve_job_def("sync_partition"),
+        status=DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/partition": partition_key(handle, "mood")},
+    )
+    add_moods(db, sub, ["fifth"])
+    assert driver.tick() == {}
+    world.instance.report_run_canceled(waiting)
+    assert driver.tick() == {}  # handed to that run (canceled, it is the nightly reconcile's to catch)
+
+    # a user without an account changes nothing
+    db["users"].insert_one({"_id": "auth0|noaccount", "code": "none"})
+    add_moods(db, "auth0|noaccount", ["nobody syncs me"])
+    assert driver.tick() == {}
+
+
+def test_sensor_first_tick_requests_partitions_never_synced(world):
+    db = world.db()
+    sub, handle, _ = add_user(world, db, "fresh")
+    add_moods(db, sub, ["one"])
+    add_pieces(db, sub, ["wand"])
+    sync(world, [handle], ["piece"])
+    assert SensorDriver(world).tick() == {partition_key(handle, "mood"): "never-synced"}
+
+
+def test_sensor_requests_a_tape_partition_when_its_zip_appears(world, monkeypatch):
+    monkeypatch.setattr(sensor_module, "ZIP_RECHECK_S", 0)
+    db = world.db()
+    sub, handle, _ = add_user(world, db, "taper")
+    tape = {
+        "_id": ObjectId(),
+        "user": sub,
+        "code": "tp1",
+        "slug": "2024.3.1.12.0.0.000",
+        "bucket": "user-aesthetic-computer",
+        "when": datetime(2024, 3, 1, tzinfo=UTC),
+    }
+    driver = SensorDriver(world)
+    assert driver.tick() == {}  # baseline, nothing there
+    db["tapes"].insert_one(tape)
+    assert driver.tick() == {partition_key(handle, "tape"): "source-changed"}
+    assert driver.state().zips[str(tape["_id"])][0] == "m"
+    assert driver.tick() == {}  # still missing
+    build_tape_zip(
+        world.media_root / "user-aesthetic-computer" / zip_key(tape["slug"], sub), 64, 64, frames=6, fps=30
+    )
+    assert driver.tick() == {partition_key(handle, "tape"): "tape-zip-appeared"}
+    assert driver.tick() == {}  # seen present: not requested again
+    result = sync(world, [handle], ["tape"])[(handle, "tape")]
+    assert result.ok and result.metadata["created"] == 1
+    assert driver.tick() == {}
+    assert driver.state().zips == {}
+
+
+def test_sensor_state_lives_beside_a_short_cursor():
+    instance = DagsterInstance.ephemeral()
+    state = SensorState(digests={"a.test": ["x" * 11, "", "", "", ""]}, zips={"r": ["m", 5]})
+    big = SensorState(digests={f"h{i}.test": [f"{i:011d}"] * 5 for i in range(5000)})
+    first = save_state(instance, state, None)
+    assert load_state(instance, first) == state
+    assert save_state(instance, state, first) == first  # unchanged: same cursor, nothing written
+    second = save_state(instance, big, first)
+    assert len(second) < 40 and load_state(instance, second) == big  # stored in chunks
+    assert load_state(instance, first) == state  # the previous generation survives
+    third = save_state(instance, state, second)
+    assert load_state(instance, first) is None  # its slot was reused: a stale cursor starts over
+    assert load_state(instance, third) == state
+    for cursor in (None, "", "garbage", "kv1:x:y", "kv1:99:abc"):
+        assert load_state(instance, cursor) is None
+    assert decode_state(encode_state(big)) == big and decode_state("not base64!") is None
+
+
+def test_projection_holds_every_field_records_are_built_from(world):
+    from acpipeline.demo.dataset import seed_dataset
+
+    db = world.db()
+    seed_dataset(db, world.media_root, lambda handle, password: f"did:plc:{handle[:8]}", size="small")
+    for media, rules in MEDIA.items():
+        full = {d["_id"]: d for d in db[rules.collection].find({})}
+        projected = read_all(db[rules.collection], {}, projection(media))
+        assert len(projected) == len(full) > 0
+        for doc in projected:
+            assert rules.normalise(doc) == rules.normalise(full[doc["_id"]]), (media, doc["_id"])
+
+
+# -- the reconcile schedule -------------------------------------------------------------------------------
+
+
+def test_schedule_requests_every_partition_of_every_account(world):
+    db = world.db()
+    handles = [add_user(world, db, name)[1] for name in ("nightly", "owl")]
+    instance = get_instance()  # a schedule's context needs a persistent instance (DAGSTER_HOME)
+    defs = world.defs()
+    with build_schedule_context(
+        instance=instance,
+        resources=defs.resources,
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=datetime(2026, 1, 1, 3, tzinfo=UTC),
+    ) as context:
+        requests = reconcile_schedule.evaluate_tick(context).run_requests
+    assert sorted(r.partition_key for r in requests) == sorted(
+        partition_key(h, m) for h in handles for m in MEDIA_NAMES
+    )
+    assert len({r.run_key for r in requests}) == len(requests)
+
+
+def test_schedule_cron_comes_from_the_environment(monkeypatch):
+    import importlib
+
+    from acpipeline.operations import schedule
+
+    assert schedule.reconcile_schedule.cron_schedule == schedule.DEFAULT_SYNC_CRON
+    monkeypatch.setenv("ACPIPELINE_SYNC_CRON", "*/15 * * * *")
+    try:
+        assert importlib.reload(schedule).reconcile_schedule.cron_schedule == "*/15 * * * *"
+    finally:
+        monkeypatch.delenv("ACPIPELINE_SYNC_CRON")
+        importlib.reload(schedule)
