@@ -147,3 +147,8 @@ def test_batches_split_at_200_writes_and_at_the_byte_limit():
     for batch in batches:
         body = encode_body({"repo": "did:plc:x", "writes": [write_op("c", w) for w in batch]})
         assert len(body) < 1_000_000
+
+
+def test_invalid_utf8_read_as_replacement_characters_is_a_failed_item():
+    item = MOOD.normalise(mood_doc(0) | {"mood": "broken \ufffd bytes"})
+    assert item.problem == "mood holds invalid UTF-8 (read as U+FFFD at 7)"

@@ -97,4 +97,7 @@ def required_text(doc: dict[str, Any], name: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ItemProblem(f"{name} holds invalid Unicode (lone surrogate at {exc.start})") from None
+    if "\ufffd" in value:
+        # What the MongoDB client makes of invalid UTF-8: never sync text that was damaged on the way.
+        raise ItemProblem(f"{name} holds invalid UTF-8 (read as U+FFFD at {value.index(chr(0xFFFD))})")
     return value

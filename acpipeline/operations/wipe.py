@@ -48,7 +48,7 @@ from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsClient, PdsError, PdsResource, Session, TransientWriteError
 from acpipeline.sync.assets import CHECK, POOL, atproto_records
-from acpipeline.sync.extract import Account, extract_items, find_accounts, owner_filter
+from acpipeline.sync.extract import Account, extract_items, find_account, owner_filter
 from acpipeline.sync.partitions import partition_key, register_handles
 
 WIPE_JOB_NAME = "wipe_account"
@@ -205,7 +205,7 @@ def wipe_records(
     _check_config(config)
     db = mongo.db()
     register_handles(context.instance, db)
-    account = find_accounts(db).by_handle.get(config.handle)
+    account = find_account(db, config.handle)
     if account is None:
         raise Failure(
             f"no user in MongoDB has the ATProto handle {config.handle} (or its did/password is missing)"

@@ -48,13 +48,13 @@ class MongoResource(ConfigurableResource):
 
             return litemongo.connect(embedded_path(), tz_aware=True)
         try:
-            # Invalid UTF-8 in a document becomes lone surrogates, which the item checks report as one
-            # failed item, instead of an exception that would fail the whole partition.
+            # Invalid UTF-8 in a document is read as U+FFFD, which the item checks report as one failed
+            # item, instead of an exception that would fail the whole partition.
             client = pymongo.MongoClient(
                 self.connection_string,
                 serverSelectionTimeoutMS=8000,
                 tz_aware=True,
-                unicode_decode_error_handler="surrogateescape",
+                unicode_decode_error_handler="replace",
             )
             client.admin.command("ping")
         except ConfigurationError as exc:

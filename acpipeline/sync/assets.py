@@ -1,6 +1,5 @@
 """The three stages of a partition as assets: source items -> media blobs -> ATProto records."""
 
-
 import time
 import warnings
 
@@ -31,7 +30,7 @@ from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
-from acpipeline.sync.extract import Account, extract_items, find_accounts
+from acpipeline.sync.extract import Account, extract_items, find_account
 from acpipeline.sync.partitions import sync_partitions
 from acpipeline.sync.records import RecordSync, SyncReport, list_existing
 
@@ -50,7 +49,7 @@ def _partition(context: AssetExecutionContext) -> tuple[str, str]:
 
 
 def _account(mongo: MongoResource, handle: str) -> Account:
-    account = find_accounts(mongo.db()).by_handle.get(handle)
+    account = find_account(mongo.db(), handle)
     if account is None:
         raise Failure(f"no user in MongoDB has the ATProto handle {handle} (or its did/password is missing)")
     return account

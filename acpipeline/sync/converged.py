@@ -18,6 +18,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from acpipeline.core.fingerprint import combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
@@ -34,11 +35,8 @@ def _rules_version() -> str:
 
 
 def source_fingerprint(items: list[Item]) -> str:
-    digest = hashlib.sha256(_rules_version().encode())
-    for item in sorted(items, key=lambda i: i.ref):
-        row = [item.ref, item.owner, item.when.isoformat() if item.when else None, item.removed, item.problem]
-        digest.update(json.dumps([row, item.data], sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    """The partition's digest (as the sensor computes it) under the current rules."""
+    return f"{_rules_version()}:{combine(item_digest(item) for item in items)}"
 
 
 def latest_rev(client, did: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from acpipeline.core.items import Item
@@ -37,12 +38,14 @@ def _credentials(user: dict[str, Any]) -> tuple[str | None, str | None, str | No
     return did, handle, password
 
 
+_PROJECTION = {"atproto": 1, "atproto_did": 1, "atproto_handle": 1, "atproto_password": 1}
+
+
 def find_accounts(db: Database) -> Accounts:
     """Users with an ATProto account (`did` and `password` both present), keyed by PDS handle."""
     by_handle: dict[str, Account] = {}
     without: list[str] = []
-    projection = {"atproto": 1, "atproto_did": 1, "atproto_handle": 1, "atproto_password": 1}
-    for user in db["users"].find({}, projection):
+    for user in read_all(db["users"], {}, _PROJECTION):
         did, handle, password = _credentials(user)
         if not (did and password and handle):
             without.append(str(user["_id"]))
@@ -52,9 +55,35 @@ def find_accounts(db: Database) -> Accounts:
     return Accounts(by_handle=by_handle, without_account=sorted(without))
 
 
+def find_account(db: Database, handle: str) -> Account | None:
+    """One account by its PDS handle, without scanning every user."""
+    for user in read_all(
+        db["users"], {"$or": [{"atproto.handle": handle}, {"atproto_handle": handle}]}, _PROJECTION
+    ):
+        did, found, password = _credentials(user)
+        if did and password and found == handle:
+            return Account(handle, did, password, None if user["_id"] == ART_GUEST_ID else str(user["_id"]))
+    return None
+
+
 def owner_filter(owner: str | None) -> dict[str, Any]:
-    """Owned: `{user: sub}`; anonymous: no `user` (a null `user` counts as anonymous too)."""
-    return {"user": owner} if owner is not None else {"user": None}
+    """Owned: `{user: sub}`; anonymous: no `user` (a null or empty `user` counts as anonymous too)."""
+    return {"user": owner} if owner is not None else {"user": {"$in": [None, ""]}}
+
+
+def read_all(
+    collection: Collection, filter: dict[str, Any], fields: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """Every matching document, projected.
+
+    The embedded store's cursor (mongomock's) copies its whole result list on every `next()`, which makes
+    plain iteration quadratic (30,000 documents: 4.5 s instead of 1 s). Its cursor can hand the list over at
+    once; any other cursor (pymongo's, against Atlas) is iterated as usual."""
+    cursor = collection.find(filter, fields)
+    compute = getattr(cursor, "_compute_results", None)
+    if compute is not None and type(cursor).__module__.startswith("litemongo."):
+        return list(compute(with_limit_and_skip=True))
+    return list(cursor)
 
 
 def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[Item]:
@@ -62,5 +91,5 @@ def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[It
     deletes), as items sorted by `when`."""
     if owner is None and not rules.may_be_anonymous:
         return []
-    items = [rules.normalise(doc) for doc in db[rules.collection].find(owner_filter(owner))]
+    items = [rules.normalise(doc) for doc in read_all(db[rules.collection], owner_filter(owner))]
     return sorted(items, key=lambda i: (i.when is None, i.when or 0, i.ref))
