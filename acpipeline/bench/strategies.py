@@ -40,19 +40,18 @@ def _login(http: httpx.Client, identifier: str, password: str) -> str:
     return _ok(http.post("/xrpc/com.atproto.server.createSession", json=body)).json()["accessJwt"]
 
 
+def _upload_blobs(http: httpx.Client, auth: dict[str, str], record: PreparedRecord) -> None:
+    for data, mime in record.blobs:
+        headers = {**auth, "Content-Type": mime}
+        _ok(http.post("/xrpc/com.atproto.repo.uploadBlob", content=data, headers=headers))
+
+
 def write_ceiling(pds_url: str, did: str, password: str, records: list[PreparedRecord]) -> float:
     started = time.perf_counter()
     with httpx.Client(base_url=pds_url, timeout=120) as http:
         auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
         for record in records:
-            for data, mime in record.blobs:
-                _ok(
-                    http.post(
-                        "/xrpc/com.atproto.repo.uploadBlob",
-                        content=data,
-                        headers={**auth, "Content-Type": mime},
-                    )
-                )
+            _upload_blobs(http, auth, record)
 
         by_collection: dict[str, list[Write]] = {}
         for record in records:
@@ -79,14 +78,7 @@ def write_platform_style(pds_url: str, did: str, password: str, records: list[Pr
 
         def one(record: PreparedRecord) -> None:
             auth = {"Authorization": f"Bearer {_login(http, did, password)}"}
-            for data, mime in record.blobs:
-                _ok(
-                    http.post(
-                        "/xrpc/com.atproto.repo.uploadBlob",
-                        content=data,
-                        headers={**auth, "Content-Type": mime},
-                    )
-                )
+            _upload_blobs(http, auth, record)
 
             body = json.dumps({"repo": did, "collection": record.collection, "record": record.value})
             _ok(

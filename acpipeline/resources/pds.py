@@ -179,32 +179,9 @@ class PdsClient:
 
     # -- transport -------------------------------------------------------------------------------
 
-    def call(
-        self,
-        method: str,
-        nsid: str,
-        *,
-        params: dict[str, Any] | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        session: Session | None = None,
-        bearer: str | None = None,
-        basic_auth: tuple[str, str] | None = None,
-        idempotent: bool = True,
-    ) -> dict[str, Any]:
-        """One XRPC call answering JSON; `session` (refreshed once on ExpiredToken/InvalidToken) or a raw
-        `bearer` token."""
-        response = self.send(
-            method,
-            nsid,
-            params=params,
-            body=body,
-            content_type=content_type,
-            session=session,
-            bearer=bearer,
-            basic_auth=basic_auth,
-            idempotent=idempotent,
-        )
+    def call(self, method: str, nsid: str, **options: Any) -> dict[str, Any]:
+        """One XRPC call answering JSON; the options are `send`'s."""
+        response = self.send(method, nsid, **options)
         return response.json() if response.content else {}
 
     def send(
@@ -220,7 +197,8 @@ class PdsClient:
         basic_auth: tuple[str, str] | None = None,
         idempotent: bool = True,
     ) -> httpx.Response:
-        """`call`, answering the successful HTTP response itself (for bytes: getBlob, getRepo)."""
+        """One XRPC call with retries, answering the successful HTTP response itself (for bytes: getBlob,
+        getRepo); `session` (refreshed once on ExpiredToken/InvalidToken) or a raw `bearer` token."""
         deadline = time.monotonic() + self.retry_budget_s
         attempt = 0
         tried: list[str] = []
