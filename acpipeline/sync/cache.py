@@ -4,6 +4,7 @@ the blob bytes in files named by their CID."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -16,21 +17,38 @@ from acpipeline.core.cid import blob_cid
 from acpipeline.core.items import Blob
 
 
+def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection:
+    """A connection to one of our SQLite files under ACPIPELINE_HOME, in WAL mode with `schema` in place.
+
+    Switching a new file to WAL takes an exclusive lock that SQLite's busy timeout does not wait for, so
+    partition runs starting together in several processes would fail with "database is locked": the
+    first use is serialised with a file lock."""
+    db = sqlite3.connect(path, timeout=30, **options)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(schema)
+            if db.in_transaction:
+                db.commit()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return db
+
+
 class DerivedCache:
     def __init__(self, home: Path):
         self.blob_dir = home / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._path = home / "derived.sqlite"
         self._local = threading.local()
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS derived(key TEXT PRIMARY KEY, value TEXT, at REAL)")
+        self._db()
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._path, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
+            schema = "CREATE TABLE IF NOT EXISTS derived(key TEXT PRIMARY KEY, value TEXT, at REAL)"
+            db = self._local.db = connect_local(self._path, schema)
         return db
 
     def get(self, key: str, max_age_s: float | None = None) -> dict[str, Any] | None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 from acpipeline.core.fingerprint import combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
+from acpipeline.sync.cache import connect_local
 
 FINGERPRINT_VERSION = "fp-v1"
 
@@ -48,9 +48,8 @@ class ConvergedState:
     converged then. Kept in SQLite under ACPIPELINE_HOME, shared by every process."""
 
     def __init__(self, home: Path):
-        self._db = sqlite3.connect(home / "converged.sqlite", timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS account(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)")
+        schema = "CREATE TABLE IF NOT EXISTS account(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)"
+        self._db = connect_local(home / "converged.sqlite", schema, isolation_level=None)
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,34 @@
+"""The derived-blob cache is shared by partition runs in several processes."""
+
+import multiprocessing
+
+from acpipeline.sync.cache import DerivedCache
+
+
+def _open_and_write(home: str, n: int, start) -> None:
+    from pathlib import Path
+
+    start.wait()
+    cache = DerivedCache(Path(home))
+    for i in range(20):
+        cache.put(f"key-{n}", {"n": n, "i": i})
+        cache.get(f"key-{n}")
+
+
+def test_first_use_from_many_processes_at_once(tmp_path):
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(16)
+    processes = [context.Process(target=_open_and_write, args=(str(tmp_path), n, start)) for n in range(16)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    assert [p.exitcode for p in processes] == [0] * 16
+    cache = DerivedCache(tmp_path)
+    assert [cache.get(f"key-{n}") for n in range(16)] == [{"n": n, "i": 19} for n in range(16)]
+
+
+def test_blobs_are_stored_by_content(tmp_path):
+    cache = DerivedCache(tmp_path)
+    first, again = cache.store_blob(b"png bytes", "image/png"), cache.store_blob(b"png bytes", "image/png")
+    assert first == again and cache.blob(first.__dict__).read() == b"png bytes"
