@@ -110,7 +110,9 @@ def _status_word(row: dict[str, Any]) -> str:
         return "converged, not run"
     if row["planned"] or row.get("dry_run"):
         return "dry run"
-    return "CHECK FAILED" if row["check_passed"] is False else "ok"
+    if row["check_passed"] is False:
+        return "CHECK FAILED"
+    return f"ok, {row['failed']} failed" if row["failed"] else "ok"
 
 
 def run_sync(args: argparse.Namespace) -> int:
