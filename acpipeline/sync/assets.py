@@ -23,7 +23,7 @@ from dagster import (
 )
 
 from acpipeline.core.items import Derived, Item
-from acpipeline.core.media import MEDIA
+from acpipeline.core.media import MEDIA, record_ref
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
 from acpipeline.resources.storage import StorageResource
@@ -170,19 +170,16 @@ def atproto_records(
 def holds_desired(client, sync: RecordSync) -> AssetCheckResult:
     """Exactly one record per synced item, with the desired value."""
     listed = list_existing(client, sync.account.did, sync.rules.nsid)
-    by_ref: dict[str, list] = {}
+    by_ref: dict[str | None, list] = {}
     for record in listed:
-        ref = record.value.get("ref") or record.value.get("mongoId")
-        by_ref.setdefault(ref, []).append(record)
+        by_ref.setdefault(record_ref(record.value), []).append(record)
     missing = [d.item.ref for d in sync.desired if d.item.ref not in by_ref]
     duplicated = [ref for ref, records in by_ref.items() if len(records) > 1]
     differing = [
         d.item.ref for d in sync.desired if d.item.ref in by_ref and by_ref[d.item.ref][0].value != d.value
     ]
-    failed_refs = {ref for ref, _ in sync.report.failed}
-    extra = [
-        ref for ref in by_ref if ref not in {d.item.ref for d in sync.desired} and ref not in failed_refs
-    ]
+    expected = {d.item.ref for d in sync.desired} | {ref for ref, _ in sync.report.failed}
+    extra = [ref for ref in by_ref if ref not in expected]
     passed = not (missing or duplicated or differing or extra)
     return AssetCheckResult(
         check_name=CHECK.name,

@@ -87,6 +87,7 @@ class RecordSync:
     ):
         self.client, self.db, self.rules, self.account = client, db, rules, account
         self.items = items
+        self._by_ref = {item.ref: item for item in items}
         self.derived = derived
         self.lexicon = load_lexicons()[rules.nsid]
         self.desired, failed = build_desired(rules, items, derived, self.lexicon)
@@ -232,10 +233,9 @@ class RecordSync:
         self.report.blob_bytes_uploaded += sum(sizes)
 
     def _links_for(self, batch: list[Write], results: dict[str, tuple[str, str]]) -> list[UpdateOne]:
-        by_ref = {i.ref: i for i in self.items}
         ops = []
         for write in batch:
-            item = by_ref.get(write.ref) if write.ref else None
+            item = self._by_ref.get(write.ref) if write.ref else None
             if item is None:
                 continue
             if write.action == "delete":
