@@ -191,26 +191,39 @@ class RecordSync:
         # Blobs referenced by the records on the PDS as each batch starts: the PDS keeps those (it deletes a
         # blob with the last record that references it, and garbage-collects uploads nothing references).
         on_pds = {record.rkey: set(_blob_cids(record.value)) for record in existing}
-        for batch in batch_writes(self.rules.nsid, plan.writes):
-            held = set().union(*on_pds.values())
-            self._upload_blobs(session, batch, held)
-            body = encode_body(
-                {"repo": self.account.did, "writes": [write_op(self.rules.nsid, w) for w in batch]}
-            )
-            self._in_flight = batch
-            answer = self.client.apply_writes(session, body)
-            self._in_flight = []
-            self.report.commits += 1
-            for write, result in zip(batch, answer.get("results", []), strict=False):
-                if write.action != "delete":
-                    results[write.rkey] = (result.get("uri") or self.uri(write.rkey), result["cid"])
-            for write in batch:
-                if write.action == "delete":
-                    on_pds.pop(write.rkey, None)
-                else:
-                    on_pds[write.rkey] = set(_blob_cids(write.value or {}))
-            applied.extend(batch)
-            self._write_back(self._links_for(batch, results))
+        # The links of a batch go to MongoDB while the PDS commits the next one: MongoDB is only touched
+        # from this thread (the embedded store's connections are bound to theirs), the commit waits in
+        # another.
+        deferred: list[UpdateOne] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="applyWrites") as sender:
+            try:
+                for batch in batch_writes(self.rules.nsid, plan.writes):
+                    held = set().union(*on_pds.values())
+                    self._upload_blobs(session, batch, held)
+                    body = encode_body(
+                        {"repo": self.account.did, "writes": [write_op(self.rules.nsid, w) for w in batch]}
+                    )
+                    self._in_flight = batch
+                    sending = sender.submit(self.client.apply_writes, session, body)
+                    try:
+                        self._write_back(deferred)
+                        deferred = []
+                    finally:
+                        answer = sending.result()
+                    self._in_flight = []
+                    self.report.commits += 1
+                    for write, result in zip(batch, answer.get("results", []), strict=False):
+                        if write.action != "delete":
+                            results[write.rkey] = (result.get("uri") or self.uri(write.rkey), result["cid"])
+                    for write in batch:
+                        if write.action == "delete":
+                            on_pds.pop(write.rkey, None)
+                        else:
+                            on_pds[write.rkey] = set(_blob_cids(write.value or {}))
+                    applied.extend(batch)
+                    deferred = self._links_for(batch, results)
+            finally:
+                self._write_back(deferred)  # the last applied batch's links, even when a later one failed
 
     def _upload_blobs(self, session: Session, batch: list[Write], held: set[str]) -> None:
         """Upload the batch's blobs the PDS does not hold yet, right before the write that references them
