@@ -116,12 +116,11 @@ def _status_word(row: dict[str, Any]) -> str:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from acpipeline.instance import get_instance
     from acpipeline.sync.runner import run_partitions
 
     results, without = run_partitions(
         _load_defs(),
-        get_instance(),
+        None,
         args.handle,
         _media(args),
         dry_run=args.dry_run,

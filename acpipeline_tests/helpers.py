@@ -48,3 +48,19 @@ def add_moods(db, sub: str, texts: list[str], **extra) -> list[ObjectId]:
     ]
     db["moods"].insert_many(docs)
     return [d["_id"] for d in docs]
+
+
+def add_pieces(db, sub: str | None, slugs: list[str]) -> list[ObjectId]:
+    docs = [
+        {
+            "_id": ObjectId(),
+            "slug": slug,
+            "code": slug[:4],
+            "when": T0.replace(minute=i),
+            "bucket": "user-aesthetic-computer" if sub else "art-aesthetic-computer",
+            **({"user": sub} if sub else {}),
+        }
+        for i, slug in enumerate(slugs)
+    ]
+    db["pieces"].insert_many(docs)
+    return [d["_id"] for d in docs]

@@ -32,7 +32,7 @@ from acpipeline.operations.wipe import run_wipe
 from acpipeline.settings import ART_GUEST_ID
 from acpipeline.sync.partitions import partition_key
 
-from .helpers import T0, add_moods, add_user, head, records, sync
+from .helpers import add_moods, add_pieces, add_user, head, records, sync
 
 OTHER = "com.example.other"
 
@@ -47,22 +47,6 @@ def create_other_record(world, db, sub: str, did: str) -> str:
     body = json.dumps({"repo": did, "collection": OTHER, "record": {"$type": OTHER, "text": "keep me"}})
     created = world.client.call("POST", "com.atproto.repo.createRecord", body=body.encode(), session=session)
     return created["uri"]
-
-
-def add_pieces(db, sub: str | None, slugs: list[str]) -> list[ObjectId]:
-    docs = [
-        {
-            "_id": ObjectId(),
-            "slug": slug,
-            "code": slug[:4],
-            "when": T0.replace(minute=i),
-            "bucket": "user-aesthetic-computer" if sub else "art-aesthetic-computer",
-            **({"user": sub} if sub else {}),
-        }
-        for i, slug in enumerate(slugs)
-    ]
-    db["pieces"].insert_many(docs)
-    return [d["_id"] for d in docs]
 
 
 def linked(db, collection: str, ids) -> list[bool]:

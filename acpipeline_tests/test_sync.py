@@ -11,7 +11,7 @@ from acpipeline.core.tid import item_tid
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.sync.extract import find_accounts
 
-from .helpers import add_moods, add_user, head, records, sync
+from .helpers import add_moods, add_pieces, add_user, head, records, sync
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lexicons"
 
@@ -255,9 +255,13 @@ def test_quick_path_runs_what_changed_and_anything_after_a_foreign_write(world):
     db = world.db()
     sub, handle, did = add_user(world, db, "quick")
     ids = add_moods(db, sub, ["one", "two"])
-    first = sync(world, [handle], ["mood", "piece"], full=False)
-    assert not any(r.skipped for r in first.values())
-    assert all(r.skipped for r in sync(world, [handle], ["mood", "piece"], full=False).values())
+    add_pieces(db, sub, ["quick-piece"])
+    first = sync(world, [handle], ["mood", "piece", "tape"], full=False)
+    assert not first[(handle, "mood")].skipped and not first[(handle, "piece")].skipped
+    # nothing on either side (no tape in MongoDB, none on the PDS): no run, even the first time
+    assert first[(handle, "tape")].skipped and first[(handle, "tape")].metadata["desired"] == 0
+    assert all(r.skipped for r in sync(world, [handle], ["mood", "piece", "tape"], full=False).values())
+    assert not sync(world, [handle], ["tape"], full=True)[(handle, "tape")].skipped
 
     db["moods"].update_one({"_id": ids[0]}, {"$set": {"mood": "one, edited"}})
     edited = sync(world, [handle], ["mood", "piece"], full=False)

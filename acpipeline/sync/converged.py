@@ -6,6 +6,9 @@ A partition is converged when its last sync left nothing failed and its check pa
 right after that sync. Any write to the account (another tool, a wipe) changes the rev and so sends every
 partition of the account through a full run again.
 
+A partition is also converged, with no history needed, when it has nothing on either side: no document in
+MongoDB and no record of its collection on the PDS (most users have no tapes, many no pieces).
+
 What it cannot see, and why the nightly schedule and `acpipeline sync --full` always reconcile in full: a
 change in storage alone (a recording ZIP uploaded later, a replaced image), and a write by another tool
 to the account during a sync run (acpipeline assumes it is the only writer of `computer.aesthetic.*`).
@@ -41,6 +44,11 @@ def source_fingerprint(items: list[Item]) -> str:
 
 def latest_rev(client, did: str) -> str:
     return client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})["rev"]
+
+
+def repo_collections(client, did: str) -> set[str]:
+    """The collections that hold records in the account's repository."""
+    return set(client.call("GET", "com.atproto.repo.describeRepo", params={"repo": did})["collections"])
 
 
 class ConvergedState:

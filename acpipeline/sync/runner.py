@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, TableMetadataValue
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, EnvVar, RunsFilter, TableMetadataValue
 
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.errors import OperatorError
+from acpipeline.instance import get_instance
 from acpipeline.settings import acpipeline_home
-from acpipeline.sync.converged import ConvergedState, latest_rev, source_fingerprint
+from acpipeline.sync.converged import ConvergedState, latest_rev, repo_collections, source_fingerprint
 from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.partitions import partition_key, register_handles
 
@@ -63,7 +64,7 @@ def _plain(value: Any) -> Any:
 
 def run_partitions(
     defs: Definitions,
-    instance: DagsterInstance,
+    instance: DagsterInstance | None,
     handles: list[str] | None,
     media: list[str] | None,
     dry_run: bool = False,
@@ -72,21 +73,32 @@ def run_partitions(
 ) -> tuple[list[PartitionResult], list[str]]:
     """Run each selected partition; returns the results and the users skipped for having no account.
 
-    Unless `full` (or a dry run), a partition proven converged since the last sync is not run again."""
+    Unless `full` (or a dry run), a partition proven converged since the last sync is not run again.
+    `instance` None: the DAGSTER_HOME instance, opened only when some partition has to run (opening it
+    takes most of a no-op sync's time)."""
     with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
         return _run_partitions(defs, instance, mongo, pds, handles, media, dry_run, strict, full)
 
 
 @contextmanager
 def resolved(defs: Definitions, name: str) -> Iterator[Any]:
-    """A resource of the definitions with its EnvVars resolved, as a run would get it."""
-    with defs.resources[name].process_config_and_initialize_cm() as resource:
+    """A resource of the definitions with its EnvVars read from the environment, used as a plain object
+    (as Dagster allows outside runs): initialising it through Dagster would open an ephemeral instance,
+    which takes most of a no-op sync's time."""
+    configured = defs.resources[name]
+    fields = {key: getattr(configured, key) for key in type(configured).model_fields}
+    resource = type(configured)(
+        **{key: value.get_value() if isinstance(value, EnvVar) else value for key, value in fields.items()}
+    )
+    try:
         yield resource
+    finally:
+        resource.teardown_after_execution(None)  # our resources' teardowns need no context
 
 
 def _run_partitions(
     defs: Definitions,
-    instance: DagsterInstance,
+    instance: DagsterInstance | None,
     mongo: Any,
     pds: Any,
     handles: list[str] | None,
@@ -96,8 +108,6 @@ def _run_partitions(
     full: bool,
 ) -> tuple[list[PartitionResult], list[str]]:
     db = mongo.db()
-    release_dead_runs(instance)
-    register_handles(instance, db)
     accounts = find_accounts(db)
     selected = handles or sorted(accounts.by_handle)
     unknown = [h for h in selected if h not in accounts.by_handle]
@@ -113,9 +123,17 @@ def _run_partitions(
     quick = QuickPath(pds.client(), db, accounts, keys) if not dry_run else None
     skipped = quick.converged() if quick and not full else []
     keys = [key for key in keys if key not in {(r.handle, r.media) for r in skipped}]
+    if quick:
+        keys.sort(key=quick.work, reverse=True)  # the longest first: the short ones fill in beside them
+    if keys:
+        instance = instance or get_instance()
+        release_dead_runs(instance)
+        register_handles(instance, db)
     mongo.close()
     workers = min(len(keys), sync_workers())
-    if workers <= 1 or instance.is_ephemeral:
+    if not keys:
+        results = []
+    elif workers <= 1 or instance.is_ephemeral:
         results = [_execute(defs, instance, key, run_config, tags) for key in keys]
     else:
         # Partitions are independent runs: run several at once in forked workers, each recording into the
@@ -140,6 +158,8 @@ class QuickPath:
         self.rev_at_start: dict[str, str] = {}
         self.fingerprints: dict[tuple[str, str], str] = {}
         self.desired: dict[tuple[str, str], int] = {}
+        self.empty: set[tuple[str, str]] = set()  # no item in MongoDB, no collection on the PDS
+        collections: dict[str, set[str]] = {}
         for handle, name in keys:
             account = accounts.by_handle[handle]
             items = extract_items(db, MEDIA[name], account.owner)
@@ -147,13 +167,21 @@ class QuickPath:
             self.desired[(handle, name)] = sum(1 for i in items if i.wanted and i.problem is None)
             if account.did not in self.rev_at_start:
                 self.rev_at_start[account.did] = latest_rev(self.client, account.did)
+                collections[account.did] = repo_collections(self.client, account.did)
+            if not items and MEDIA[name].nsid not in collections[account.did]:
+                self.empty.add((handle, name))
+
+    def work(self, key: tuple[str, str]) -> float:
+        """The partition's estimated work, from its items to sync and its media type."""
+        return self.desired[key] * MEDIA[key[1]].work_per_item
 
     def converged(self) -> list[PartitionResult]:
         out = []
         for (handle, name), fingerprint in self.fingerprints.items():
             did = self.accounts.by_handle[handle].did
             rev, marks = self.state.load(did)
-            if rev == self.rev_at_start[did] and marks.get(name) == fingerprint:
+            unchanged = rev == self.rev_at_start[did] and marks.get(name) == fingerprint
+            if unchanged or (handle, name) in self.empty:
                 n = self.desired[(handle, name)]
                 metadata = {
                     "desired": n,

@@ -21,6 +21,9 @@ class MediaRules(ABC):
     removed_flag: ClassVar[str] = "nuked"  # the document field that says the owner took it down
     may_be_anonymous: ClassVar[bool] = True
     blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
+    # The work of syncing one item, in record writes (~1.5 ms of the PDS): the sync starts the partitions
+    # with the most work first, so the long ones overlap instead of running last.
+    work_per_item: ClassVar[float] = 1.0
 
     def normalise(self, doc: dict[str, Any]) -> Item:
         """The document as an Item; a document that cannot become a record keeps its problem."""

@@ -14,6 +14,7 @@ class PaintingRules(MediaRules):
     nsid = "computer.aesthetic.painting"
     collection = "paintings"
     blob_fields = ("thumbnail",)
+    work_per_item = 6.0  # a fetch, a thumbnail and an upload besides the record
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
         slug = required_text(doc, "slug")
