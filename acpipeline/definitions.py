@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import Definitions, EnvVar, in_process_executor, mem_io_manager
 
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
@@ -33,6 +33,10 @@ def build_resources() -> dict:
             guest_image_url=_env("ACPIPELINE_GUEST_IMAGE_URL", DEFAULT_GUEST_IMAGE_URL),
             zip_url=_env("ACPIPELINE_ZIP_URL", DEFAULT_ZIP_URL),
         ),
+        # The items and blobs pass from stage to stage inside the run (one process): kept in memory, not
+        # pickled under DAGSTER_HOME, where copies of every user's content would pile up and a re-executed
+        # record stage would plan from items hours old. A partition is re-run whole.
+        "io_manager": mem_io_manager,
     }
 
 
