@@ -24,6 +24,9 @@ def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection
     partition runs starting together in several processes would fail with "database is locked": the
     first use is serialised with a file lock."""
     db = sqlite3.connect(path, timeout=30, **options)
+    # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits, which for a cache
+    # and for convergence marks only means doing that work again. FULL syncs the disk on every commit.
+    db.execute("PRAGMA synchronous=NORMAL")
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -37,6 +40,10 @@ def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection
 
 
 class DerivedCache:
+    # Writers of one process take turns here rather than in SQLite, whose busy handler sleeps 1-25 ms per
+    # retry: eight threads storing thumbnails spent seconds asleep.
+    _write_lock = threading.Lock()
+
     def __init__(self, home: Path):
         self.blob_dir = home / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,7 @@ class DerivedCache:
         return json.loads(row[0])
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        with self._db() as db:
+        with self._write_lock, self._db() as db:
             db.execute(
                 "INSERT OR REPLACE INTO derived VALUES (?, ?, ?)", (key, json.dumps(value), time.time())
             )
