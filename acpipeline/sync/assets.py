@@ -30,6 +30,7 @@ from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
+from acpipeline.sync.converged import source_fingerprint
 from acpipeline.sync.extract import Account, extract_items, find_account
 from acpipeline.sync.partitions import sync_partitions
 from acpipeline.sync.records import RecordSync, SyncReport, list_existing
@@ -153,6 +154,8 @@ def atproto_records(
     sync = RecordSync(client, mongo.db(), MEDIA[media], account, source_items, media_blobs)
     report = sync.run(dry_run=config.dry_run)
     metadata = report_metadata(report, pds.url or "", time.monotonic() - started)
+    # What the quick path marks converged: the source this run synced (see acpipeline.sync.converged).
+    metadata["source_fingerprint"] = source_fingerprint(source_items)
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
         context.log.info(f"dry run of {handle} {media}: {len(report.planned)} writes planned")

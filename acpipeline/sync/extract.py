@@ -93,3 +93,10 @@ def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[It
         return []
     items = [rules.normalise(doc) for doc in read_all(db[rules.collection], owner_filter(owner))]
     return sorted(items, key=lambda i: (i.when is None, i.when or 0, i.ref))
+
+
+def count_items(db: Database, rules: MediaRules, owner: str | None) -> int:
+    """How many documents `extract_items` would read."""
+    if owner is None and not rules.may_be_anonymous:
+        return 0
+    return db[rules.collection].count_documents(owner_filter(owner))

@@ -20,7 +20,7 @@ from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.converged import ConvergedState, latest_rev, repo_collections, source_fingerprint
-from acpipeline.sync.extract import extract_items, find_accounts
+from acpipeline.sync.extract import count_items, extract_items, find_accounts
 from acpipeline.sync.partitions import partition_key, register_handles
 
 
@@ -120,8 +120,8 @@ def _run_partitions(
     }
     tags = {"acpipeline/cli": "dry-run" if dry_run else "sync", HOST_TAG: socket.gethostname()}
     keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
-    quick = QuickPath(pds.client(), db, accounts, keys) if not dry_run else None
-    skipped = quick.converged() if quick and not full else []
+    quick = QuickPath(pds.client(), db, accounts, keys, full) if not dry_run else None
+    skipped = quick.converged() if quick else []
     keys = [key for key in keys if key not in {(r.handle, r.media) for r in skipped}]
     if quick:
         keys.sort(key=quick.work, reverse=True)  # the longest first: the short ones fill in beside them
@@ -149,49 +149,53 @@ def _run_partitions(
 
 
 class QuickPath:
-    """Which partitions need no run because they are proven converged, and the marks after a sync."""
+    """Which partitions need no run because they are proven converged, and the marks after a sync.
 
-    def __init__(self, client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]]):
+    A partition's items are read and fingerprinted only when it holds a mark that may still be valid; the
+    others are counted (to start the biggest first and to spot the empty ones). The mark a run leaves is the
+    fingerprint of the items that run synced, as its record stage reports it."""
+
+    def __init__(self, client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]], full: bool):
         self.client = client
         self.state = ConvergedState(acpipeline_home())
         self.accounts = accounts
         self.rev_at_start: dict[str, str] = {}
-        self.fingerprints: dict[tuple[str, str], str] = {}
-        self.desired: dict[tuple[str, str], int] = {}
+        self.items: dict[tuple[str, str], int] = {}  # documents in MongoDB, removed ones included
+        self.unchanged: dict[tuple[str, str], str] = {}  # fingerprints that match the partition's mark
         self.empty: set[tuple[str, str]] = set()  # no item in MongoDB, no collection on the PDS
+        self.desired: dict[tuple[str, str], int] = {}  # of the unchanged partitions
         collections: dict[str, set[str]] = {}
+        marks: dict[str, dict[str, str]] = {}
         for handle, name in keys:
-            account = accounts.by_handle[handle]
-            items = extract_items(db, MEDIA[name], account.owner)
-            self.fingerprints[(handle, name)] = source_fingerprint(items)
-            self.desired[(handle, name)] = sum(1 for i in items if i.wanted and i.problem is None)
-            if account.did not in self.rev_at_start:
-                self.rev_at_start[account.did] = latest_rev(self.client, account.did)
-                collections[account.did] = repo_collections(self.client, account.did)
-            if not items and MEDIA[name].nsid not in collections[account.did]:
+            did, owner, rules = accounts.by_handle[handle].did, accounts.by_handle[handle].owner, MEDIA[name]
+            if did not in self.rev_at_start:
+                self.rev_at_start[did] = latest_rev(self.client, did)
+                collections[did] = repo_collections(self.client, did)
+                rev, marks[did] = self.state.load(did)
+                if full or rev != self.rev_at_start[did]:
+                    marks[did] = {}
+            if name in marks[did]:
+                items = extract_items(db, rules, owner)
+                self.items[(handle, name)] = len(items)
+                if (fingerprint := source_fingerprint(items)) == marks[did][name]:
+                    self.unchanged[(handle, name)] = fingerprint
+                    self.desired[(handle, name)] = sum(1 for i in items if i.wanted and i.problem is None)
+            else:
+                self.items[(handle, name)] = count_items(db, rules, owner)
+            if not self.items[(handle, name)] and rules.nsid not in collections[did] and not full:
                 self.empty.add((handle, name))
+                self.unchanged[(handle, name)] = source_fingerprint([])
 
     def work(self, key: tuple[str, str]) -> float:
-        """The partition's estimated work, from its items to sync and its media type."""
-        return self.desired[key] * MEDIA[key[1]].work_per_item
+        """The partition's estimated work, from its documents and its media type."""
+        return self.items[key] * MEDIA[key[1]].work_per_item
 
     def converged(self) -> list[PartitionResult]:
         out = []
-        for (handle, name), fingerprint in self.fingerprints.items():
-            did = self.accounts.by_handle[handle].did
-            rev, marks = self.state.load(did)
-            unchanged = rev == self.rev_at_start[did] and marks.get(name) == fingerprint
-            if unchanged or (handle, name) in self.empty:
-                n = self.desired[(handle, name)]
-                metadata = {
-                    "desired": n,
-                    "unchanged": n,
-                    "created": 0,
-                    "updated": 0,
-                    "deleted": 0,
-                    "failed": 0,
-                }
-                out.append(PartitionResult(handle, name, True, metadata, True, skipped=True))
+        for handle, name in self.unchanged:
+            n = self.desired.get((handle, name), 0)
+            metadata = {"desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
+            out.append(PartitionResult(handle, name, True, metadata, True, skipped=True))
         return out
 
     def record(self, results: list[PartitionResult]) -> None:
@@ -204,8 +208,10 @@ class QuickPath:
             for result in results:
                 if self.accounts.by_handle[result.handle].did != did:
                     continue
-                if result.clean:
-                    marks[result.media] = self.fingerprints[(result.handle, result.media)]
+                key = (result.handle, result.media)
+                fingerprint = self.unchanged.get(key) or result.metadata.get("source_fingerprint")
+                if result.clean and fingerprint:
+                    marks[result.media] = fingerprint
                 else:
                     marks.pop(result.media, None)
             self.state.save(did, latest_rev(self.client, did), marks)
