@@ -539,7 +539,10 @@ def test_sigkill_at_any_point_then_a_rerun_converges_to_one_clean_run(world, pro
     if point == "between mood batches":
         assert at_kill == 200
     if point == "last batch applied, before write-back":
-        assert at_kill == 450 and db["moods"].count_documents({"atproto.rkey": {"$exists": True}}) == 400
+        # the last batch's links are not written; the batch before's are written while the last one commits,
+        # so the kill may land in the middle of them
+        linked = db["moods"].count_documents({"atproto.rkey": {"$exists": True}})
+        assert at_kill == 450 and 200 <= linked <= 400
 
     # The re-run: the same command on the same Dagster instance (it releases the killed runs' slots).
     rerun = _cli(handle)
