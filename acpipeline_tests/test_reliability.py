@@ -373,6 +373,27 @@ class Sleeps(list):
         self.append(seconds)
 
 
+def test_accounts_log_in_once_while_dagster_starts_and_a_failed_login_is_the_run_s_to_report(
+    world, proxy_for
+):
+    db = world.db()
+    sub, handle, did = add_user(world, db, "ahead")
+    bad_sub, bad_handle, bad_did = add_user(world, db, "wrongpw")
+    db["users"].update_one({"_id": bad_sub}, {"$set": {"atproto.password": "not-the-password"}})
+    add_moods(db, sub, ["one", "two"])
+    add_moods(db, bad_sub, ["three"])
+    for account in (did, bad_did):
+        _session_path(account).unlink(missing_ok=True)
+    proxy = proxy_for()
+    results = sync(world, [handle, bad_handle], ["mood"])
+    assert results[(handle, "mood")].clean and len(records(world, did, "computer.aesthetic.mood")) == 2
+    assert _load_session(did) is not None and _load_session(bad_did) is None
+    bad = results[(bad_handle, "mood")]
+    assert not bad.ok and f"login as {bad_did} failed" in bad.error
+    # One login ahead for each account; the run reused the good session and tried the bad one once more.
+    assert proxy.requests[LOGIN] == 3
+
+
 def test_429_pauses_every_client_of_that_pds_in_this_and_other_processes(world, proxy_for):
     proxy = proxy_for(script={("com.atproto.server.describeServer", 1): "429"}, retry_after=30)
     first = Sleeps()

@@ -185,6 +185,24 @@ def test_pds_url_credentials_stay_out_of_messages():
     assert "hunter2" not in str(failure.value) and f"127.0.0.1:{port}" in str(failure.value)
 
 
+def test_every_http_client_verifies_certificates_with_one_shared_context():
+    import ssl
+
+    from acpipeline.resources.tls import tls_context
+
+    context = tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded
+    pds = PdsClient("https://pds.example")
+    storage = StorageResource().http()
+    try:
+        for client in (pds.http, storage):
+            assert client._transport._pool._ssl_context is context
+    finally:
+        pds.close()
+        storage.close()
+
+
 def test_cached_sessions_are_owner_only(world):
     db = world.db()
     sub, handle, did = add_user(world, db, "private")

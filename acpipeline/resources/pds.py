@@ -31,6 +31,7 @@ from pydantic import PrivateAttr
 
 from acpipeline.core.batches import encode_body
 from acpipeline.errors import OperatorError
+from acpipeline.resources.tls import tls_context
 from acpipeline.settings import acpipeline_home
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -167,6 +168,7 @@ class PdsClient:
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            verify=tls_context(),
         )
         self._sessions: dict[str, Session] = {}
         self._passwords: dict[str, str] = {}

@@ -22,6 +22,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from acpipeline.core.items import Item, ItemProblem
+from acpipeline.resources.tls import tls_context
 from acpipeline.settings import DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -54,7 +55,9 @@ class StorageResource(ConfigurableResource):
     def http(self) -> httpx.Client:
         if self._http is None:
             self._http = httpx.Client(
-                timeout=httpx.Timeout(self.timeout_s, connect=10.0), follow_redirects=False
+                timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+                follow_redirects=False,
+                verify=tls_context(),
             )
         return self._http
 

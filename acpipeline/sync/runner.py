@@ -3,9 +3,11 @@ instance, so the UI shows the same history as runs it launched itself)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -125,12 +127,15 @@ def _run_partitions(
     keys = [key for key in keys if key not in {(r.handle, r.media) for r in skipped}]
     if quick:
         keys.sort(key=quick.work, reverse=True)  # the longest first: the short ones fill in beside them
+    workers = min(len(keys), sync_workers())
     if keys:
+        logins = log_in_ahead(pds.client(), accounts, keys[: max(1, workers)]) if not dry_run else None
         instance = instance or get_instance()
         release_dead_runs(instance)
         register_handles(instance, db)
+        if logins:
+            logins.join()  # before forking: the workers read the sessions it saved
     mongo.close()
-    workers = min(len(keys), sync_workers())
     if not keys:
         results = []
     elif workers <= 1 or instance.is_ephemeral:
@@ -228,9 +233,33 @@ def sync_workers() -> int:
 
 
 def _execute_forked(key: tuple[str, str]) -> PartitionResult:
+    """A partition run in a forked worker, with the worker's own instance (opened on its first run)."""
+    global _WORKER_INSTANCE
     assert _FORKED is not None
     defs, run_config, tags = _FORKED
-    return _execute(defs, DagsterInstance.get(), key, run_config, tags)
+    if _WORKER_INSTANCE is None or _WORKER_INSTANCE[0] != os.getpid():
+        _WORKER_INSTANCE = (os.getpid(), DagsterInstance.get())
+    return _execute(defs, _WORKER_INSTANCE[1], key, run_config, tags)
+
+
+_WORKER_INSTANCE: tuple[int, DagsterInstance] | None = None
+
+
+def log_in_ahead(client: Any, accounts: Any, keys: list[tuple[str, str]]) -> threading.Thread:
+    """Sessions for the accounts of the partitions that start first, made while Dagster's instance opens:
+    a login costs the PDS about 0.35 s of password hashing, otherwise waited for at the start of the
+    partition's record stage. Accounts with a live saved session cost nothing. A failed login is left for
+    the partition's own run to report."""
+    wanted = {accounts.by_handle[handle].did: accounts.by_handle[handle].password for handle, _ in keys}
+
+    def log_in() -> None:
+        for did, password in wanted.items():
+            with contextlib.suppress(Exception):  # reported by the run that needs the session
+                client.session(did, password)
+
+    thread = threading.Thread(target=log_in, name="log-in-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def _execute(
