@@ -89,14 +89,19 @@ def read_all(
 def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[Item]:
     """Every document of the owner in the media's collection, removed ones included (they drive
     deletes), as items sorted by `when`."""
-    if owner is None and not rules.may_be_anonymous:
+    source = _source_filter(rules, owner)
+    if source is None:
         return []
-    items = [rules.normalise(doc) for doc in read_all(db[rules.collection], owner_filter(owner))]
+    items = [rules.normalise(doc) for doc in read_all(db[rules.collection], source)]
     return sorted(items, key=lambda i: (i.when is None, i.when or 0, i.ref))
 
 
 def count_items(db: Database, rules: MediaRules, owner: str | None) -> int:
     """How many documents `extract_items` would read."""
-    if owner is None and not rules.may_be_anonymous:
-        return 0
-    return db[rules.collection].count_documents(owner_filter(owner))
+    source = _source_filter(rules, owner)
+    return 0 if source is None else db[rules.collection].count_documents(source)
+
+
+def _source_filter(rules: MediaRules, owner: str | None) -> dict[str, Any] | None:
+    """The owner's documents of the media; None when the media has no anonymous items to read."""
+    return None if owner is None and not rules.may_be_anonymous else owner_filter(owner)

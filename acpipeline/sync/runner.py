@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import psutil
@@ -129,7 +130,7 @@ def _run_partitions(
         keys.sort(key=quick.work, reverse=True)  # the longest first: the short ones fill in beside them
     workers = min(len(keys), sync_workers())
     if keys:
-        logins = log_in_ahead(pds.client(), accounts, keys[: max(1, workers)]) if not dry_run else None
+        logins = log_in_ahead(pds.client(), accounts, keys[:workers]) if not dry_run else None
         instance = instance or get_instance()
         release_dead_runs(instance)
         register_handles(instance, db)
@@ -166,8 +167,9 @@ class QuickPath:
         self.accounts = accounts
         self.rev_at_start: dict[str, str] = {}
         self.items: dict[tuple[str, str], int] = {}  # documents in MongoDB, removed ones included
-        self.unchanged: dict[tuple[str, str], str] = {}  # fingerprints that match the partition's mark
-        self.empty: set[tuple[str, str]] = set()  # no item in MongoDB, no collection on the PDS
+        # Fingerprints that match the partition's mark, and of partitions empty on both sides (no item in
+        # MongoDB, no collection on the PDS).
+        self.unchanged: dict[tuple[str, str], str] = {}
         self.desired: dict[tuple[str, str], int] = {}  # of the unchanged partitions
         collections: dict[str, set[str]] = {}
         marks: dict[str, dict[str, str]] = {}
@@ -188,7 +190,6 @@ class QuickPath:
             else:
                 self.items[(handle, name)] = count_items(db, rules, owner)
             if not self.items[(handle, name)] and rules.nsid not in collections[did] and not full:
-                self.empty.add((handle, name))
                 self.unchanged[(handle, name)] = source_fingerprint([])
 
     def work(self, key: tuple[str, str]) -> float:
@@ -234,15 +235,15 @@ def sync_workers() -> int:
 
 def _execute_forked(key: tuple[str, str]) -> PartitionResult:
     """A partition run in a forked worker, with the worker's own instance (opened on its first run)."""
-    global _WORKER_INSTANCE
     assert _FORKED is not None
     defs, run_config, tags = _FORKED
-    if _WORKER_INSTANCE is None or _WORKER_INSTANCE[0] != os.getpid():
-        _WORKER_INSTANCE = (os.getpid(), DagsterInstance.get())
-    return _execute(defs, _WORKER_INSTANCE[1], key, run_config, tags)
+    return _execute(defs, _worker_instance(), key, run_config, tags)
 
 
-_WORKER_INSTANCE: tuple[int, DagsterInstance] | None = None
+@cache
+def _worker_instance() -> DagsterInstance:
+    """Called only in forked workers (the parent never opens it), so each worker gets its own."""
+    return DagsterInstance.get()
 
 
 def log_in_ahead(client: Any, accounts: Any, keys: list[tuple[str, str]]) -> threading.Thread:
