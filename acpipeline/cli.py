@@ -134,6 +134,11 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.platform:
+        from acpipeline.bench.platform import run_platform_bench
+
+        run_platform_bench(args.json, size=args.size if args.size != "bench" else "platform")
+        return 0
     from acpipeline.bench.run import run_bench
 
     run_bench(args.json, size=args.size)
@@ -245,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="local PDS + media server + synthetic data in the embedded store, then sync"
     )
-    demo.add_argument("--size", choices=["small", "bench"], default="small")
+    from acpipeline.demo import SIZES  # the package alone: the dataset builder is imported on use
+
+    demo.add_argument("--size", choices=SIZES, default="small")
     demo.add_argument("--seed-only", action="store_true", help="stop after seeding")
     demo.add_argument(
         "--serve", action="store_true", help="afterwards keep everything up and open dagster dev"
@@ -282,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="the benchmark on a fresh local PDS (about 5 minutes)")
     bench.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
+    bench.add_argument(
+        "--platform",
+        action="store_true",
+        help="the platform-size benchmark instead: every partition of the platform dataset through the "
+        "Dagster webserver and daemon, as UI backfills (about 20 minutes)",
+    )
     bench.add_argument("--size", choices=["bench", "small"], default="bench", help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
 

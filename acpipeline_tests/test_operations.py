@@ -1,7 +1,7 @@
 """Operations against the real reference PDS: wipe and restore, the new-content sensor, the schedule."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from bson import ObjectId
 from dagster import (
@@ -19,7 +19,7 @@ from acpipeline.demo.dataset import build_tape_zip, zip_key
 from acpipeline.instance import get_instance
 from acpipeline.operations import sensor as sensor_module
 from acpipeline.operations.fingerprint import projection, read_all
-from acpipeline.operations.schedule import reconcile_schedule
+from acpipeline.operations.schedule import full_recheck_slice, reconcile_schedule
 from acpipeline.operations.sensor import (
     SensorState,
     decode_state,
@@ -30,7 +30,15 @@ from acpipeline.operations.sensor import (
 )
 from acpipeline.operations.wipe import run_wipe
 from acpipeline.settings import ART_GUEST_ID
-from acpipeline.sync.partitions import partition_key
+from acpipeline.sync.partitions import (
+    FULL_TAG,
+    PARTITIONS_PER_RUN,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    partition_key,
+    partition_ranges,
+    range_members,
+)
 
 from .helpers import add_moods, add_pieces, add_user, head, records, sync
 
@@ -152,6 +160,18 @@ def test_wipe_refuses_unknown_handles_and_media(world):
 # -- the new-content sensor -------------------------------------------------------------------------------
 
 
+def requested(instance, requests) -> dict[str, str]:
+    """partition key -> reason of every partition the run requests cover (ranges expanded)."""
+    order = instance.get_dynamic_partitions("handle")
+    out = {}
+    for request in requests:
+        assert request.partition_key is None  # ranges, never a run per partition
+        start, end = request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]
+        for handle, media in range_members(order, start, end):
+            out[partition_key(handle, media)] = request.tags.get("acpipeline/reason", "")
+    return out
+
+
 class SensorDriver:
     """Evaluates the sensor as the daemon would, carrying its cursor from tick to tick."""
 
@@ -167,7 +187,7 @@ class SensorDriver:
             result = new_content_sensor(context)
         self.cursor = result.cursor
         assert self.state() is not None and len(self.cursor) < 40
-        return {r.partition_key: r.tags["acpipeline/reason"] for r in result.run_requests or []}
+        return requested(self.world.instance, result.run_requests or [])
 
     def state(self) -> SensorState | None:
         return load_state(self.world.instance, self.cursor)
@@ -312,10 +332,26 @@ def test_schedule_requests_every_partition_of_every_account(world):
         scheduled_execution_time=datetime(2026, 1, 1, 3, tzinfo=UTC),
     ) as context:
         requests = reconcile_schedule.evaluate_tick(context).run_requests
-    assert sorted(r.partition_key for r in requests) == sorted(
+    assert sorted(requested(instance, requests)) == sorted(
         partition_key(h, m) for h in handles for m in MEDIA_NAMES
     )
     assert len({r.run_key for r in requests}) == len(requests)
+    # whole accounts per run; one slice of the accounts is re-checked in full tonight
+    assert len(requests) <= 2
+    full = requested(instance, [r for r in requests if r.tags.get(FULL_TAG) == "true"])
+    tonight = full_recheck_slice(instance.get_dynamic_partitions("handle"), date(2026, 1, 1), 7)
+    assert set(full) == {partition_key(h, m) for h in tonight for m in MEDIA_NAMES}
+
+
+def test_schedule_batches_the_platform_into_few_runs_and_rechecks_every_account_weekly():
+    handles = [f"user{n:04d}.at.aesthetic.computer" for n in range(979)]
+    every = [(h, m) for h in handles for m in MEDIA_NAMES]
+    ranges = partition_ranges(handles, every, media_together=True)
+    assert len(ranges) <= 50 and all(r.size <= PARTITIONS_PER_RUN for r in ranges)
+    covered = [k for r in ranges for k in range_members(handles, r.start, r.end)]
+    assert sorted(covered) == sorted(every)
+    week = [full_recheck_slice(handles, date(2026, 1, 1) + timedelta(days=d), 7) for d in range(7)]
+    assert set().union(*week) == set(handles) and sum(len(w) for w in week) == len(handles)
 
 
 def test_schedule_cron_comes_from_the_environment(monkeypatch):

@@ -33,7 +33,7 @@ from acpipeline.demo.media_server import MediaServer
 from acpipeline.localpds.server import free_port
 from acpipeline.operations.wipe import run_wipe
 from acpipeline.resources.pds import PdsClient
-from acpipeline.sync.partitions import partition_key, register_handles
+from acpipeline.sync.partitions import partition_key, range_members, register_handles
 from acpipeline.sync.runner import run_partitions
 
 from .helpers import T0, add_moods
@@ -275,11 +275,12 @@ def _step_intervals(instance: DagsterInstance, run_ids: list[str], step: str) ->
     return intervals
 
 
-def _partition_of(run) -> str:
-    """A backfill run's partition: the single-partition range its policy gives it."""
-    start = run.tags.get("dagster/asset_partition_range_start")
-    assert start == run.tags.get("dagster/asset_partition_range_end"), run.tags
-    return run.tags.get("dagster/partition") or start
+def _partitions_of(instance: DagsterInstance, run) -> list[str]:
+    """A backfill run's partitions: the range its policy gave it."""
+    start = run.tags["dagster/asset_partition_range_start"]
+    end = run.tags["dagster/asset_partition_range_end"]
+    order = instance.get_dynamic_partitions("handle")
+    return [partition_key(h, m) for h, m in range_members(order, start, end)]
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -291,8 +292,11 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+BACKFILL_MEDIA = ("mood", "piece", "kidlisp", "tape")  # four runs at once: two wait for the pool
+
+
 def test_backfill_launched_through_graphql_syncs_its_partitions_within_the_pool(dagster):
-    keys = [partition_key(h, "mood") for h in dagster.handles] + [partition_key(dagster.handles[0], "piece")]
+    keys = [partition_key(h, m) for m in BACKFILL_MEDIA for h in dagster.handles]
     params = {
         "assetSelection": [{"path": [n]} for n in ("source_items", "media_blobs", "atproto_records")],
         "partitionNames": keys,
@@ -314,7 +318,10 @@ def test_backfill_launched_through_graphql_syncs_its_partitions_within_the_pool(
 
     instance = dagster.instance()
     runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
-    assert sorted(_partition_of(r) for r in runs) == sorted(keys)  # one partition per run
+    # many partitions per run: one run per media type here, each covering every handle
+    covered = [_partitions_of(instance, r) for r in runs]
+    assert sorted(k for c in covered for k in c) == sorted(keys)
+    assert len(runs) == len(BACKFILL_MEDIA) and all(len({k.split("|")[1] for k in c}) == 1 for c in covered)
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
 
     client = PdsClient(dagster.pds_url)
@@ -457,6 +464,18 @@ def test_browser_shows_the_partitions_a_materializations_metadata_and_a_wipe(dag
         for label in ("created", "commits", "duration_s", "records"):
             expect(_metadata_row(page, label)).to_be_visible()
         page.screenshot(path=str(shots / "materialization.png"))
+
+        # another partition of the same batched run: its own metadata, and its own check result
+        other = partition_key(dagster.handles[1], "mood")
+        page.goto(f"{dagster.url}/assets/atproto_records?view=partitions&partition={other}")
+        expect(page.get_by_text(other, exact=True).first).to_be_visible()
+        expect(_metadata_row(page, "did").locator("td").nth(1)).to_have_text(dagster.dids[dagster.handles[1]])
+        page.screenshot(path=str(shots / "other-partition.png"))
+        page.goto(f"{dagster.url}/assets/atproto_records?view=checks")
+        page.screenshot(path=str(shots / "checks.png"))
+        page.get_by_text("pds_holds_desired_records").first.click()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(shots / "check-detail.png"))
 
     # after a wipe the partition says so, and the asset's check fails until a sync restores it
     wiped = run_wipe(build_definitions(), dagster.instance(), dagster.handles[0], ["mood"], confirm=True)

@@ -104,7 +104,8 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
         materialization = record.asset_materialization
         if materialization and materialization.partition == f"{handle}|tape":
             meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-            return float(meta.get("video_seconds", 0.0)), float(meta["seconds"]), int(meta["derived"])
+            derived = int(meta["derived_in_run"])
+            return float(meta.get("video_seconds", 0.0)), float(meta["seconds_in_run"]), derived
     raise RuntimeError(f"no tape blob stage was recorded for {handle}")
 
 

@@ -46,7 +46,15 @@ from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.storage import StorageResource
 from acpipeline.sync.assets import atproto_records
 from acpipeline.sync.extract import find_accounts
-from acpipeline.sync.partitions import partition_key, register_handles
+from acpipeline.sync.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    handle_partitions,
+    partition_key,
+    partition_ranges,
+    range_members,
+    register_handles,
+)
 
 CURSOR_VERSION = "kv1:"
 STATE_KEY = "acpipeline/new_content_sensor/state"
@@ -57,8 +65,6 @@ ZIP_CHECK_TIMEOUT_S = 5.0
 ZIP_CHECK_BUDGET_S = 15.0
 MISSING, PRESENT = "m", "p"
 PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -162,16 +168,44 @@ class Tick:
 
 def queued_partitions(instance: DagsterInstance, keys: list[str]) -> set[str]:
     """Those of `keys` with a sync run that has not started yet: it will read the source as it is then.
-    Runs the sensor and the schedule launch carry the partition tag; backfill runs a one-partition range."""
+    Runs carry the partition tag (one partition) or the range tags (the sensor's, the schedule's and
+    backfills' runs); a range stands for every partition in it."""
     waiting = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
-    found = set()
-    for tag in (PARTITION_TAG, RANGE_START_TAG):
-        for run in instance.get_runs(filters=RunsFilter(statuses=waiting, tags={tag: keys})):
-            key = run.tags.get(PARTITION_TAG) or run.tags.get(RANGE_START_TAG)
-            single = run.tags.get(RANGE_START_TAG) == run.tags.get(RANGE_END_TAG)
-            if single and (run.asset_selection is None or atproto_records.key in run.asset_selection):
-                found.add(key)
-    return found & set(keys)
+    wanted = set(keys)
+    order: list[str] | None = None
+    found: set[str] = set()
+    for run in instance.get_runs(filters=RunsFilter(statuses=waiting)):
+        if run.asset_selection is not None and atproto_records.key not in run.asset_selection:
+            continue
+        if PARTITION_TAG in run.tags:
+            found.add(run.tags[PARTITION_TAG])
+        elif RANGE_START_TAG in run.tags and RANGE_END_TAG in run.tags:
+            order = order if order is not None else instance.get_dynamic_partitions(handle_partitions.name)
+            members = range_members(order, run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG])
+            found.update(partition_key(h, m) for h, m in members)
+    return found & wanted
+
+
+def run_requests(instance: DagsterInstance, requests: dict[str, str]) -> list[RunRequest]:
+    """The partitions to sync as runs over ranges, per media type, at most `PARTITIONS_PER_RUN` each. A
+    range may cover unchanged handles between changed ones (fewer runs); those are proven converged inside
+    the run at the cost of a digest."""
+    order = instance.get_dynamic_partitions(handle_partitions.name)
+    wanted = {tuple(key.rpartition("|")[::2]): why for key, why in requests.items()}
+    out = []
+    for partition_range in partition_ranges(order, list(wanted), bridge_gaps=True):
+        members = range_members(order, partition_range.start, partition_range.end)
+        reasons = sorted({wanted[m] for m in members if m in wanted})
+        out.append(
+            RunRequest(
+                tags={
+                    "acpipeline/trigger": "sensor",
+                    "acpipeline/reason": ",".join(reasons),
+                    **partition_range.tags(),
+                }
+            )
+        )
+    return out
 
 
 def evaluate(
@@ -294,10 +328,4 @@ def new_content_sensor(
     cursor = save_state(context.instance, tick.state, context.cursor if previous else None)
     if not tick.requests:
         return SensorResult(skip_reason=SkipReason(tick.summary()), cursor=cursor)
-    return SensorResult(
-        run_requests=[
-            RunRequest(partition_key=key, tags={"acpipeline/trigger": "sensor", "acpipeline/reason": why})
-            for key, why in sorted(tick.requests.items())
-        ],
-        cursor=cursor,
-    )
+    return SensorResult(run_requests=run_requests(context.instance, tick.requests), cursor=cursor)

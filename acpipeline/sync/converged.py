@@ -1,32 +1,44 @@
-"""The quick path of an incremental sync: skip a partition proven converged since its last run.
+"""Proof that a partition is converged, so a run can skip its listing, blobs and writes.
 
-A partition is converged when its last sync left nothing failed and its check passed, and since then
-(1) its MongoDB source is unchanged: the same fingerprint of its items (link fields excluded), and
-(2) nothing at all was written to the account's repository: the PDS's latest commit `rev` is the one read
-right after that sync. Any write to the account (another tool, a wipe) changes the rev and so sends every
-partition of the account through a full run again.
+A partition (account x media) is proven converged when its last sync left nothing failed and its check
+passed (a *mark*: the source fingerprint it synced, at the repository revision it was checked at), and since
+then (1) its MongoDB source is unchanged: the same fingerprint of its items (link fields excluded), and
+(2) the account's repository had no commit that could have touched its collection.
 
-A partition is also converged, with no history needed, when it has nothing on either side: no document in
-MongoDB and no record of its collection on the PDS (most users have no tapes, many no pieces).
+(2) is exact, not a guess: the PDS's latest commit `rev` must be the mark's, or every commit since must be one
+of ours to another collection. Our writes carry `swapCommit` (the commit they build on), so when one
+succeeds we know its predecessor; the marks valid at the predecessor stay valid at the new commit, except
+the written collection's (`ConvergedState.advance`). Any other write (another tool, a wipe, a write whose
+answer was lost) breaks the chain and every mark of the account lapses.
 
-What it cannot see, and why the nightly schedule and `acpipeline sync --full` always reconcile in full: a
-change in storage alone (a recording ZIP uploaded later, a replaced image), and a write by another tool
-to the account during a sync run (acpipeline assumes it is the only writer of `computer.aesthetic.*`).
+A partition with nothing on either side (no document, and no record of its collection on the PDS) is
+proven too, by `describeRepo`, and then marked like any other.
+
+What it cannot see, and why the nightly reconcile re-checks part of the platform in full every night: a
+change in storage alone (a recording ZIP uploaded later, a replaced image) and a record changed by another
+tool in the same commit chain as ours (acpipeline assumes it is the only writer of `computer.aesthetic.*`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from acpipeline.core.fingerprint import combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
+from acpipeline.core.media import MEDIA
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
 
-FINGERPRINT_VERSION = "fp-v1"
+FINGERPRINT_VERSION = "fp-v2"
+LIST_REPOS_PAGE = 1000
 
 
 def _rules_version() -> str:
@@ -37,37 +49,179 @@ def _rules_version() -> str:
     return digest.hexdigest()[:16]
 
 
+_RULES_VERSION: str | None = None
+
+
 def source_fingerprint(items: list[Item]) -> str:
     """The partition's digest (as the sensor computes it) under the current rules."""
-    return f"{_rules_version()}:{combine(item_digest(item) for item in items)}"
+    global _RULES_VERSION
+    _RULES_VERSION = _RULES_VERSION or _rules_version()
+    return f"{_RULES_VERSION}:{combine(item_digest(item) for item in items)}"
 
 
-def latest_rev(client, did: str) -> str:
-    return client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})["rev"]
+def latest_commit(client: Any, did: str) -> tuple[str, str]:
+    """(cid, rev) of the account's latest commit."""
+    answer = client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})
+    return answer["cid"], answer["rev"]
 
 
-def repo_collections(client, did: str) -> set[str]:
+def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
+    """The latest commit rev of each account: `listRepos` pages (1,000 accounts a call), then
+    `getLatestCommit` for any the listing did not show."""
+    wanted = set(dids)
+    revs: dict[str, str] = {}
+    cursor = None
+    if len(wanted) > 3:
+        while True:
+            params: dict[str, Any] = {"limit": LIST_REPOS_PAGE}
+            if cursor:
+                params["cursor"] = cursor
+            page = client.call("GET", "com.atproto.sync.listRepos", params=params)
+            for repo in page.get("repos", []):
+                if repo.get("did") in wanted and repo.get("rev"):
+                    revs[repo["did"]] = repo["rev"]
+            cursor = page.get("cursor")
+            if not cursor or not page.get("repos") or wanted <= revs.keys():
+                break
+    for did in wanted - revs.keys():
+        revs[did] = latest_commit(client, did)[1]
+    return revs
+
+
+def repo_collections(client: Any, did: str) -> set[str]:
     """The collections that hold records in the account's repository."""
     return set(client.call("GET", "com.atproto.repo.describeRepo", params={"repo": did})["collections"])
 
 
+@dataclass(frozen=True)
+class Mark:
+    fingerprint: str
+    desired: int  # records the partition held when it was marked
+
+
 class ConvergedState:
-    """Per account: the repo rev after our last sync, and the source fingerprint of each partition that was
-    converged then. Kept in SQLite under ACPIPELINE_HOME, shared by every process."""
+    """Per account: a repository rev and the marks valid at it. SQLite under ACPIPELINE_HOME, shared by
+    every process; each change is one transaction, so concurrent runs cannot interleave inside one."""
 
     def __init__(self, home: Path):
-        schema = "CREATE TABLE IF NOT EXISTS account(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)"
-        self._db = connect_local(home / "converged.sqlite", schema, isolation_level=None)
+        schema = "CREATE TABLE IF NOT EXISTS marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)"
+        # Used by a run's thread that sends applyWrites too (advance), never at the same time as the other.
+        self._db = connect_local(
+            home / "converged.sqlite", schema, isolation_level=None, check_same_thread=False
+        )
+        self._locks = home / "locks"
 
     def close(self) -> None:
         self._db.close()
 
-    def load(self, did: str) -> tuple[str | None, dict[str, str]]:
-        row = self._db.execute("SELECT rev, marks FROM account WHERE did = ?", (did,)).fetchone()
-        return (row[0], json.loads(row[1])) if row else (None, {})
+    def load(self, did: str) -> tuple[str | None, dict[str, Mark]]:
+        row = self._db.execute("SELECT rev, marks FROM marks WHERE did = ?", (did,)).fetchone()
+        if not row:
+            return None, {}
+        return row[0], {media: Mark(*value) for media, value in json.loads(row[1]).items()}
 
-    def save(self, did: str, rev: str, marks: dict[str, str]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO account VALUES (?, ?, ?)", (did, rev, json.dumps(marks)))
+    def valid_marks(self, did: str, rev: str) -> dict[str, Mark]:
+        """The account's marks that hold at `rev`, its repository's latest commit."""
+        stored, marks = self.load(did)
+        return marks if stored == rev else {}
+
+    def _update(self, did: str, change) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rev, marks = self.load(did)
+            new = change(rev, marks)
+            if new is not None:
+                rev, marks = new
+                payload = json.dumps({m: [k.fingerprint, k.desired] for m, k in marks.items()})
+                self._db.execute("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", (did, rev, payload))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def advance(self, did: str, previous: str, new: str, media: str) -> None:
+        """Our write to `media` built on commit `previous` (swapCommit) and made `new`: the other marks
+        valid at `previous` hold at `new`. Any other history invalidates them."""
+
+        def change(rev, marks):
+            if rev == previous:
+                return new, {m: k for m, k in marks.items() if m != media}
+            if rev is None or rev < new:
+                return new, {}
+            return None
+
+        self._update(did, change)
+
+    def mark(self, did: str, rev: str, media: str, mark: Mark) -> None:
+        """`media` was verified converged with the repository at `rev`."""
+
+        def change(stored, marks):
+            if stored == rev:
+                return rev, {**marks, media: mark}
+            if stored is None or stored < rev:
+                return rev, {media: mark}
+            return None  # a newer commit is known: this mark is stale already
+
+        self._update(did, change)
+
+    def unmark(self, did: str, media: str) -> None:
+        def change(stored, marks):
+            return (stored, {m: k for m, k in marks.items() if m != media}) if media in marks else None
+
+        self._update(did, change)
+
+    @contextmanager
+    def turn(self, did: str) -> Iterator[None]:
+        """Our writers of one account, in every process of this machine, commit one at a time: each builds
+        on the commit the one before made, instead of failing its swapCommit and sending again."""
+        self._locks.mkdir(exist_ok=True)
+        name = hashlib.sha256(did.encode()).hexdigest()[:24]
+        with open(self._locks / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def forget(self, did: str) -> None:
-        self._db.execute("DELETE FROM account WHERE did = ?", (did,))
+        self._db.execute("DELETE FROM marks WHERE did = ?", (did,))
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Why a partition needs no sync: its mark holds, or it is empty on both sides."""
+
+    fingerprint: str
+    desired: int
+    rev: str
+    empty: bool = False
+
+
+def prove(
+    client: Any,
+    state: ConvergedState,
+    partitions: dict[tuple[str, str], tuple[str, list[Item] | int]],
+) -> dict[tuple[str, str], Proof]:
+    """The partitions proven converged. `partitions`: (handle, media) -> (did, its items, or only their
+    count when no mark can hold). One `listRepos` for the revs; `describeRepo` only for an account with an
+    unmarked partition that has no document."""
+    revs = latest_revs(client, {did for did, _ in partitions.values()})
+    collections: dict[str, set[str]] = {}
+    proven: dict[tuple[str, str], Proof] = {}
+    for (handle, media), (did, items) in partitions.items():
+        rev = revs[did]
+        mark = state.valid_marks(did, rev).get(media)
+        if mark is not None and not isinstance(items, int) and source_fingerprint(items) == mark.fingerprint:
+            proven[(handle, media)] = Proof(mark.fingerprint, mark.desired, rev)
+            continue
+        if (items if isinstance(items, int) else len(items)) == 0:
+            if did not in collections:
+                collections[did] = repo_collections(client, did)
+            if MEDIA[media].nsid not in collections[did]:
+                proven[(handle, media)] = Proof(source_fingerprint([]), 0, rev, empty=True)
+    return proven
+
+
+def needs_items(state: ConvergedState, did: str, media: str) -> bool:
+    """Whether a mark exists that the partition's items could match (else counting them is enough)."""
+    return media in state.load(did)[1]

@@ -3,7 +3,9 @@ links back to MongoDB in bulk."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +19,13 @@ from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, Session, TransientWriteError
+from acpipeline.sync.converged import latest_commit
 from acpipeline.sync.extract import Account
 
 MAX_REPLANS = 3
+MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the account's next commit
+
+OnCommit = Callable[[str, str], None]  # (the commit a write built on, the commit it made): revs
 
 
 @dataclass
@@ -84,8 +90,11 @@ class RecordSync:
         account: Account,
         items: list[Item],
         derived: dict[str, Derived],
+        on_commit: OnCommit | None = None,
+        turns: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ):
         self.client, self.db, self.rules, self.account = client, db, rules, account
+        self.on_commit, self.turns = on_commit, turns
         self.items = items
         self._by_ref = {item.ref: item for item in items}
         self.derived = derived
@@ -97,12 +106,17 @@ class RecordSync:
         self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
         self._linked: set[str] = set()  # refs whose link was written back during the batches
         self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
+        self.existing: list[Existing] = []  # the latest listing
+        self.listed_at: str | None = None  # the repository's rev read right before that listing
+        self.wrote = False  # whether any write of this sync may have reached the PDS
 
     def uri(self, rkey: str) -> str:
         return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
 
     def plan(self) -> tuple[Plan, list[Existing]]:
+        self.listed_at = latest_commit(self.client, self.account.did)[1]
         existing = list_existing(self.client, self.account.did, self.rules.nsid)
+        self.existing = existing
         plan = plan_writes(self.rules, self.desired, existing, self.items)
         for write in plan.writes:
             if write.action == "create":
@@ -200,11 +214,10 @@ class RecordSync:
                 for batch in batch_writes(self.rules.nsid, plan.writes):
                     held = set().union(*on_pds.values())
                     self._upload_blobs(session, batch, held)
-                    body = encode_body(
-                        {"repo": self.account.did, "writes": [write_op(self.rules.nsid, w) for w in batch]}
-                    )
+                    ops = [write_op(self.rules.nsid, w) for w in batch]
                     self._in_flight = batch
-                    sending = sender.submit(self.client.apply_writes, session, body)
+                    self.wrote = True
+                    sending = sender.submit(self._commit, session, ops)
                     try:
                         self._write_back(deferred)
                         deferred = []
@@ -224,6 +237,28 @@ class RecordSync:
                     deferred = self._links_for(batch, results)
             finally:
                 self._write_back(deferred)  # the last applied batch's links, even when a later one failed
+
+    def _commit(self, session: Session, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """One applyWrites that names the commit it builds on (swapCommit): its success proves no other write
+        came between, so the account's convergence marks of other collections carry over (`on_commit`).
+        Our own writers to the account take turns (`turns`); another writer's commit in between makes the
+        PDS refuse the write unapplied (InvalidSwap), and it is sent again on the new head."""
+        with self.turns():
+            for attempt in range(MAX_SWAP_RETRIES + 1):
+                head_cid, head_rev = latest_commit(self.client, self.account.did)
+                body = encode_body({"repo": self.account.did, "writes": ops, "swapCommit": head_cid})
+                try:
+                    answer = self.client.apply_writes(session, body)
+                except PdsError as exc:
+                    if exc.error != "InvalidSwap" or attempt == MAX_SWAP_RETRIES:
+                        raise
+                    self.client.sleep(0.05 * attempt)
+                    continue
+                made = (answer.get("commit") or {}).get("rev")
+                if self.on_commit and made:
+                    self.on_commit(head_rev, made)
+                return answer
+        raise AssertionError("unreachable")
 
     def _upload_blobs(self, session: Session, batch: list[Write], held: set[str]) -> None:
         """Upload the batch's blobs the PDS does not hold yet, right before the write that references them

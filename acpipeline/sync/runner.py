@@ -16,15 +16,30 @@ from functools import cache
 from typing import Any
 
 import psutil
-from dagster import DagsterInstance, DagsterRunStatus, Definitions, EnvVar, RunsFilter, TableMetadataValue
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    EnvVar,
+    RunsFilter,
+    TableMetadataValue,
+)
 
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
 from acpipeline.settings import acpipeline_home
-from acpipeline.sync.converged import ConvergedState, latest_rev, repo_collections, source_fingerprint
+from acpipeline.sync.converged import ConvergedState, Proof, needs_items, prove
 from acpipeline.sync.extract import count_items, extract_items, find_accounts
-from acpipeline.sync.partitions import partition_key, register_handles
+from acpipeline.sync.partitions import (
+    FULL_TAG,
+    PartitionRange,
+    handle_partitions,
+    partition_key,
+    partition_ranges,
+    range_members,
+    register_handles,
+)
 
 
 @dataclass
@@ -122,106 +137,80 @@ def _run_partitions(
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
     tags = {"acpipeline/cli": "dry-run" if dry_run else "sync", HOST_TAG: socket.gethostname()}
+    if full:
+        tags[FULL_TAG] = "true"
     keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
-    quick = QuickPath(pds.client(), db, accounts, keys, full) if not dry_run else None
-    skipped = quick.converged() if quick else []
-    keys = [key for key in keys if key not in {(r.handle, r.media) for r in skipped}]
-    if quick:
-        keys.sort(key=quick.work, reverse=True)  # the longest first: the short ones fill in beside them
-    workers = min(len(keys), sync_workers())
+    # The runs prove convergence themselves; proving it here first means a sync with nothing to do opens
+    # no Dagster instance and starts no run at all.
+    work, proven = _prove_ahead(pds.client(), db, accounts, keys, full)
+    keys = [key for key in keys if key not in proven]
+    skipped = [_proven_result(handle, name, proof) for (handle, name), proof in proven.items()]
+    results: list[PartitionResult] = []
     if keys:
-        logins = log_in_ahead(pds.client(), accounts, keys[:workers]) if not dry_run else None
         instance = instance or get_instance()
+        ranges = _cli_ranges(instance, db, keys, work)
+        workers = min(len(ranges), sync_workers())
+        logins = log_in_ahead(pds.client(), accounts, ranges[:workers]) if not dry_run else None
         release_dead_runs(instance)
-        register_handles(instance, db)
         if logins:
             logins.join()  # before forking: the workers read the sessions it saved
-    mongo.close()
-    if not keys:
-        results = []
-    elif workers <= 1 or instance.is_ephemeral:
-        results = [_execute(defs, instance, key, run_config, tags) for key in keys]
-    else:
-        # Partitions are independent runs: run several at once in forked workers, each recording into the
-        # same instance (Dagster's storage is multi-process safe; the pool still caps PDS writers).
-        global _FORKED
-        _FORKED = (defs, run_config, tags)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_execute_forked, keys))
-    if quick:
-        quick.record(results + skipped)
+        mongo.close()
+        if workers <= 1 or instance.is_ephemeral:
+            batches = [_execute(defs, instance, r, run_config, tags) for r in ranges]
+        else:
+            # Ranges are independent runs: several at once in forked workers, each recording into the same
+            # instance (Dagster's storage is multi-process safe; the pool still caps PDS writers).
+            global _FORKED
+            _FORKED = (defs, run_config, tags)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                batches = list(pool.map(_execute_forked, ranges))
+        results = [result for batch in batches for result in batch]
     order = {key: n for n, key in enumerate((h, m) for h in selected for m in media or MEDIA_NAMES)}
     return sorted(results + skipped, key=lambda r: order[(r.handle, r.media)]), accounts.without_account
 
 
-class QuickPath:
-    """Which partitions need no run because they are proven converged, and the marks after a sync.
-
-    A partition's items are read and fingerprinted only when it holds a mark that may still be valid; the
-    others are counted (to start the biggest first and to spot the empty ones). The mark a run leaves is the
-    fingerprint of the items that run synced, as its record stage reports it."""
-
-    def __init__(self, client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]], full: bool):
-        self.client = client
-        self.state = ConvergedState(acpipeline_home())
-        self.accounts = accounts
-        self.rev_at_start: dict[str, str] = {}
-        self.items: dict[tuple[str, str], int] = {}  # documents in MongoDB, removed ones included
-        # Fingerprints that match the partition's mark, and of partitions empty on both sides (no item in
-        # MongoDB, no collection on the PDS).
-        self.unchanged: dict[tuple[str, str], str] = {}
-        self.desired: dict[tuple[str, str], int] = {}  # of the unchanged partitions
-        collections: dict[str, set[str]] = {}
-        marks: dict[str, dict[str, str]] = {}
+def _prove_ahead(
+    client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]], full: bool
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], Proof]]:
+    """Each partition's estimated work, and the partitions proven converged (none with `full`). Items are
+    read only where a mark could hold; the other partitions are counted."""
+    state = ConvergedState(acpipeline_home())
+    try:
+        partitions: dict[tuple[str, str], tuple[str, list | int]] = {}
         for handle, name in keys:
-            did, owner, rules = accounts.by_handle[handle].did, accounts.by_handle[handle].owner, MEDIA[name]
-            if did not in self.rev_at_start:
-                self.rev_at_start[did] = latest_rev(self.client, did)
-                collections[did] = repo_collections(self.client, did)
-                rev, marks[did] = self.state.load(did)
-                if full or rev != self.rev_at_start[did]:
-                    marks[did] = {}
-            if name in marks[did]:
-                items = extract_items(db, rules, owner)
-                self.items[(handle, name)] = len(items)
-                if (fingerprint := source_fingerprint(items)) == marks[did][name]:
-                    self.unchanged[(handle, name)] = fingerprint
-                    self.desired[(handle, name)] = sum(1 for i in items if i.wanted and i.problem is None)
+            account, rules = accounts.by_handle[handle], MEDIA[name]
+            if not full and needs_items(state, account.did, name):
+                partitions[(handle, name)] = (account.did, extract_items(db, rules, account.owner))
             else:
-                self.items[(handle, name)] = count_items(db, rules, owner)
-            if not self.items[(handle, name)] and rules.nsid not in collections[did] and not full:
-                self.unchanged[(handle, name)] = source_fingerprint([])
+                partitions[(handle, name)] = (account.did, count_items(db, rules, account.owner))
+        work = {
+            key: (n if isinstance(n, int) else len(n)) * MEDIA[key[1]].work_per_item
+            for key, (_, n) in partitions.items()
+        }
+        return work, ({} if full else prove(client, state, partitions))
+    finally:
+        state.close()
 
-    def work(self, key: tuple[str, str]) -> float:
-        """The partition's estimated work, from its documents and its media type."""
-        return self.items[key] * MEDIA[key[1]].work_per_item
 
-    def converged(self) -> list[PartitionResult]:
-        out = []
-        for handle, name in self.unchanged:
-            n = self.desired.get((handle, name), 0)
-            metadata = {"desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
-            out.append(PartitionResult(handle, name, True, metadata, True, skipped=True))
-        return out
+def _proven_result(handle: str, media: str, proof: Proof) -> PartitionResult:
+    n = proof.desired
+    metadata = {"desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
+    return PartitionResult(handle, media, True, metadata, True, skipped=True)
 
-    def record(self, results: list[PartitionResult]) -> None:
-        """Per account: the rev now and the partitions that are clean; earlier marks of partitions not in
-        this sync survive only if nothing was written to the account between that sync and this one."""
-        for did in self.rev_at_start:
-            rev, marks = self.state.load(did)
-            if rev != self.rev_at_start[did]:
-                marks = {}
-            for result in results:
-                if self.accounts.by_handle[result.handle].did != did:
-                    continue
-                key = (result.handle, result.media)
-                fingerprint = self.unchanged.get(key) or result.metadata.get("source_fingerprint")
-                if result.clean and fingerprint:
-                    marks[result.media] = fingerprint
-                else:
-                    marks.pop(result.media, None)
-            self.state.save(did, latest_rev(self.client, did), marks)
-        self.state.close()
+
+def _cli_ranges(
+    instance: DagsterInstance, db: Any, keys: list[tuple[str, str]], work: dict[tuple[str, str], float]
+) -> list[PartitionRange]:
+    """The runs: ranges per media type as a backfill cuts them, the most work first (the short ones fill in
+    beside the long ones)."""
+    register_handles(instance, db)
+    order = instance.get_dynamic_partitions(handle_partitions.name)
+    ranges = partition_ranges(order, keys)
+
+    def work_of(r: PartitionRange) -> float:
+        return sum(work.get(key, 0.0) for key in range_members(order, r.start, r.end))
+
+    return sorted(ranges, key=work_of, reverse=True)
 
 
 _FORKED: tuple[Definitions, dict, dict] | None = None
@@ -233,11 +222,11 @@ def sync_workers() -> int:
     return int(configured) if configured else min(4, max(2, os.cpu_count() or 1))
 
 
-def _execute_forked(key: tuple[str, str]) -> PartitionResult:
-    """A partition run in a forked worker, with the worker's own instance (opened on its first run)."""
+def _execute_forked(partition_range: PartitionRange) -> list[PartitionResult]:
+    """A range's run in a forked worker, with the worker's own instance (opened on its first run)."""
     assert _FORKED is not None
     defs, run_config, tags = _FORKED
-    return _execute(defs, _worker_instance(), key, run_config, tags)
+    return _execute(defs, _worker_instance(), partition_range, run_config, tags)
 
 
 @cache
@@ -246,12 +235,13 @@ def _worker_instance() -> DagsterInstance:
     return DagsterInstance.get()
 
 
-def log_in_ahead(client: Any, accounts: Any, keys: list[tuple[str, str]]) -> threading.Thread:
-    """Sessions for the accounts of the partitions that start first, made while Dagster's instance opens:
-    a login costs the PDS about 0.35 s of password hashing, otherwise waited for at the start of the
-    partition's record stage. Accounts with a live saved session cost nothing. A failed login is left for
-    the partition's own run to report."""
-    wanted = {accounts.by_handle[handle].did: accounts.by_handle[handle].password for handle, _ in keys}
+def log_in_ahead(client: Any, accounts: Any, ranges: list[PartitionRange]) -> threading.Thread:
+    """Sessions for the accounts of the runs that start first, made while the workers start: a login costs
+    the PDS about 0.35 s of password hashing, otherwise waited for at the start of the record stage.
+    Accounts with a live saved session cost nothing. A failed login is left for the run to report."""
+    handles = [k.rpartition("|")[0] for r in ranges for k in (r.start, r.end)]
+    known = [accounts.by_handle[h] for h in handles if h in accounts.by_handle]
+    wanted = {account.did: account.password for account in known}
 
     def log_in() -> None:
         for did, password in wanted.items():
@@ -264,18 +254,21 @@ def log_in_ahead(client: Any, accounts: Any, keys: list[tuple[str, str]]) -> thr
 
 
 def _execute(
-    defs: Definitions, instance: DagsterInstance, key: tuple[str, str], run_config: dict, tags: dict
-) -> PartitionResult:
-    handle, name = key
+    defs: Definitions,
+    instance: DagsterInstance,
+    partition_range: PartitionRange,
+    run_config: dict,
+    tags: dict,
+) -> list[PartitionResult]:
     me = psutil.Process()
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
-        partition_key=partition_key(handle, name),
         run_config=run_config,
         raise_on_error=False,
-        tags={**tags, PID_TAG: str(me.pid), STARTED_TAG: str(me.create_time())},
+        tags={**tags, **partition_range.tags(), PID_TAG: str(me.pid), STARTED_TAG: str(me.create_time())},
     )
-    return _outcome(handle, name, result)
+    order = instance.get_dynamic_partitions(handle_partitions.name)
+    return _outcome(range_members(order, partition_range.start, partition_range.end), result)
 
 
 HOST_TAG, PID_TAG, STARTED_TAG = "acpipeline/host", "acpipeline/pid", "acpipeline/process-started"
@@ -309,23 +302,35 @@ def _alive(pid: int, started: float) -> bool:
         return False
 
 
-def _outcome(handle: str, media: str, result: Any) -> PartitionResult:
-    metadata: dict[str, Any] = {}
-    check_passed = None
+def _outcome(keys: list[tuple[str, str]], result: Any) -> list[PartitionResult]:
+    """Each partition's result from the run's events: its own materialization (or dry-run observation)
+    of the records, its check, and its reason when the run names it failed."""
+    metadata: dict[str, dict[str, Any]] = {}
+    checks: dict[str, bool] = {}
+    failed: dict[str, str] = {}
     for event in result.all_events:
+        data = event.event_specific_data
         if event.event_type_value in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION"):
-            data = event.event_specific_data
             entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
             if entry is not None and entry.asset_key.to_user_string() == "atproto_records":
-                metadata = {k: _plain(v) for k, v in entry.metadata.items()}
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            check_passed = event.event_specific_data.passed
-    metadata["dry_run"] = result.dagster_run.tags.get("acpipeline/cli") == "dry-run"
-    error = None
-    if not result.success:
-        failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
-        error = _root_cause(failure.event_specific_data.error) if failure else "run failed"
-    return PartitionResult(handle, media, result.success, metadata, check_passed, error, result.run_id)
+                metadata[str(entry.partition)] = {k: _plain(v) for k, v in entry.metadata.items()}
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            checks[str(data.partition)] = data.passed
+        elif event.event_type_value == "STEP_FAILURE":
+            named = data.user_failure_data and data.user_failure_data.metadata.get("failed_partitions")
+            if named is not None:
+                failed.update(named.value)
+            else:
+                failed.setdefault("*", _root_cause(data.error) if data.error else "run failed")
+    dry_run = result.dagster_run.tags.get("acpipeline/cli") == "dry-run"
+    out = []
+    for handle, media in keys:
+        key = partition_key(handle, media)
+        # A failure the run does not pin on partitions (a stage that crashed) is every partition's.
+        error = failed.get(key) or failed.get("*")
+        meta = {**metadata.get(key, {}), "dry_run": dry_run}
+        out.append(PartitionResult(handle, media, error is None, meta, checks.get(key), error, result.run_id))
+    return out
 
 
 def _root_cause(info: Any) -> str:
