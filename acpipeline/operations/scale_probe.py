@@ -9,7 +9,7 @@ linked), registers the handles as partitions, then times:
 
 - sensor ticks over the whole source: the first (baseline), one with nothing changed, one after an insert;
   and the size of the cursor Dagster stores with every tick;
-- the reconcile schedule's evaluation (one run request per partition);
+- the reconcile schedule's evaluation (run requests over ranges of whole accounts);
 - through Dagster's GraphQL API in process: a partition backfill of every partition
   (`launchPartitionBackfill`, the UI's "Materialize all"), and the partition-status query the asset page
   makes.
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
         defs = build_definitions()
         with (
-            timed(f"schedule evaluation ({len(handles) * len(MEDIA_NAMES)} run requests)", figures),
+            timed(f"schedule evaluation ({len(handles) * len(MEDIA_NAMES)} partitions)", figures),
             build_schedule_context(
                 instance=instance,
                 resources=defs.resources,

@@ -1,9 +1,9 @@
-"""The new-content sensor: every ~30 s, sync exactly the partitions whose source changed.
+"""The new-content sensor: every ~15 s, sync exactly the partitions whose source changed.
 
 A tick registers the handles of users who gained an ATProto account, digests every partition of every
-account from one projected `find` per collection (see `fingerprint.py`), and requests a run of each
-partition whose digest differs from the cursor's: new, edited, nuked/deleted or removed documents, and new
-accounts. Tapes are the one source that changes outside MongoDB (the ZIP is uploaded after the document):
+account from one projected `find` per collection (see `fingerprint.py`), and requests the partitions whose
+digest differs from the cursor's (new, edited, nuked/deleted or removed documents, and new accounts) as
+runs over ranges per media type (`run_requests`). Tapes are the one source that changes outside MongoDB (the ZIP is uploaded after the document):
 a live tape without a record whose ZIP was missing is HEADed again every `ZIP_RECHECK_S`, and its partition
 is requested when the ZIP appears.
 
@@ -313,7 +313,7 @@ def check_tape_zips(
 @sensor(
     name="new_content_sensor",
     job=sync_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=15,
     default_status=default_sensor_status(),
     description="Every ~30 s: register new ATProto accounts as handle partitions and sync exactly the "
     "partitions whose MongoDB source changed (new, edited, nuked or deleted items; new accounts; tape ZIPs "

@@ -238,7 +238,11 @@ def atproto_records(
                 failed[key] = f"no user in MongoDB has the ATProto handle {source.handle} any more"
                 continue
             if source.proof is not None:
-                yield from _proven(context, source)
+                yield from _proven(context, source, config.dry_run)
+                if source.proof.empty and not config.dry_run:
+                    # marked, so later runs prove it from the mark instead of asking describeRepo again
+                    mark = Mark(source.proof.fingerprint, 0)
+                    state.mark(source.account.did, source.proof.rev, source.media, mark)
                 continue
             try:
                 items_failed = yield from _sync_partition(
@@ -268,13 +272,14 @@ def atproto_records(
     )
 
 
-def _proven(context: AssetExecutionContext, source: PartitionSource):
-    """A proven-converged partition: a materialization saying so (backfills and the UI count it as done),
-    and its check carried over from the sync that made the mark (nothing changed since)."""
+def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool):
+    """A proven-converged partition: a materialization saying so (backfills and the UI count it as done;
+    an observation in a dry run), and its check carried over from the sync that made the mark."""
     proof = source.proof
     assert proof is not None
     n = proof.desired
-    yield AssetMaterialization(
+    event = AssetObservation if dry_run else AssetMaterialization
+    yield event(
         asset_key=context.asset_key,
         partition=source.key,
         metadata={
