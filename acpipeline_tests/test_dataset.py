@@ -21,6 +21,7 @@ from PIL import Image
 
 from acpipeline.demo import (
     ART_BUCKET,
+    SIZES,
     USER_BUCKET,
     DatasetExists,
     MediaServer,
@@ -130,7 +131,8 @@ def test_small_has_every_collection(small: dict[str, Any]) -> None:
 def test_small_users_and_accounts(small: dict[str, Any]) -> None:
     db, summary, accounts = small["db"], small["summary"], small["accounts"]
     users = {doc["_id"]: doc for doc in _docs(db, "users")}
-    assert [h for h, _ in accounts.calls] == summary.handles_with_accounts
+    # The accounts are created by several threads at once: the calls come in any order.
+    assert sorted(h for h, _ in accounts.calls) == sorted(summary.handles_with_accounts)
     assert "art.at.aesthetic.computer" in summary.handles_with_accounts
     assert "jeffrey.at.aesthetic.computer" in summary.handles_with_accounts
 
@@ -318,6 +320,11 @@ def test_summary_is_json(small: dict[str, Any]) -> None:
         for name in MEDIA
     }
     assert total == {name: summary.counts[name] for name in MEDIA}
+    # Counted by hand from `_small`: live items of jeffrey, fifi, oldtimer (flat fields) and anonymous ones,
+    # without lurker's (no account), the missing image and the missing and broken tape ZIPs.
+    assert summary.records_expected == {"paintings": 19, "moods": 13, "pieces": 6, "kidlisp": 12, "tapes": 4}
+    assert summary.records_expected_total == 54
+    assert data["items_per_user"]["all"]["items"]["users"] == 4
 
 
 def test_deterministic_and_refuses_reseed(small: dict[str, Any], tmp_path: Path) -> None:
@@ -438,7 +445,10 @@ def test_bench_counts_and_tapes(tmp_path: Path) -> None:
     summary = seed_dataset(db, tmp_path / "media", accounts, size="bench")
     elapsed = time.perf_counter() - started
     assert elapsed < 60, f"bench generation took {elapsed:.1f} s"
-    assert [h for h, _ in accounts.calls] == ["jeffrey.at.aesthetic.computer", "art.at.aesthetic.computer"]
+    assert sorted(h for h, _ in accounts.calls) == [
+        "art.at.aesthetic.computer",
+        "jeffrey.at.aesthetic.computer",
+    ]
     jeffrey = summary.user("jeffrey").sub
     expected = {"paintings": 395, "moods": 226, "pieces": 26, "kidlisp": 2220, "tapes": 0}
     for name, count in expected.items():
@@ -464,3 +474,226 @@ def test_bench_counts_and_tapes(tmp_path: Path) -> None:
         assert 60 <= facts["frames"] <= 300
         frame_counts.append(facts["frames"])
     assert len(set(frame_counts)) > 5
+
+
+def test_failed_account_leaves_nothing(tmp_path: Path) -> None:
+    """An account the PDS refuses ends the seeding with its error, and nothing is left in the database (the
+    user documents go in last), so the next seeding needs no reset."""
+    db = _open_db(tmp_path / "db")
+
+    def refuse_fifi(handle: str, password: str) -> str:
+        if handle.startswith("fifi."):
+            raise RuntimeError("handle taken")
+        return FakeAccounts()(handle, password)
+
+    with pytest.raises(RuntimeError, match="handle taken"):
+        seed_dataset(db, tmp_path / "media", refuse_fifi)
+    for name in ("users", "@handles", *MEDIA):
+        assert db[name].count_documents({}) == 0, name
+    summary = seed_dataset(db, tmp_path / "media", FakeAccounts())
+    assert db["users"].count_documents({}) == summary.counts["users"]
+
+
+# ---------------------------------------------------------------------------------------------- platform
+
+PLATFORM_HEAVY = {"paintings": 395, "moods": 226, "pieces": 26, "kidlisp": 2220, "tapes": 0}
+
+
+def _has_account(user: dict[str, Any]) -> bool:
+    atproto = user.get("atproto") or {}
+    did = atproto.get("did") or user.get("atproto_did")
+    password = atproto.get("password") or user.get("atproto_password")
+    return bool(did and password)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("platform")
+    db = _open_db(root / "db")
+    accounts = FakeAccounts()
+    started = time.perf_counter()
+    summary = seed_dataset(db, root / "media", accounts, size="platform")
+    return {
+        "db": db,
+        "media": root / "media",
+        "summary": summary,
+        "accounts": accounts,
+        "elapsed": time.perf_counter() - started,
+    }
+
+
+def test_platform_users_and_accounts(platform: dict[str, Any]) -> None:
+    db, summary, accounts = platform["db"], platform["summary"], platform["accounts"]
+    assert "platform" in SIZES
+    assert platform["elapsed"] < 150, f"platform generation took {platform['elapsed']:.1f} s"
+    for name in ("users", "@handles", *MEDIA):
+        assert db[name].count_documents({}) == summary.counts[name], name
+    users = {doc["_id"]: doc for doc in _docs(db, "users")}
+    people = {sub: doc for sub, doc in users.items() if sub != "art-guest"}
+    assert len(people) == 4201 and len(users) == 4202 and len(summary.users) == 4202
+    with_account = {sub for sub, doc in people.items() if _has_account(doc)}
+    assert len(with_account) == 978 and _has_account(users["art-guest"])
+
+    handles = [h for h, _ in accounts.calls]
+    assert len(handles) == len(set(handles)) == 979
+    assert sorted(handles) == sorted(summary.handles_with_accounts)
+    assert users["art-guest"]["atproto"]["handle"] == "art.at.aesthetic.computer"
+    stale = [h for h in handles if h.endswith(".pds.aesthetic.computer")]
+    assert len(stale) == 5
+    assert all(h.endswith(".at.aesthetic.computer") for h in handles if h not in stale)
+    assert all(re.fullmatch(r"[a-z0-9]{3,18}", h.split(".")[0]) for h in handles)
+    for user in summary.users:  # every DID filled in from the PDS's answers
+        assert (user.did is None) == (user.pds_handle is None)
+        if user.did:
+            assert user.did == "did:plc:" + hashlib.sha256(user.pds_handle.encode()).hexdigest()[:24]
+
+    flat = [doc for doc in people.values() if "atproto_did" in doc]
+    assert len(flat) == 8 and all("atproto" not in doc for doc in flat)
+    assert sum(doc["atproto_handle"].endswith(".pds.aesthetic.computer") for doc in flat) == 2
+    old = summary.flat_fields_user
+    assert users[old.sub]["atproto_did"] == old.did and users[old.sub]["atproto_password"] == old.password
+    assert old.pds_handle == "oldtimer.pds.aesthetic.computer"
+
+    lurker = summary.user_without_account
+    assert lurker.did is None and lurker.sub not in with_account
+    assert db["paintings"].count_documents({"user": lurker.sub}) >= 2
+    assert db["moods"].count_documents({"user": lurker.sub}) >= 2
+    # Users without an account own items too (skipped by the sync), and not every user picked a handle.
+    without = set(people) - with_account
+    owners = {doc["user"] for doc in _docs(db, "paintings") if doc.get("user")}
+    assert len(owners & without) > 500
+    ac_handles = {doc["_id"]: doc["handle"] for doc in _docs(db, "@handles")}
+    assert with_account <= set(ac_handles) and 3000 < len(ac_handles) < 4201
+    assert len(set(ac_handles.values())) == len(ac_handles)
+    assert any(sub.startswith("sotce-") for sub in with_account)
+    codes = [doc["code"] for doc in users.values()]
+    assert len(set(codes)) == len(codes)
+
+
+def test_platform_heavy_user_and_anonymous_work(platform: dict[str, Any]) -> None:
+    db, media, summary = platform["db"], platform["media"], platform["summary"]
+    jeffrey = summary.user("jeffrey.at.aesthetic.computer")
+    assert jeffrey.did and jeffrey.ac_handle == "jeffrey"
+    for name, count in PLATFORM_HEAVY.items():
+        assert db[name].count_documents({"user": jeffrey.sub}) == count, name
+        assert summary.owned_counts[jeffrey.sub][name] == count
+    for name in ("paintings", "pieces", "tapes"):
+        assert db[name].count_documents({"user": jeffrey.sub, "nuked": True}) == 0
+    assert db["moods"].count_documents({"user": jeffrey.sub, "deleted": True}) == 0
+
+    anonymous = _docs(db, "paintings", {"user": None})
+    assert len(anonymous) == 1064 == summary.anonymous_counts["paintings"]
+    recorded = [doc for doc in anonymous if ":" in doc["slug"]]
+    assert len(recorded) == 529
+    for doc in recorded:
+        assert (media / ART_BUCKET / zip_key(doc["slug"].partition(":")[2], None)).exists()
+    for doc in anonymous:
+        assert doc["bucket"] == ART_BUCKET
+        assert (media / ART_BUCKET / painting_key(doc["slug"], None)).exists()
+    tapes = _docs(db, "tapes", {"user": None})
+    assert len(tapes) == 32 and not any(doc["nuked"] for doc in tapes)
+    for doc in tapes:
+        assert (media / ART_BUCKET / zip_key(doc["slug"], None)).exists()
+    facts = _check_tape(media / ART_BUCKET / zip_key(min(tapes, key=lambda d: d["when"])["slug"], None))
+    assert 60 <= facts["frames"] <= 300
+    assert summary.anonymous_counts["kidlisp"] > 50 and summary.anonymous_counts["pieces"] > 5
+    assert summary.anonymous_counts["moods"] == 0
+
+
+def test_platform_distribution(platform: dict[str, Any]) -> None:
+    db, summary = platform["db"], platform["summary"]
+    spread = summary.items_per_user
+    everyone, accounted = spread["all"], spread["with_account"]
+    assert everyone["items"]["users"] == 4201 and accounted["items"]["users"] == 978
+    # A heavy tail: most users have a handful of items or none, a few have hundreds.
+    assert everyone["items"]["median"] <= 3 and accounted["items"]["median"] <= 10
+    assert accounted["items"]["p99"] >= 5 * max(1, accounted["items"]["median"])
+    assert everyone["items"]["max"] == accounted["items"]["max"] == 2867  # the heavy user
+    for name in ("paintings", "moods", "kidlisp"):
+        assert 0 < everyone[name]["with_any"] < 4201 * 0.5, name
+    assert everyone["pieces"]["with_any"] < 4201 * 0.1
+    # A few user tapes: most users have none.
+    owners = {doc["user"] for doc in _docs(db, "tapes") if doc.get("user")}
+    assert 5 <= len(owners) <= 100 and everyone["tapes"]["with_any"] == len(owners)
+
+    # Removed at a few percent.
+    for name, field_ in (
+        ("paintings", "nuked"),
+        ("pieces", "nuked"),
+        ("tapes", "nuked"),
+        ("moods", "deleted"),
+    ):
+        removed = db[name].count_documents({field_: True})
+        assert removed == summary.removed_counts[name] > 0, name
+        assert removed <= 0.1 * summary.counts[name], name
+    assert summary.removed_counts["paintings"] >= 0.01 * summary.counts["paintings"]
+
+
+def test_platform_bad_cases(platform: dict[str, Any]) -> None:
+    db, media, summary = platform["db"], platform["media"], platform["summary"]
+    missing = summary.missing_image_painting
+    assert missing["user"] and not (media / USER_BUCKET / missing["key"]).exists()
+    assert not (media / USER_BUCKET / summary.missing_zip_tape["key"]).exists()
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(media / USER_BUCKET / summary.broken_zip_tape["key"])
+    null_doc = db["paintings"].find_one({"_id": ObjectId(summary.null_user_painting["_id"])})
+    assert "user" in null_doc and null_doc["user"] is None and null_doc["bucket"] == ART_BUCKET
+    assert (media / ART_BUCKET / summary.null_user_painting["key"]).exists()
+    assert (media / USER_BUCKET / summary.large_painting["key"]).stat().st_size > 1_048_576
+    assert 49_000 <= summary.long_kidlisp["length"] <= 50_000
+    assert max(len(doc["source"]) for doc in _docs(db, "kidlisp")) == summary.long_kidlisp["length"]
+    twins = [db["moods"].find_one({"_id": ObjectId(ref)}) for ref in summary.same_when_moods]
+    assert len(twins) == 2 and twins[0]["when"] == twins[1]["when"] and twins[0]["_id"] != twins[1]["_id"]
+    sound = _check_tape(media / USER_BUCKET / summary.soundtrack_tape["key"])
+    assert sound["soundtrack"] == pytest.approx(1.5, abs=0.01)
+    assert all(len(doc["mood"].encode()) <= 5000 for doc in _docs(db, "moods"))
+    # Every owned painting but the missing one has its PNG (skipped users' too).
+    for doc in _docs(db, "paintings", {"user": {"$nin": [None]}}):
+        path = media / USER_BUCKET / painting_key(doc["slug"], doc["user"])
+        assert path.exists() == (str(doc["_id"]) != missing["_id"]), doc["_id"]
+
+
+def test_platform_records_expected(platform: dict[str, Any]) -> None:
+    """records_expected, recounted from the database: live items of owners with an account, anonymous ones
+    (the art account; moods are never anonymous), minus the missing image and the missing and broken
+    tape ZIPs."""
+    db, summary = platform["db"], platform["summary"]
+    accounted = {doc["_id"] for doc in _docs(db, "users") if _has_account(doc) and doc["_id"] != "art-guest"}
+    failing = {
+        summary.missing_image_painting["_id"],
+        summary.missing_zip_tape["_id"],
+        summary.broken_zip_tape["_id"],
+    }
+    expected = {}
+    for name in MEDIA:
+        count = 0
+        for doc in _docs(db, name, {"nuked": {"$ne": True}, "deleted": {"$ne": True}}):
+            owner = doc.get("user")
+            if str(doc["_id"]) not in failing and (owner in accounted or (not owner and name != "moods")):
+                count += 1
+        expected[name] = count
+    assert summary.records_expected == expected
+    assert summary.records_expected_total == sum(expected.values())
+    assert 15_000 <= summary.records_expected_total <= 25_000
+    assert expected["tapes"] >= 32 and expected["paintings"] > 1064
+
+
+def test_platform_is_deterministic(tmp_path: Path) -> None:
+    """The same seed gives the same documents and the same media (every file is drawn from a seed of its
+    own, recorded in its job); only passwords and account dates differ. Checked on the builder, without
+    writing the files twice."""
+    from acpipeline.demo.dataset import _Builder, _platform
+
+    def build() -> Any:
+        builder = _Builder(tmp_path, FakeAccounts(), "platform", 7, defer_media=True)
+        _platform(builder)
+        builder.finish_accounts()
+        return builder
+
+    first, second = build(), build()
+    for name in MEDIA:
+        assert first.docs[name] == second.docs[name], name
+    assert first.media_jobs == second.media_jobs and first.tape_jobs == second.tape_jobs
+    assert [u.sub for u in first.users] == [u.sub for u in second.users]
+    assert [u.pds_handle for u in first.users] == [u.pds_handle for u in second.users]
+    assert [u.password for u in first.users if u.password] != [u.password for u in second.users if u.password]

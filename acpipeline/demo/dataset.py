@@ -1,7 +1,9 @@
 """A realistic synthetic Aesthetic Computer dataset: MongoDB documents plus the media files they point at.
 
 Everything except account passwords is deterministic for a given seed. Accounts are created through an
-injected callable, so this module knows nothing about the PDS client.
+injected callable, so this module knows nothing about the PDS client; every user, handle and password is
+decided first, then the accounts are created by a few threads at once (the PDS hashes each password, a third
+of a second of its CPU) while the media files are written by worker processes.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
+import os
 import random
 import secrets
 import shutil
 import string
 import struct
+import threading
 import time
 import wave
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 from bson import ObjectId
 from PIL import Image, ImageDraw
 
+from acpipeline.demo import SIZES  # defined there: the command line reads it without this module
 from acpipeline.errors import OperatorError
 
 CreateAccount = Callable[[str, str], str]  # (pds_handle, password) -> did
@@ -37,8 +45,10 @@ ART_BUCKET = "art-aesthetic-computer"
 ART_GUEST_SUB = "art-guest"
 ART_GUEST_HANDLE = "art.at.aesthetic.computer"
 COLLECTIONS = ("users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes")
-SIZES = ("small", "bench")
+MEDIA_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
 KIDLISP_MAX = 50_000
+ACCOUNT_WORKERS = 8  # createAccount calls at once (the platform found 10 concurrent creates stable)
+MEDIA_WORKERS = 4  # at most this many processes write media files (never more than the machine's cores)
 
 _EPOCH_START = datetime(2023, 3, 1)
 _EPOCH_END = datetime(2025, 10, 31)
@@ -91,6 +101,14 @@ class DatasetSummary:
     long_kidlisp: dict[str, Any] | None = None
     soundtrack_tape: dict[str, Any] | None = None
     same_when_moods: list[str] = field(default_factory=list)  # two moods sharing one `when`
+    # What a complete sync should write, computed from the documents: items not nuked or deleted, whose
+    # owner has a PDS account (or that are anonymous, for the art account), minus the failing cases above
+    # (missing image, missing or broken tape ZIP).
+    records_expected: dict[str, int] = field(default_factory=dict)  # collection -> records
+    records_expected_total: int = 0
+    # Items per user, over the platform's users (art-guest excluded): for "all" users and for those
+    # "with_account", per collection and "items" (all five): users with any, median, p90, p99, max.
+    items_per_user: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
 
     def user(self, handle: str) -> DemoUser:
@@ -413,9 +431,126 @@ class _TapeJob:
     seed: int
     exported_at: datetime
 
+    def run(self) -> None:
+        _run_tape_job(self)
+
+    def cost(self) -> int:
+        return self.width * self.height * self.frames
+
+
+@dataclass
+class _PaintingJob:
+    path: Path
+    width: int
+    height: int
+    noisy: bool
+    seed: int
+
+    def run(self) -> None:
+        img = make_painting(self.width, self.height, random.Random(self.seed), self.noisy)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(_png_quick(img))
+
+    def cost(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class _RecordingJob:
+    path: Path
+    width: int
+    height: int
+    steps: int
+    seed: int
+    when: datetime
+
+    def run(self) -> None:
+        build_recording_zip(
+            self.path, self.width, self.height, self.steps, random.Random(self.seed), self.when
+        )
+
+    def cost(self) -> int:
+        return self.width * self.height * self.steps
+
+
+_MediaJob = _TapeJob | _PaintingJob | _RecordingJob
+
+
+def _write_png(path: Path, img: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png_bytes(img))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_quick(img: Image.Image) -> bytes:
+    """An 8-bit RGBA PNG without row filters, deflated at level 1: twice as fast to write as Pillow's
+    encoder (which tries every filter on every row), and pixel art still compresses to a few KB (a 1024x768
+    painting about 25 KB). The platform-size dataset writes about 9,000 of them."""
+    img = img.convert("RGBA")
+    width, height = img.size
+    raw = img.tobytes()
+    stride = width * 4
+    rows = b"".join(b"\x00" + raw[i : i + stride] for i in range(0, len(raw), stride))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits, RGBA, deflate, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows, 1))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _run_jobs(jobs: Sequence[_MediaJob]) -> int:
+    for job in jobs:
+        job.run()
+    return len(jobs)
+
+
+def _run_media_jobs(jobs: Sequence[_MediaJob], workers: int | None = None) -> None:
+    """Write the files: in this process when there are few, else in worker processes (`spawn`: this
+    process may have threads running), the costliest jobs first, the small ones in chunks."""
+    if workers is None:
+        workers = min(MEDIA_WORKERS, os.cpu_count() or 1)
+    if workers <= 1 or len(jobs) < 16:
+        _run_jobs(jobs)
+        return
+    ordered = sorted(jobs, key=lambda job: job.cost(), reverse=True)
+    chunks: list[list[_MediaJob]] = []
+    for job in ordered:
+        if chunks and len(chunks[-1]) < 64 and sum(j.cost() for j in chunks[-1]) + job.cost() <= 4_000_000:
+            chunks[-1].append(job)
+        else:
+            chunks.append([job])
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(_run_jobs, chunk) for chunk in chunks]:
+            future.result()
+
+
+@dataclass
+class _PendingAccount:
+    index: int  # in _Builder.users
+    doc: dict[str, Any]
+    handle: str
+    password: str
+    flat: bool
+    future: Future[str]
+
 
 class _Builder:
-    def __init__(self, media_root: Path, create_account: CreateAccount, size: str, seed: int) -> None:
+    def __init__(
+        self,
+        media_root: Path,
+        create_account: CreateAccount,
+        size: str,
+        seed: int,
+        *,
+        defer_media: bool = False,
+        account_workers: int = ACCOUNT_WORKERS,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.rng = random.Random(seed)
         self.media_root = media_root
         self.create_account = create_account
@@ -428,7 +563,19 @@ class _Builder:
         self.users: list[DemoUser] = []
         self.recordings = 0
         self.tape_jobs: list[_TapeJob] = []
+        # With defer_media, paintings and recordings are drawn later from a seed of their own (in worker
+        # processes); without it, at once from the builder's random stream (the small and bench datasets).
+        self.defer_media = defer_media
+        self.media_jobs: list[_PaintingJob | _RecordingJob] = []
+        self.failing: set[ObjectId] = set()  # documents whose media is missing or broken on purpose
         self.extra: dict[str, Any] = {}
+        self.progress = progress
+        self._account_workers = max(1, account_workers)
+        self._account_pool: ThreadPoolExecutor | None = None
+        self._accounts: list[_PendingAccount] = []
+        self._accounts_done = 0
+        self._accounts_lock = threading.Lock()
+        self._say_lock = threading.Lock()
 
     # -- primitives
     def when(self, start: datetime = _EPOCH_START, end: datetime = _EPOCH_END) -> datetime:
@@ -487,27 +634,89 @@ class _Builder:
     ) -> DemoUser:
         sub = sub or self.sub()
         doc: dict[str, Any] = {"_id": sub, "code": self.code("users")}
-        password = did = None
+        password = None
         if pds_handle:
             password = secrets.token_urlsafe(18)
-            did = self.create_account(pds_handle, password)
-            created = datetime.now(UTC).replace(tzinfo=None)
-            created = created.replace(microsecond=created.microsecond // 1000 * 1000)
-            if flat:
-                doc.update(atproto_did=did, atproto_handle=pds_handle, atproto_password=password)
-            else:
-                doc["atproto"] = {
-                    "did": did,
-                    "handle": pds_handle,
-                    "password": password,
-                    "createdAt": created,
-                }
+            future = self._account_executor().submit(self.create_account, pds_handle, password)
+            future.add_done_callback(self._account_done)
+            self._accounts.append(_PendingAccount(len(self.users), doc, pds_handle, password, flat, future))
         self.docs["users"].append(doc)
         if ac_handle:
             self.docs["@handles"].append({"_id": sub, "handle": ac_handle})
-        user = DemoUser(sub=sub, ac_handle=ac_handle, pds_handle=pds_handle, password=password, did=did)
+        # The DID is filled in by finish_accounts, once the PDS has answered.
+        user = DemoUser(sub=sub, ac_handle=ac_handle, pds_handle=pds_handle, password=password)
         self.users.append(user)
         return user
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            with self._say_lock:  # account threads report too: one line at a time
+                self.progress(message)
+
+    @property
+    def account_workers(self) -> int:
+        return self._account_workers
+
+    @property
+    def accounts_pending(self) -> int:
+        return len(self._accounts)
+
+    def _account_executor(self) -> ThreadPoolExecutor:
+        if self._account_pool is None:
+            self._account_pool = ThreadPoolExecutor(
+                self._account_workers, thread_name_prefix="create-account"
+            )
+        return self._account_pool
+
+    def _account_done(self, future: Future[str]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        with self._accounts_lock:
+            self._accounts_done += 1
+            done = self._accounts_done
+        if done % 100 == 0:
+            self.say(f"  {done} accounts created")
+
+    def finish_accounts(self) -> None:
+        """Wait for every account, then write each DID into its user's document and DemoUser. The first
+        failure cancels the accounts not yet started and is raised."""
+        try:
+            for pending in self._accounts:
+                did = pending.future.result()
+                created = datetime.now(UTC).replace(tzinfo=None)
+                created = created.replace(microsecond=created.microsecond // 1000 * 1000)
+                if pending.flat:
+                    pending.doc.update(
+                        atproto_did=did, atproto_handle=pending.handle, atproto_password=pending.password
+                    )
+                else:
+                    pending.doc["atproto"] = {
+                        "did": did,
+                        "handle": pending.handle,
+                        "password": pending.password,
+                        "createdAt": created,
+                    }
+                self.users[pending.index] = replace(self.users[pending.index], did=did)
+        finally:
+            self.close()
+        by_sub = {user.sub: user for user in self.users}
+        for key, value in self.extra.items():
+            if isinstance(value, DemoUser):
+                self.extra[key] = by_sub[value.sub]
+
+    def close(self) -> None:
+        """Stop the account threads (waiting for the calls in flight; the others are cancelled)."""
+        if self._account_pool is not None:
+            self._account_pool.shutdown(wait=True, cancel_futures=True)
+            self._account_pool = None
+
+    def media_count(self) -> dict[str, int]:
+        paintings = sum(isinstance(job, _PaintingJob) for job in self.media_jobs)
+        return {
+            "paintings": paintings,
+            "recordings": len(self.media_jobs) - paintings,
+            "tapes": len(self.tape_jobs),
+        }
 
     def add_art_guest(self) -> DemoUser:
         return self.add_user(None, ART_GUEST_HANDLE, sub=ART_GUEST_SUB)
@@ -548,20 +757,22 @@ class _Builder:
         self.docs["paintings"].append(doc)
         width, height = size
         if write_image:
-            img = make_painting(width, height, self.rng, noisy=noisy)
             target = self.path(bucket, painting_key(slug, user))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(_png_bytes(img))
+            if self.defer_media:
+                self.media_jobs.append(_PaintingJob(target, width, height, noisy, self.rng.randrange(2**32)))
+            else:
+                _write_png(target, make_painting(width, height, self.rng, noisy=noisy))
+        else:
+            self.failing.add(doc["_id"])
         if recording:
-            rec = recording_slug(slug)
-            build_recording_zip(
-                self.path(bucket, zip_key(rec, user)),
-                min(width, 128),
-                min(height, 128),
-                self.rng.randint(2, 5),
-                self.rng,
-                when,
-            )
+            target = self.path(bucket, zip_key(recording_slug(slug), user))
+            rec_width, rec_height, steps = min(width, 128), min(height, 128), self.rng.randint(2, 5)
+            if self.defer_media:
+                self.media_jobs.append(
+                    _RecordingJob(target, rec_width, rec_height, steps, self.rng.randrange(2**32), when)
+                )
+            else:
+                build_recording_zip(target, rec_width, rec_height, steps, self.rng, when)
             self.recordings += 1
         return doc
 
@@ -642,7 +853,9 @@ class _Builder:
         job = _TapeJob(target, size[0], size[1], frames, fps, soundtrack, self.rng.randrange(2**32), when)
         if zip_state == "ok":
             self.tape_jobs.append(job)
-        elif zip_state == "broken":
+            return doc
+        self.failing.add(doc["_id"])
+        if zip_state == "broken":
             _run_tape_job(job)
             data = target.read_bytes()
             target.write_bytes(data[: len(data) // 3])
@@ -771,40 +984,128 @@ def _small(b: _Builder) -> None:
     b.extra["broken_zip_tape"] = b.ref("tapes", broken, zip_key(broken["slug"], None))
 
 
-def _bench(b: _Builder) -> None:
+# The platform's real scale (spec: "Scale of the real data").
+PLATFORM_USERS = 4_201  # art-guest not counted
+PLATFORM_ACCOUNTS = 978  # users with a PDS account (art-guest not counted)
+PLATFORM_STALE_HANDLES = 5  # accounts still named NAME.pds.aesthetic.computer
+PLATFORM_FLAT_USERS = 8  # accounts stored in the older flat atproto_* fields
+HEAVY_COUNTS = {"paintings": 395, "moods": 226, "pieces": 26, "kidlisp": 2_220, "tapes": 0}
+ANONYMOUS_PAINTINGS = 1_064
+ANONYMOUS_RECORDINGS = 529
+ANONYMOUS_TAPES = 32
+ANONYMOUS_KIDLISP = 180
+ANONYMOUS_PIECES = 14
+
+_HEAVY_SIZES = [
+    (32, 32),
+    (64, 48),
+    (64, 64),
+    (100, 100),
+    (128, 128),
+    (160, 120),
+    (200, 150),
+    (256, 256),
+    (300, 200),
+    (400, 300),
+    (512, 512),
+    (640, 480),
+    (800, 600),
+    (1024, 768),
+]
+_HEAVY_WEIGHTS = [6, 6, 8, 8, 12, 10, 8, 10, 10, 6, 5, 4, 2, 1]
+
+# Everyone else: per collection, (share of users with any, median count of those, log-normal sigma, cap),
+# scaled by a per-user activity factor, so most users have a handful of items and a few have hundreds.
+_ITEMS_WITH_ACCOUNT = {
+    "paintings": (0.62, 4, 1.1, 400),
+    "moods": (0.55, 3, 1.0, 300),
+    "pieces": (0.07, 2, 0.8, 40),
+    "kidlisp": (0.35, 6, 1.4, 1_500),
+}
+_ITEMS_WITHOUT_ACCOUNT = {
+    "paintings": (0.22, 2, 0.9, 120),
+    "moods": (0.2, 2, 0.9, 80),
+    "pieces": (0.01, 1, 0.5, 5),
+    "kidlisp": (0.1, 3, 1.0, 200),
+}
+_TAPE_SHARE = {True: 0.02, False: 0.0015}  # users with tapes (1 to 3 each), with and without an account
+_RECORDING_RATE = 0.08  # user paintings with a recording ZIP
+_NUKE_RATE = {"paintings": 0.03, "pieces": 0.05, "tapes": 0.06}
+_DELETE_RATE = 0.04  # moods
+_LONG_KIDLISP_RATE = 0.003  # sources of 5,000 characters or more
+
+_ONSETS = ("b", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "ch", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "a", "i", "o", "ee", "oo", "ai")
+_CODAS = ("", "", "", "", "n", "r", "l", "x", "s", "k", "m", "y")
+
+
+# Names the reference PDS refuses for a handle (`HandleNotAvailable`) that the generator below can spell:
+# its reserved subdomains of that shape (@atproto/pds, handle/reserved.ts), and the one slur it can form.
+_PDS_REFUSED = frozenset((
+    "base", "beta", "bin", "book", "buy", "data", "delete", "demo", "devel", "dir", "domain", "donate",
+    "file", "files", "forum", "fun", "game", "games", "general", "goto", "hikakin", "home", "java",
+    "kaka", "kike", "kikes", "legal", "lex", "linux", "login", "mail", "mailer", "main", "mainichi",
+    "manage", "manager", "mine", "mis", "mobile", "model", "money", "name", "nan", "nasa", "navi",
+    "nike", "nil", "none", "notes", "page", "pager", "pages", "panel", "pay", "popular", "potus",
+    "remove", "repo", "rule", "sale", "sales", "save", "shakira", "share", "site", "sites", "todo",
+    "tool", "tos", "tux", "ver", "visitor", "wave", "wifi", "wiki", "wikis", "win",
+))  # fmt: skip
+
+
+def _user_names(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+    """`count` distinct handle names (3 to 14 of [a-z0-9], valid PDS handle labels), none in `taken` and
+    none the PDS refuses."""
+    seen = set(taken) | _PDS_REFUSED
+    names: list[str] = []
+    while len(names) < count:
+        syllables = rng.choice((1, 2, 2, 2, 3))
+        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
+        name += rng.choice(_CODAS)
+        if rng.random() < 0.25:
+            name += str(rng.randint(1, 999))
+        if 3 <= len(name) <= 14 and name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def _mood_text(rng: random.Random) -> str:
+    return rng.choice(_MOODS) + rng.choice(("", "", " 🙂", " !", " ..."))
+
+
+def _piece_slug(rng: random.Random) -> str:
+    slug = rng.choice(_PIECE_WORDS)
+    kind = rng.random()
+    if kind < 0.3:
+        slug += "-" + rng.choice(_PIECE_WORDS)
+    elif kind < 0.45:
+        slug += str(rng.randint(2, 99))
+    return slug
+
+
+def _heavy_user(b: _Builder, sub: str) -> None:
+    """The heavy user's real counts (HEAVY_COUNTS): 395 paintings (every tenth with a recording), 226
+    moods, 26 pieces, 2,220 kidlisp (six of them 5,000 characters or more); nothing removed, no tapes."""
     rng = b.rng
-    jeffrey = b.add_user("jeffrey", "jeffrey.at.aesthetic.computer")
-    b.add_art_guest()
-    sizes = [
-        (32, 32),
-        (64, 48),
-        (64, 64),
-        (100, 100),
-        (128, 128),
-        (160, 120),
-        (200, 150),
-        (256, 256),
-        (300, 200),
-        (400, 300),
-        (512, 512),
-        (640, 480),
-        (800, 600),
-        (1024, 768),
-    ]
-    weights = [6, 6, 8, 8, 12, 10, 8, 10, 10, 6, 5, 4, 2, 1]
-    for i in range(395):
-        b.add_painting(jeffrey.sub, rng.choices(sizes, weights)[0], recording=i % 10 == 0)
-    for _ in range(226):
-        b.add_mood(jeffrey.sub, rng.choice(_MOODS) + rng.choice(("", "", " 🙂", " !", " ...")))
+    for i in range(HEAVY_COUNTS["paintings"]):
+        b.add_painting(sub, rng.choices(_HEAVY_SIZES, _HEAVY_WEIGHTS)[0], recording=i % 10 == 0)
+    for _ in range(HEAVY_COUNTS["moods"]):
+        b.add_mood(sub, _mood_text(rng))
     names = list(_PIECE_WORDS)
     rng.shuffle(names)
-    for name in names[:26]:
-        b.add_piece(jeffrey.sub, name)
-    long_at = set(rng.sample(range(2220), 6))
-    for i in range(2220):
+    for name in names[: HEAVY_COUNTS["pieces"]]:
+        b.add_piece(sub, name)
+    kidlisp = HEAVY_COUNTS["kidlisp"]
+    long_at = set(rng.sample(range(kidlisp), 6))
+    for i in range(kidlisp):
         length = rng.randint(5_000, KIDLISP_MAX - 10) if i in long_at else None
-        b.add_kidlisp(jeffrey.sub, make_kidlisp(rng, length))
-    for _ in range(32):
+        b.add_kidlisp(sub, make_kidlisp(rng, length))
+
+
+def _anonymous_tapes(b: _Builder, count: int) -> None:
+    """Anonymous tapes of 60 to 300 frames, a quarter with a soundtrack."""
+    rng = b.rng
+    for _ in range(count):
         b.add_tape(
             None,
             b.tape_size(),
@@ -814,7 +1115,137 @@ def _bench(b: _Builder) -> None:
         )
 
 
-_SCENARIOS = {"small": _small, "bench": _bench}
+def _bench(b: _Builder) -> None:
+    jeffrey = b.add_user("jeffrey", "jeffrey.at.aesthetic.computer")
+    b.add_art_guest()
+    _heavy_user(b, jeffrey.sub)
+    _anonymous_tapes(b, ANONYMOUS_TAPES)
+
+
+def _item_counts(rng: random.Random, with_account: bool) -> dict[str, int]:
+    profile = _ITEMS_WITH_ACCOUNT if with_account else _ITEMS_WITHOUT_ACCOUNT
+    activity = rng.lognormvariate(0.0, 0.5)
+    counts = {}
+    for name, (share, median, sigma, cap) in profile.items():
+        count = 0
+        if rng.random() < share:
+            count = min(cap, max(1, round(rng.lognormvariate(math.log(median * activity), sigma))))
+        counts[name] = count
+    counts["tapes"] = rng.choices((1, 2, 3), (6, 3, 1))[0] if rng.random() < _TAPE_SHARE[with_account] else 0
+    return counts
+
+
+def _user_items(b: _Builder, sub: str, counts: dict[str, int]) -> None:
+    rng = b.rng
+    for _ in range(counts["paintings"]):
+        nuked = rng.random() < _NUKE_RATE["paintings"]
+        b.add_painting(sub, b.painting_size(), recording=rng.random() < _RECORDING_RATE, nuked=nuked)
+    for _ in range(counts["moods"]):
+        b.add_mood(sub, _mood_text(rng), deleted=rng.random() < _DELETE_RATE)
+    for _ in range(counts["pieces"]):
+        b.add_piece(sub, _piece_slug(rng), nuked=rng.random() < _NUKE_RATE["pieces"])
+    for _ in range(counts["kidlisp"]):
+        length = rng.randint(5_000, KIDLISP_MAX - 10) if rng.random() < _LONG_KIDLISP_RATE else None
+        b.add_kidlisp(sub, make_kidlisp(rng, length))
+    for _ in range(counts["tapes"]):
+        nuked = rng.random() < _NUKE_RATE["tapes"]
+        frames, fps = rng.randint(30, 90), rng.choice((24, 30, 30, 60))
+        b.add_tape(sub, b.tape_size(), frames, fps=fps, soundtrack=rng.random() < 0.2, nuked=nuked)
+
+
+def _platform(b: _Builder) -> None:
+    """The platform at its real scale: 4,201 users, 978 of them with a PDS account (5 stale handles, 8 in
+    flat fields), the heavy user's exact counts, 1,064 anonymous paintings (529 with recordings) and 32
+    anonymous tapes; everyone else a heavy-tailed handful; removed items at a few percent; and every edge
+    case of `small`."""
+    rng = b.rng
+    names = iter(_user_names(rng, PLATFORM_USERS, {"jeffrey", "fifi", "oldtimer", "lurker", "art"}))
+
+    # Users first: every handle and password is decided now and the accounts are created in the
+    # background (the builder's threads) while the items and media files are made.
+    jeffrey = b.add_user("jeffrey", "jeffrey.at.aesthetic.computer")
+    fifi = b.add_user("fifi", "fifi.at.aesthetic.computer", sub=b.sub("sotce-"))
+    old = b.add_user("oldtimer", "oldtimer.pds.aesthetic.computer", flat=True)  # stale domain, flat fields
+    lurker = b.add_user("lurker", None)
+    b.add_art_guest()
+    b.extra["flat_fields_user"] = old
+    b.extra["user_without_account"] = lurker
+    others = PLATFORM_USERS - 4
+    accounted = sorted(rng.sample(range(others), PLATFORM_ACCOUNTS - 3))
+    stale = set(rng.sample(accounted, PLATFORM_STALE_HANDLES - 1))
+    plain = [i for i in accounted if i not in stale]
+    flat = {min(stale), *rng.sample(plain, PLATFORM_FLAT_USERS - 2)}
+    with_account = set(accounted)
+    population: list[tuple[DemoUser, bool]] = [(fifi, True), (old, True), (lurker, False)]
+    for i in range(others):
+        account = i in with_account
+        sub = b.sub("sotce-") if rng.random() < 0.03 else b.sub()
+        name = next(names) if account or rng.random() < 0.7 else None  # not every user picked a handle
+        domain = ".pds.aesthetic.computer" if i in stale else ".at.aesthetic.computer"
+        user = b.add_user(name, f"{name}{domain}" if account else None, sub=sub, flat=i in flat)
+        population.append((user, account))
+    b.say(
+        f"creating {b.accounts_pending} accounts on the PDS ({b.account_workers} at a time) while the "
+        "documents and media files are made ..."
+    )
+
+    # Items: the heavy user, then everyone else from a heavy-tailed profile.
+    _heavy_user(b, jeffrey.sub)
+    for user, account in population:
+        counts = _item_counts(rng, account)
+        if user in (fifi, old, lurker):  # the named users always have something to show
+            counts["paintings"] = max(counts["paintings"], 2)
+            counts["moods"] = max(counts["moods"], 2)
+        _user_items(b, user.sub, counts)
+
+    # The edge cases of `small`, owned by users with accounts (the heavy user keeps his exact counts).
+    large = b.add_painting(fifi.sub, (1024, 768), noisy=True)
+    b.extra["large_painting"] = b.ref("paintings", large, painting_key(large["slug"], large["user"]))
+    missing = b.add_painting(fifi.sub, (128, 96), write_image=False)
+    b.extra["missing_image_painting"] = b.ref(
+        "paintings", missing, painting_key(missing["slug"], missing["user"])
+    )
+    b.add_mood(fifi.sub, ("a long mood that goes on " * 200)[:4_900] + " 🌊")
+    shared = b.when()
+    pair = [
+        b.add_mood(fifi.sub, "twin mood one 👯", when=shared),
+        b.add_mood(fifi.sub, "twin mood two 👯", when=shared),
+    ]
+    b.extra["same_when_moods"] = [str(doc["_id"]) for doc in pair]
+    long_doc = b.add_kidlisp(fifi.sub, make_kidlisp(rng, KIDLISP_MAX - rng.randint(10, 99)))
+    b.extra["long_kidlisp"] = b.ref("kidlisp", long_doc) | {"length": len(long_doc["source"])}
+    b.add_kidlisp(fifi.sub, "(wipe rainbow) ; 🌈 unicode in code")
+    sound = b.add_tape(fifi.sub, (128, 128), 45, fps=30, soundtrack=True)
+    b.extra["soundtrack_tape"] = b.ref("tapes", sound, zip_key(sound["slug"], sound["user"]))
+    gone = b.add_tape(fifi.sub, (128, 128), 30, zip_state="missing")
+    b.extra["missing_zip_tape"] = b.ref("tapes", gone, zip_key(gone["slug"], gone["user"]))
+    broken = b.add_tape(old.sub, (128, 128), 30, zip_state="broken")
+    b.extra["broken_zip_tape"] = b.ref("tapes", broken, zip_key(broken["slug"], broken["user"]))
+    # Removed items of every kind whatever the seed (the rates above add more).
+    b.add_painting(old.sub, (64, 64), nuked=True)
+    b.add_mood(old.sub, _mood_text(rng), deleted=True)
+    b.add_piece(old.sub, "oops", nuked=True)
+    b.add_tape(old.sub, (96, 96), 30, nuked=True)
+
+    # Anonymous work, owned by the art account.
+    recording_at = set(rng.sample(range(ANONYMOUS_PAINTINGS), ANONYMOUS_RECORDINGS))
+    null_at = rng.choice([i for i in range(ANONYMOUS_PAINTINGS) if i not in recording_at])
+    for i in range(ANONYMOUS_PAINTINGS):
+        nuked = i != null_at and rng.random() < _NUKE_RATE["paintings"]
+        doc = b.add_painting(
+            None, b.painting_size(), recording=i in recording_at, nuked=nuked, null_user=i == null_at
+        )
+        if i == null_at:
+            b.extra["null_user_painting"] = b.ref("paintings", doc, painting_key(doc["slug"], None))
+    for i in range(ANONYMOUS_KIDLISP):
+        b.add_kidlisp(None, make_kidlisp(rng), null_user=i % 60 == 0)
+    for i in range(ANONYMOUS_PIECES):
+        b.add_piece(None, _piece_slug(rng), nuked=i == 0)
+    _anonymous_tapes(b, ANONYMOUS_TAPES)
+
+
+_SCENARIOS = {"small": _small, "bench": _bench, "platform": _platform}
+assert tuple(_SCENARIOS) == SIZES, "acpipeline.demo.SIZES names every scenario"
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -828,12 +1259,22 @@ def seed_dataset(
     seed: int = 7,
     *,
     reset: bool = False,
+    account_workers: int = ACCOUNT_WORKERS,
+    media_workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> DatasetSummary:
     """Fill `db` (a pymongo-API Database) and `media_root` with a synthetic Aesthetic Computer dataset.
 
-    `size` is "small" (every edge case, a few of each) or "bench" (the heavy user's real counts plus 32
-    anonymous tapes). Refuses a database that already has users unless `reset` (which drops the seven
-    collections and the two bucket folders under `media_root` first).
+    `size` is "small" (every edge case, a few of each), "bench" (the heavy user's real counts plus 32
+    anonymous tapes) or "platform" (the platform's real scale: 4,201 users, 978 accounts, the heavy user,
+    the anonymous work, every edge case of small). Refuses a database that already has users unless `reset`
+    (which drops the seven collections and the two bucket folders under `media_root` first).
+
+    `create_account` is called from `account_workers` threads at once (it must be thread-safe); media files
+    are written by up to `media_workers` processes (default: the cores, at most MEDIA_WORKERS). The user
+    documents are inserted last, once every account exists: a failure leaves no users behind (and drops
+    what this call inserted), so the next call does not need `reset`. `progress` receives a line per
+    phase (and per 100 accounts).
     """
     if size not in _SCENARIOS:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
@@ -847,33 +1288,113 @@ def seed_dataset(
             shutil.rmtree(Path(media_root) / bucket, ignore_errors=True)
     media_root = Path(media_root)
     media_root.mkdir(parents=True, exist_ok=True)
-    builder = _Builder(media_root, create_account, size, seed)
-    _SCENARIOS[size](builder)
-    for job in builder.tape_jobs:
-        _run_tape_job(job)
-    for name in COLLECTIONS:
-        if builder.docs[name]:
-            db[name].insert_many(builder.docs[name])
+    builder = _Builder(
+        media_root,
+        create_account,
+        size,
+        seed,
+        defer_media=size == "platform",
+        account_workers=account_workers,
+        progress=progress,
+    )
+    inserted: list[str] = []
+    try:
+        _SCENARIOS[size](builder)
+        media = builder.media_count()
+        if sum(media.values()) >= 100:
+            builder.say(
+                f"writing {media['paintings']} paintings, {media['recordings']} recordings and "
+                f"{media['tapes']} tapes ..."
+            )
+        _run_media_jobs([*builder.tape_jobs, *builder.media_jobs], media_workers)
+        for name in COLLECTIONS:  # the users last: they need their DIDs
+            if name != "users" and builder.docs[name]:
+                inserted.append(name)
+                db[name].insert_many(builder.docs[name])
+        if builder.accounts_pending >= 100:
+            builder.say("waiting for the last accounts ...")
+        builder.finish_accounts()
+        inserted.append("users")
+        db["users"].insert_many(builder.docs["users"])
+    except BaseException:
+        builder.close()
+        for name in inserted:
+            db.drop_collection(name)
+        raise
     return _summarise(builder, size, seed, time.perf_counter() - started)
+
+
+def _has_account(user: dict[str, Any]) -> bool:
+    """What the sync reads as an account: a DID, a password and a handle, nested or in flat fields."""
+    atproto = user.get("atproto") if isinstance(user.get("atproto"), dict) else {}
+    return all(atproto.get(key) or user.get(f"atproto_{key}") for key in ("did", "password", "handle"))
+
+
+def _records_expected(b: _Builder) -> dict[str, int]:
+    """Per collection, the records a complete sync writes: live items (not nuked, not deleted) whose owner
+    has an account (anonymous ones go to the art account, moods are never anonymous) and whose media is
+    not missing or broken on purpose."""
+    accounts = {doc["_id"] for doc in b.docs["users"] if _has_account(doc)}
+    expected = {}
+    for name in MEDIA_COLLECTIONS:
+        count = 0
+        for doc in b.docs[name]:
+            if doc.get("nuked") is True or doc.get("deleted") is True or doc["_id"] in b.failing:
+                continue
+            owner = doc.get("user") or (ART_GUEST_SUB if name != "moods" else None)
+            count += owner in accounts
+        expected[name] = count
+    return expected
+
+
+def _spread(values: list[int]) -> dict[str, int]:
+    """Users with any, median, p90, p99 and max of per-user counts (nearest rank)."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"users": 0, "with_any": 0, "median": 0, "p90": 0, "p99": 0, "max": 0}
+
+    def rank(share: float) -> int:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+    return {
+        "users": len(ordered),
+        "with_any": sum(v > 0 for v in ordered),
+        "median": rank(0.5),
+        "p90": rank(0.9),
+        "p99": rank(0.99),
+        "max": ordered[-1],
+    }
+
+
+def _items_per_user(b: _Builder, owned: dict[str, dict[str, int]]) -> dict[str, dict[str, dict[str, int]]]:
+    people = [doc for doc in b.docs["users"] if doc["_id"] != ART_GUEST_SUB]
+    groups = {"all": people, "with_account": [doc for doc in people if _has_account(doc)]}
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for group, docs in groups.items():
+        counts = [owned.get(doc["_id"], {}) for doc in docs]
+        out[group] = {name: _spread([c.get(name, 0) for c in counts]) for name in MEDIA_COLLECTIONS}
+        out[group]["items"] = _spread([sum(c.values()) for c in counts])
+    return out
 
 
 def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSummary:
     owned: dict[str, dict[str, int]] = {}
     anonymous: dict[str, int] = {}
     removed: dict[str, int] = {}
-    for name in ("paintings", "moods", "pieces", "kidlisp", "tapes"):
+    for name in MEDIA_COLLECTIONS:
         anonymous[name] = 0
         removed[name] = 0
         for doc in b.docs[name]:
             user = doc.get("user")
             if user:
-                owned.setdefault(user, {n: 0 for n in ("paintings", "moods", "pieces", "kidlisp", "tapes")})
+                owned.setdefault(user, {n: 0 for n in MEDIA_COLLECTIONS})
                 owned[user][name] += 1
             else:
                 anonymous[name] += 1
             if doc.get("nuked") is True or doc.get("deleted") is True:
                 removed[name] += 1
     art = next(u for u in b.users if u.sub == ART_GUEST_SUB)
+    expected = _records_expected(b)
     return DatasetSummary(
         size=size,
         seed=seed,
@@ -896,5 +1417,8 @@ def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSumm
         long_kidlisp=b.extra.get("long_kidlisp"),
         soundtrack_tape=b.extra.get("soundtrack_tape"),
         same_when_moods=b.extra.get("same_when_moods", []),
+        records_expected=expected,
+        records_expected_total=sum(expected.values()),
+        items_per_user=_items_per_user(b, owned),
         elapsed_seconds=round(elapsed, 3),
     )

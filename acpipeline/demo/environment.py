@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from acpipeline.demo.dataset import DatasetSummary, seed_dataset
+from acpipeline.demo.dataset import ACCOUNT_WORKERS, DatasetSummary, seed_dataset
 from acpipeline.demo.media_server import MediaServer
 from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import LocalPds
@@ -69,9 +69,14 @@ def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironm
         raise
 
 
-def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7) -> DatasetSummary:
+def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log=print) -> DatasetSummary:
     """Create the demo accounts on the PDS and fill the embedded store (replacing earlier demo data:
-    a fresh local PDS has none of the old accounts)."""
+    a fresh local PDS has none of the old accounts).
+
+    The accounts are created several at a time (ACCOUNT_WORKERS threads share this one client; each
+    account's session is saved under ACPIPELINE_HOME/sessions, so the sync that follows does not log in
+    again). The platform-size dataset reports its progress to `log` (about a thousand accounts take
+    minutes); the small ones say nothing until the summary."""
     client = PdsClient(env.pds_url)
     run_tag = secrets.token_hex(3)
 
@@ -80,7 +85,14 @@ def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7) -> 
 
     try:
         return seed_dataset(
-            db, Path(env.media.media_root), create_account, size=size, seed=seed_value, reset=True
+            db,
+            Path(env.media.media_root),
+            create_account,
+            size=size,
+            seed=seed_value,
+            reset=True,
+            account_workers=ACCOUNT_WORKERS,
+            progress=log if size == "platform" else None,
         )
     finally:
         client.close()

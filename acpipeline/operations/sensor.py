@@ -315,7 +315,7 @@ def check_tape_zips(
     job=sync_job,
     minimum_interval_seconds=15,
     default_status=default_sensor_status(),
-    description="Every ~30 s: register new ATProto accounts as handle partitions and sync exactly the "
+    description="Every ~15 s: register new ATProto accounts as handle partitions and sync exactly the "
     "partitions whose MongoDB source changed (new, edited, nuked or deleted items; new accounts; tape ZIPs "
     "that appeared).",
 )
