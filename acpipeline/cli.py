@@ -109,6 +109,8 @@ def _status_word(row: dict[str, Any]) -> str:
         return "FAILED"
     if row["skipped"]:
         return "converged, not run"
+    if row.get("proven_converged"):
+        return "converged"
     if row["planned"] or row.get("dry_run"):
         return "dry run"
     if row["check_passed"] is False:

@@ -3,9 +3,9 @@
 A tick registers the handles of users who gained an ATProto account, digests every partition of every
 account from one projected `find` per collection (see `fingerprint.py`), and requests the partitions whose
 digest differs from the cursor's (new, edited, nuked/deleted or removed documents, and new accounts) as
-runs over ranges per media type (`run_requests`). Tapes are the one source that changes outside MongoDB (the ZIP is uploaded after the document):
-a live tape without a record whose ZIP was missing is HEADed again every `ZIP_RECHECK_S`, and its partition
-is requested when the ZIP appears.
+runs over ranges per media type (`run_requests`). Tapes are the one source that changes outside MongoDB (the
+ZIP is uploaded after the document): a live tape without a record whose ZIP was missing is HEADed again
+every `ZIP_RECHECK_S`, and its partition is requested when the ZIP appears.
 
 The first tick (no cursor) takes the current digests as its baseline and requests only the non-empty
 partitions this instance never materialized, so pointing a fresh Dagster at an existing deployment starts

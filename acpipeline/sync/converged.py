@@ -34,6 +34,7 @@ from acpipeline.core.fingerprint import combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.core.media import MEDIA
+from acpipeline.resources.pds import PdsError
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
 
@@ -67,7 +68,7 @@ def latest_commit(client: Any, did: str) -> tuple[str, str]:
 
 def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
     """The latest commit rev of each account: `listRepos` pages (1,000 accounts a call), then
-    `getLatestCommit` for any the listing did not show."""
+    `getLatestCommit` for any the listing did not show; accounts the PDS does not know are left out."""
     wanted = set(dids)
     revs: dict[str, str] = {}
     cursor = None
@@ -84,7 +85,10 @@ def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
             if not cursor or not page.get("repos") or wanted <= revs.keys():
                 break
     for did in wanted - revs.keys():
-        revs[did] = latest_commit(client, did)[1]
+        try:
+            revs[did] = latest_commit(client, did)[1]
+        except PdsError:  # no such repository (any more): nothing to prove; its sync says what is wrong
+            continue
     return revs
 
 
@@ -209,7 +213,9 @@ def prove(
     collections: dict[str, set[str]] = {}
     proven: dict[tuple[str, str], Proof] = {}
     for (handle, media), (did, items) in partitions.items():
-        rev = revs[did]
+        rev = revs.get(did)
+        if rev is None:
+            continue
         mark = state.valid_marks(did, rev).get(media)
         if mark is not None and not isinstance(items, int) and source_fingerprint(items) == mark.fingerprint:
             proven[(handle, media)] = Proof(mark.fingerprint, mark.desired, rev)

@@ -66,6 +66,7 @@ class PartitionResult:
             "error": self.error,
             "run_id": self.run_id,
             "skipped": self.skipped,
+            "proven_converged": bool(self.metadata.get("proven_converged")),
         }
 
     @property
