@@ -204,11 +204,10 @@ class Proof:
 def prove(
     client: Any,
     state: ConvergedState,
-    partitions: dict[tuple[str, str], tuple[str, list[Item] | int]],
+    partitions: dict[tuple[str, str], tuple[str, list[Item]]],
 ) -> dict[tuple[str, str], Proof]:
-    """The partitions proven converged. `partitions`: (handle, media) -> (did, its items, or only their
-    count when no mark can hold). One `listRepos` for the revs; `describeRepo` only for an account with an
-    unmarked partition that has no document."""
+    """The partitions proven converged. `partitions`: (handle, media) -> (did, its items). One `listRepos`
+    for the revs; `describeRepo` only for an account with an unmarked partition that has no document."""
     revs = latest_revs(client, {did for did, _ in partitions.values()})
     collections: dict[str, set[str]] = {}
     proven: dict[tuple[str, str], Proof] = {}
@@ -217,17 +216,12 @@ def prove(
         if rev is None:
             continue
         mark = state.valid_marks(did, rev).get(media)
-        if mark is not None and not isinstance(items, int) and source_fingerprint(items) == mark.fingerprint:
+        if mark is not None and source_fingerprint(items) == mark.fingerprint:
             proven[(handle, media)] = Proof(mark.fingerprint, mark.desired, rev)
             continue
-        if (items if isinstance(items, int) else len(items)) == 0:
+        if not items:
             if did not in collections:
                 collections[did] = repo_collections(client, did)
             if MEDIA[media].nsid not in collections[did]:
                 proven[(handle, media)] = Proof(source_fingerprint([]), 0, rev, empty=True)
     return proven
-
-
-def needs_items(state: ConvergedState, did: str, media: str) -> bool:
-    """Whether a mark exists that the partition's items could match (else counting them is enough)."""
-    return media in state.load(did)[1]

@@ -109,14 +109,3 @@ def extract_owners(db: Database, rules: MediaRules, owners: list[str | None]) ->
     for items in found.values():
         items.sort(key=lambda i: (i.when is None, i.when or 0, i.ref))
     return found
-
-
-def count_items(db: Database, rules: MediaRules, owner: str | None) -> int:
-    """How many documents `extract_items` would read."""
-    source = _source_filter(rules, owner)
-    return 0 if source is None else db[rules.collection].count_documents(source)
-
-
-def _source_filter(rules: MediaRules, owner: str | None) -> dict[str, Any] | None:
-    """The owner's documents of the media; None when the media has no anonymous items to read."""
-    return None if owner is None and not rules.may_be_anonymous else owner_filter(owner)

@@ -29,8 +29,8 @@ from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
 from acpipeline.settings import acpipeline_home
-from acpipeline.sync.converged import ConvergedState, Proof, needs_items, prove
-from acpipeline.sync.extract import count_items, extract_items, find_accounts
+from acpipeline.sync.converged import ConvergedState, Proof, prove
+from acpipeline.sync.extract import extract_items, extract_owners, find_accounts
 from acpipeline.sync.partitions import (
     FULL_TAG,
     PartitionRange,
@@ -173,22 +173,21 @@ def _run_partitions(
 def _prove_ahead(
     client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]], full: bool
 ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], Proof]]:
-    """Each partition's estimated work, and the partitions proven converged (none with `full`). Items are
-    read only where a mark could hold; the other partitions are counted."""
+    """Each partition's estimated work, and the partitions proven converged (none with `full`): one query
+    per media type for all the selected owners, as a run reads them."""
+    partitions: dict[tuple[str, str], tuple[str, list]] = {}
+    for name in dict.fromkeys(m for _, m in keys):
+        handles = [h for h, m in keys if m == name]
+        found = extract_owners(db, MEDIA[name], [accounts.by_handle[h].owner for h in handles])
+        for handle in handles:
+            account = accounts.by_handle[handle]
+            partitions[(handle, name)] = (account.did, found[account.owner])
+    work = {key: len(items) * MEDIA[key[1]].work_per_item for key, (_, items) in partitions.items()}
+    if full:
+        return work, {}
     state = ConvergedState(acpipeline_home())
     try:
-        partitions: dict[tuple[str, str], tuple[str, list | int]] = {}
-        for handle, name in keys:
-            account, rules = accounts.by_handle[handle], MEDIA[name]
-            if not full and needs_items(state, account.did, name):
-                partitions[(handle, name)] = (account.did, extract_items(db, rules, account.owner))
-            else:
-                partitions[(handle, name)] = (account.did, count_items(db, rules, account.owner))
-        work = {
-            key: (n if isinstance(n, int) else len(n)) * MEDIA[key[1]].work_per_item
-            for key, (_, n) in partitions.items()
-        }
-        return work, ({} if full else prove(client, state, partitions))
+        return work, prove(client, state, partitions)
     finally:
         state.close()
 
