@@ -98,10 +98,9 @@ def print_sync(results, without_account: list[str], as_json: bool) -> None:
         if row["error"]:
             print(f"  error {row['handle']} {row['media']}: {row['error']}")
     if without_account:
-        print(
-            f"{len(without_account)} users have no ATProto account and were skipped: "
-            + ", ".join(without_account)
-        )
+        shown = ", ".join(without_account[:10])
+        more = f" and {len(without_account) - 10} more (--json lists them all)" if len(without_account) > 10 else ""
+        print(f"{len(without_account)} users have no ATProto account and were skipped: {shown}{more}")
 
 
 def _status_word(row: dict[str, Any]) -> str:
