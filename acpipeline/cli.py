@@ -99,7 +99,8 @@ def print_sync(results, without_account: list[str], as_json: bool) -> None:
             print(f"  error {row['handle']} {row['media']}: {row['error']}")
     if without_account:
         shown = ", ".join(without_account[:10])
-        more = f" and {len(without_account) - 10} more (--json lists them all)" if len(without_account) > 10 else ""
+        extra = len(without_account) - 10
+        more = f" and {extra} more (--json lists them all)" if extra > 0 else ""
         print(f"{len(without_account)} users have no ATProto account and were skipped: {shown}{more}")
 
 
