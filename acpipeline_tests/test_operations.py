@@ -38,6 +38,7 @@ from acpipeline.sync.partitions import (
     partition_key,
     partition_ranges,
     range_members,
+    register_handles,
 )
 
 from .helpers import add_moods, add_pieces, add_user, head, records, sync
@@ -320,27 +321,48 @@ def test_projection_holds_every_field_records_are_built_from(world):
 # -- the reconcile schedule -------------------------------------------------------------------------------
 
 
-def test_schedule_requests_every_partition_of_every_account(world):
-    db = world.db()
-    handles = [add_user(world, db, name)[1] for name in ("nightly", "owl")]
-    instance = get_instance()  # a schedule's context needs a persistent instance (DAGSTER_HOME)
+def _schedule_tick(world, instance, when: datetime) -> list:
     defs = world.defs()
     with build_schedule_context(
         instance=instance,
         resources=defs.resources,
         repository_def=defs.get_repository_def(),
-        scheduled_execution_time=datetime(2026, 1, 1, 3, tzinfo=UTC),
+        scheduled_execution_time=when,
     ) as context:
-        requests = reconcile_schedule.evaluate_tick(context).run_requests
-    assert sorted(requested(instance, requests)) == sorted(
-        partition_key(h, m) for h in handles for m in MEDIA_NAMES
-    )
+        return reconcile_schedule.evaluate_tick(context).run_requests or []
+
+
+def test_schedule_runs_the_nightly_slice_in_full_and_the_rest_unless_proven_converged(world):
+    db = world.db()
+    users = [add_user(world, db, name) for name in ("nightly", "owl", "lark")]
+    for sub, _, _ in users:
+        add_moods(db, sub, ["a mood", "another"])
+    instance = get_instance()  # a schedule's context needs a persistent instance (DAGSTER_HOME)
+    register_handles(instance, db)
+    order = instance.get_dynamic_partitions("handle")
+    night = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    tonight = full_recheck_slice([h for h in order if h in {u[1] for u in users}], night.date(), 7)
+    every = {partition_key(h, m) for _, h, _ in users for m in MEDIA_NAMES}
+    slice_keys = {partition_key(h, m) for h in tonight for m in MEDIA_NAMES}
+    # the moods are not synced: those partitions run; the others are empty on both sides (proven)
+    requests = _schedule_tick(world, instance, night)
     assert len({r.run_key for r in requests}) == len(requests)
-    # whole accounts per run; one slice of the accounts is re-checked in full tonight
-    assert len(requests) <= 2
     full = requested(instance, [r for r in requests if r.tags.get(FULL_TAG) == "true"])
-    tonight = full_recheck_slice(instance.get_dynamic_partitions("handle"), date(2026, 1, 1), 7)
-    assert set(full) == {partition_key(h, m) for h in tonight for m in MEDIA_NAMES}
+    assert set(full) == slice_keys
+    rest = requested(instance, [r for r in requests if r.tags.get(FULL_TAG) != "true"])
+    assert {k for k in rest if k.endswith("|mood")} == {
+        partition_key(h, "mood") for _, h, _ in users
+    } - slice_keys
+    assert set(rest) | set(full) <= every
+
+    # once synced, only the nightly slice runs
+    sync(world, [h for _, h, _ in users], ["mood"], full=False)
+    requests = _schedule_tick(world, instance, night + timedelta(days=1))
+    tomorrow = full_recheck_slice(
+        [h for h in order if h in {u[1] for u in users}], (night + timedelta(days=1)).date(), 7
+    )
+    assert set(requested(instance, requests)) == {partition_key(h, m) for h in tomorrow for m in MEDIA_NAMES}
+    assert all(r.tags.get(FULL_TAG) == "true" for r in requests)
 
 
 def test_schedule_batches_the_platform_into_few_runs_and_rechecks_every_account_weekly():

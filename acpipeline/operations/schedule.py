@@ -1,13 +1,12 @@
 """The scheduled reconcile: every partition of every current account, nightly by default.
 
-Run requests over partition ranges: whole accounts (all five media) per run, `PARTITIONS_PER_RUN`
-partitions a run, so the platform's 978 accounts are about 50 runs, not 4,890. Inside each run a partition
-proven converged (its source and repository unchanged since its last clean sync) is recognised cheaply and
-skipped; the rest are listed and reconciled.
-
 Every night one seventh of the accounts (a contiguous slice of the registered handles, by the day) is
-re-checked in full, proof or not (run tag `acpipeline/full`): every partition is re-checked in full at least
-once a week, which catches what the proof cannot see (a recording ZIP uploaded later, a replaced image).
+re-checked in full, proof or not (run tag `acpipeline/full`), whole accounts (all five media) per run: every
+partition is re-checked in full at least once a week, which catches what the proof cannot see (a recording
+ZIP uploaded later, a replaced image). Of the other partitions the tick proves which are converged (their
+source and repository unchanged since their last clean sync: `prove_selection`, as `acpipeline sync` does)
+and requests runs for the rest only, as ranges of at most `PARTITIONS_PER_RUN`. A proven partition gets no
+new run and no new event: its history keeps its last real sync.
 The cron comes from `ACPIPELINE_SYNC_CRON` (default `0 3 * * *`, UTC, or `ACPIPELINE_SYNC_TIMEZONE`), the
 length of the full re-check cycle from `ACPIPELINE_FULL_RECHECK_DAYS` (default 7), read when the code location
 loads.
@@ -23,6 +22,8 @@ from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.operations.automation import default_schedule_status
 from acpipeline.operations.jobs import sync_job
 from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.pds import PdsResource
+from acpipeline.sync.converged import prove_selection
 from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import FULL_TAG, handle_partitions, partition_ranges, register_handles
 
@@ -46,11 +47,11 @@ def full_recheck_slice(handles: list[str], day: date, days: int) -> set[str]:
     return set(handles[n * size : (n + 1) * size])
 
 
-def reconcile_requests(context: ScheduleEvaluationContext, db) -> list[RunRequest] | SkipReason:
+def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[RunRequest] | SkipReason:
     register_handles(context.instance, db)
-    current = find_accounts(db).by_handle
+    accounts = find_accounts(db)
     registered = context.instance.get_dynamic_partitions(handle_partitions.name)
-    handles = [h for h in registered if h in current]
+    handles = [h for h in registered if h in accounts.by_handle]
     gone = len(registered) - len(handles)
     if gone:
         context.log.info(f"{gone} registered handles have no ATProto account in MongoDB any more: skipped")
@@ -59,19 +60,28 @@ def reconcile_requests(context: ScheduleEvaluationContext, db) -> list[RunReques
     when = context.scheduled_execution_time
     stamp = when.isoformat() if when else "manual"
     full = full_recheck_slice(handles, when.date() if when else date.today(), recheck_days())
-    requests = []
-    for subset, tags in ((full, {FULL_TAG: "true"}), (set(handles) - full, {})):
-        wanted = [(h, m) for h in handles if h in subset for m in MEDIA_NAMES]
-        for partition_range in partition_ranges(registered, wanted, media_together=True):
-            requests.append(
-                RunRequest(
-                    # One request per range and tick: a retried tick never launches a range twice.
-                    run_key=f"reconcile:{stamp}:{partition_range.start}",
-                    tags={"acpipeline/trigger": "schedule", **tags, **partition_range.tags()},
-                )
-            )
-    context.log.info(f"{len(handles)} accounts in {len(requests)} runs, {len(full)} re-checked in full")
-    return requests
+    # The others: only the partitions not proven converged now (the runs check the proof again).
+    rest = [(h, m) for h in handles if h not in full for m in MEDIA_NAMES]
+    _, proven = prove_selection(client, db, accounts, rest)
+    batches = (
+        (partition_ranges(registered, [(h, m) for h in handles if h in full for m in MEDIA_NAMES],
+                          media_together=True), {FULL_TAG: "true"}),
+        (partition_ranges(registered, [k for k in rest if k not in proven], bridge_gaps=True), {}),
+    )  # fmt: skip
+    requests = [
+        RunRequest(
+            # One request per range and tick: a retried tick never launches a range twice.
+            run_key=f"reconcile:{stamp}:{partition_range.start}:{partition_range.end}",
+            tags={"acpipeline/trigger": "schedule", **tags, **partition_range.tags()},
+        )
+        for ranges, tags in batches
+        for partition_range in ranges
+    ]
+    context.log.info(
+        f"{len(handles)} accounts: {len(full)} re-checked in full, {len(proven)} of the other partitions "
+        f"proven converged; {len(requests)} runs"
+    )
+    return requests or SkipReason(f"all {len(proven)} partitions proven converged; none due a full re-check")
 
 
 @schedule(
@@ -80,9 +90,9 @@ def reconcile_requests(context: ScheduleEvaluationContext, db) -> list[RunReques
     cron_schedule=sync_cron(),
     execution_timezone=os.environ.get("ACPIPELINE_SYNC_TIMEZONE", "").strip() or "UTC",
     default_status=default_schedule_status(),
-    description="Reconcile every partition of every account (cron from ACPIPELINE_SYNC_CRON, nightly by "
-    "default), whole accounts in runs of 100 partitions; partitions proven converged are skipped inside "
-    "the run, except a seventh of the accounts each night, re-checked in full.",
+    description="Reconcile every account (cron from ACPIPELINE_SYNC_CRON, nightly by default): a seventh "
+    "of the accounts re-checked in full each night, and of the others every partition not proven converged, "
+    "in runs of up to 100 partitions.",
 )
-def reconcile_schedule(context: ScheduleEvaluationContext, mongo: MongoResource):
-    return reconcile_requests(context, mongo.db())
+def reconcile_schedule(context: ScheduleEvaluationContext, mongo: MongoResource, pds: PdsResource):
+    return reconcile_requests(context, mongo.db(), pds.client())

@@ -35,8 +35,10 @@ from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.core.media import MEDIA
 from acpipeline.resources.pds import PdsError
+from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
+from acpipeline.sync.extract import Accounts, extract_owners
 
 FINGERPRINT_VERSION = "fp-v2"
 LIST_REPOS_PAGE = 1000
@@ -225,3 +227,25 @@ def prove(
             if MEDIA[media].nsid not in collections[did]:
                 proven[(handle, media)] = Proof(source_fingerprint([]), 0, rev, empty=True)
     return proven
+
+
+def prove_selection(
+    client: Any, db: Any, accounts: Accounts, keys: list[tuple[str, str]], full: bool = False
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], Proof]]:
+    """Before any run starts (the CLI, the schedule): each partition's estimated work, and the partitions
+    proven converged (none with `full`). One query per media type for all the selected owners."""
+    partitions: dict[tuple[str, str], tuple[str, list[Item]]] = {}
+    for name in dict.fromkeys(m for _, m in keys):
+        handles = [h for h, m in keys if m == name]
+        found = extract_owners(db, MEDIA[name], [accounts.by_handle[h].owner for h in handles])
+        for handle in handles:
+            account = accounts.by_handle[handle]
+            partitions[(handle, name)] = (account.did, found[account.owner])
+    work = {key: len(items) * MEDIA[key[1]].work_per_item for key, (_, items) in partitions.items()}
+    if full:
+        return work, {}
+    state = ConvergedState(acpipeline_home())
+    try:
+        return work, prove(client, state, partitions)
+    finally:
+        state.close()

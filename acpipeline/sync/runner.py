@@ -28,9 +28,8 @@ from dagster import (
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
-from acpipeline.settings import acpipeline_home
-from acpipeline.sync.converged import ConvergedState, Proof, prove
-from acpipeline.sync.extract import extract_items, extract_owners, find_accounts
+from acpipeline.sync.converged import Proof, prove_selection
+from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.partitions import (
     FULL_TAG,
     PartitionRange,
@@ -143,7 +142,7 @@ def _run_partitions(
     keys = [(handle, name) for handle in selected for name in media or MEDIA_NAMES]
     # The runs prove convergence themselves; proving it here first means a sync with nothing to do opens
     # no Dagster instance and starts no run at all.
-    work, proven = _prove_ahead(pds.client(), db, accounts, keys, full)
+    work, proven = prove_selection(pds.client(), db, accounts, keys, full)
     keys = [key for key in keys if key not in proven]
     skipped = [_proven_result(handle, name, proof) for (handle, name), proof in proven.items()]
     results: list[PartitionResult] = []
@@ -168,28 +167,6 @@ def _run_partitions(
         results = [result for batch in batches for result in batch]
     order = {key: n for n, key in enumerate((h, m) for h in selected for m in media or MEDIA_NAMES)}
     return sorted(results + skipped, key=lambda r: order[(r.handle, r.media)]), accounts.without_account
-
-
-def _prove_ahead(
-    client: Any, db: Any, accounts: Any, keys: list[tuple[str, str]], full: bool
-) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], Proof]]:
-    """Each partition's estimated work, and the partitions proven converged (none with `full`): one query
-    per media type for all the selected owners, as a run reads them."""
-    partitions: dict[tuple[str, str], tuple[str, list]] = {}
-    for name in dict.fromkeys(m for _, m in keys):
-        handles = [h for h, m in keys if m == name]
-        found = extract_owners(db, MEDIA[name], [accounts.by_handle[h].owner for h in handles])
-        for handle in handles:
-            account = accounts.by_handle[handle]
-            partitions[(handle, name)] = (account.did, found[account.owner])
-    work = {key: len(items) * MEDIA[key[1]].work_per_item for key, (_, items) in partitions.items()}
-    if full:
-        return work, {}
-    state = ConvergedState(acpipeline_home())
-    try:
-        return work, prove(client, state, partitions)
-    finally:
-        state.close()
 
 
 def _proven_result(handle: str, media: str, proof: Proof) -> PartitionResult:
