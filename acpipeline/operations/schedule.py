@@ -25,7 +25,13 @@ from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
 from acpipeline.sync.converged import prove_selection
 from acpipeline.sync.extract import find_accounts
-from acpipeline.sync.partitions import FULL_TAG, handle_partitions, partition_ranges, register_handles
+from acpipeline.sync.partitions import (
+    FULL_TAG,
+    few_ranges,
+    handle_partitions,
+    partition_ranges,
+    register_handles,
+)
 
 DEFAULT_SYNC_CRON = "0 3 * * *"
 DEFAULT_RECHECK_DAYS = 7
@@ -66,7 +72,7 @@ def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[R
     batches = (
         (partition_ranges(registered, [(h, m) for h in handles if h in full for m in MEDIA_NAMES],
                           media_together=True), {FULL_TAG: "true"}),
-        (partition_ranges(registered, [k for k in rest if k not in proven], bridge_gaps=True), {}),
+        (few_ranges(registered, [k for k in rest if k not in proven]), {}),
     )  # fmt: skip
     requests = [
         RunRequest(
@@ -92,7 +98,7 @@ def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[R
     default_status=default_schedule_status(),
     description="Reconcile every account (cron from ACPIPELINE_SYNC_CRON, nightly by default): a seventh "
     "of the accounts re-checked in full each night, and of the others every partition not proven converged, "
-    "in runs of up to 100 partitions.",
+    "in runs of up to 250 partitions.",
 )
 def reconcile_schedule(context: ScheduleEvaluationContext, mongo: MongoResource, pds: PdsResource):
     return reconcile_requests(context, mongo.db(), pds.client())

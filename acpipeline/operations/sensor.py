@@ -49,9 +49,9 @@ from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
+    few_ranges,
     handle_partitions,
     partition_key,
-    partition_ranges,
     range_members,
     register_handles,
 )
@@ -187,13 +187,12 @@ def queued_partitions(instance: DagsterInstance, keys: list[str]) -> set[str]:
 
 
 def run_requests(instance: DagsterInstance, requests: dict[str, str]) -> list[RunRequest]:
-    """The partitions to sync as runs over ranges, per media type, at most `PARTITIONS_PER_RUN` each. A
-    range may cover unchanged handles between changed ones (fewer runs); those are proven converged inside
-    the run at the cost of a digest."""
+    """The partitions to sync as runs over ranges, per media type, at most `PARTITIONS_PER_RUN` each
+    (`few_ranges`)."""
     order = instance.get_dynamic_partitions(handle_partitions.name)
     wanted = {tuple(key.rpartition("|")[::2]): why for key, why in requests.items()}
     out = []
-    for partition_range in partition_ranges(order, list(wanted), bridge_gaps=True):
+    for partition_range in few_ranges(order, list(wanted)):
         members = range_members(order, partition_range.start, partition_range.end)
         reasons = sorted({wanted[m] for m in members if m in wanted})
         out.append(
