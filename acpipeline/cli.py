@@ -13,6 +13,7 @@ from typing import Any
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.errors import OperatorError
+from acpipeline.settings import apply_dagster_env
 
 ONLY_FLAGS = {
     "paintings_only": "painting",
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_dagster_env()  # for the runs this command creates and the servers `demo --serve` starts
     try:
         return args.func(args)
     except OperatorError as exc:

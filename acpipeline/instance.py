@@ -9,10 +9,13 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from acpipeline.settings import apply_dagster_env
+
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
 def ensure_dagster_home() -> Path:
+    apply_dagster_env()
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)

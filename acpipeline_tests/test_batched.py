@@ -123,10 +123,16 @@ def test_one_failing_partition_fails_alone_and_the_next_run_retries_it(world, th
     assert list(named) == [keys[1]] and "login" in named[keys[1]] and "not-the-password" not in str(named)
     assert len(records(world, bad_did, "computer.aesthetic.mood")) == 0
     assert keys[1] not in world.instance.get_materialized_partitions(atproto_records.key)
-    # Dagster's status cache counts the planned but unmaterialized partition of the failed run as failed
+    # the failed partition is not materialized, and its check fails with the reason
     status = world.instance.get_status_by_partition(atproto_records.key, keys, sync_partitions)
-    assert status is not None and str(status[keys[1]]).endswith("FAILED"), status
+    assert status is not None and not str(status[keys[1]]).endswith("MATERIALIZED"), status
     assert str(status[keys[0]]).endswith("MATERIALIZED"), status
+    checks = by_partition(failed, "ASSET_CHECK_EVALUATION")
+    assert checks[keys[1]].passed is False and "login" in checks[keys[1]].metadata["sync_failed"].value
+    assert checks[keys[0]].passed and checks[keys[2]].passed
+    # one planned event per asset for the whole range (DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS)
+    planned = world.instance.all_logs(failed.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    assert len(planned) == 3, planned
 
     db["users"].update_one({"_id": bad_sub}, {"$set": {"atproto.password": password}})
     again = run_range(world, keys[0], keys[2])

@@ -258,6 +258,16 @@ def atproto_records(
                 failed[key] = f"{items_failed} items failed (strict mode)"
     finally:
         state.close()
+    for key, reason in failed.items():
+        # Failed, visibly: the PDS is not known to hold the partition's records.
+        yield AssetCheckEvaluation(
+            asset_key=context.asset_key,
+            check_name=CHECK.name,
+            passed=False,
+            partition=key,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"sync_failed": reason},
+        )
     if not failed:
         # The per-partition check evaluations above stand for the check's output (as an AssetCheckResult's
         # output does): without it Dagster fails the step for a missing output.
