@@ -1,0 +1,925 @@
+"""The platform benchmark: the platform-size dataset synced through Dagster as an operator runs it.
+
+Method:
+- One fresh local reference PDS, the demo media server, and a fresh ACPIPELINE_HOME and DAGSTER_HOME (a
+  copy of the repo's `dagster.yaml`: at most 4 runs at once, 2 record stages at once in the pool
+  `pds_writes`) in a temporary folder. The dataset is seeded as `acpipeline demo --seed-only` does it
+  (`acpipeline.demo.environment.seed`: the accounts are created on the PDS and their sessions saved under
+  ACPIPELINE_HOME, so the sync does not log in). Every handle with an account is registered as a dynamic
+  partition in one call.
+- `dagster-webserver -w workspace.yaml` and `dagster-daemon run -w workspace.yaml` run as separate
+  processes, as an operator runs them, with `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule stay off)
+  and `PDS_URL` pointing at a counting proxy in front of the PDS, so writes are counted on the PDS's side,
+  and the Dagster settings the README has an operator export for them (`acpipeline.settings.DAGSTER_ENV`).
+  The bench waits for the code location to load in the webserver and for the daemon's heartbeats first.
+- A pass is a backfill launched as the UI does: GraphQL `launchPartitionBackfill` with the three sync
+  assets and every partition key `handle|media` of every registered handle. It is timed by wall clock from
+  the launch to the backfill's COMPLETED status (polled every second: the figure is good to about a second;
+  the backfill daemon itself wakes every 30 s). The full pass starts from an empty PDS; the no-op pass is
+  the same backfill again with nothing changed. Runs are counted from the instance (tag `dagster/backfill`).
+- Memory: every 250 ms during each pass, the sum of the PSS of every process whose environment carries the
+  bench's own marker variable (set only for the webserver and the daemon, so it covers them, their code
+  servers and every run they start) and of every descendant of those (the environments are read every
+  2 s, the process table every sample). A process's PSS is read again when its RSS moved by over 1 MB, at
+  least every second: reading PSS is what costs, and the sampler must not load the machine. The PDS, the
+  proxy and the bench itself are not counted. Each pass also reports the peak's breakdown by kind of
+  process and the CPU seconds each kind used (the PDS and the bench process included).
+- Records are counted on the PDS after the full pass: listRecords of every account and collection.
+- Ceiling: the same records and thumbnails (values from listRecords, blobs from getBlob, read after the
+  full pass) written by the thinnest client to one fresh account per account that holds records: for each
+  account, uploadBlob of its blobs then applyWrites of up to 200 records (and under the body limit), 4
+  accounts at a time (CEILING_WORKERS), directly to the PDS (no proxy). The accounts are created before
+  the timing, 8 at a time, and each logs in once before the timing too: the pipeline's full pass does not
+  log in either (its sessions come from the seeding). Those logins are timed on their own
+  (`platform_ceiling_logins_s`): `strategies.write_ceiling`, which logs in inside its timing, would add them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from acpipeline.bench.counting_proxy import CountingProxy
+from acpipeline.bench.run import machine
+from acpipeline.bench.strategies import PreparedRecord, _login, _ok, _upload_blobs
+from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.core.plan import Write
+from acpipeline.settings import DAGSTER_ENV
+
+PROJECT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SYNC_ASSETS = ("source_items", "media_blobs", "atproto_records")
+MARKER = "ACPIPELINE_BENCH_PLATFORM"  # in the servers' environment only: finds their whole process tree
+SAMPLE_INTERVAL_S = 0.25
+DISCOVER_EVERY_S = 2.0  # the sampler reads every process's environment this often
+POLL_INTERVAL_S = 1.0
+PROGRESS_EVERY_S = 30.0
+CEILING_WORKERS = 4  # accounts written at once by the ceiling
+ACCOUNT_WORKERS = 8  # ceiling accounts created at once (untimed)
+READ_WORKERS = 4  # accounts listed (and their blobs fetched) at once after the full pass
+FULL_TIMEOUT_S = 3 * 3600.0
+NOOP_TIMEOUT_S = 1800.0
+
+KEYS = (
+    "platform_records",
+    "platform_records_expected",
+    "platform_partitions",
+    "platform_full_s",
+    "platform_noop_s",
+    "platform_noop_writes",
+    "platform_full_runs",
+    "platform_noop_runs",
+    "platform_ceiling_s",
+    "platform_ceiling_logins_s",
+    "platform_peak_rss_mb",
+    "dataset",
+    "machine",
+    "date",
+)
+TARGETS = {"noop_s": 120.0, "ceiling_ratio": 0.5, "runs_per_pass": 100, "peak_rss_mb": 1536.0}
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
+}"""
+WORKSPACE = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
+DONE = SUCCEEDED | {"COMPLETED_FAILED", "FAILED", "CANCELED", "CANCELING", "FAILING"}
+
+
+class BenchError(RuntimeError):
+    """A pass failed or timed out, or a server did not come up: the message carries the evidence."""
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            args, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End the process and its process group (its code servers, the runs they started): SIGTERM, up to
+    30 s, then SIGKILL to whatever of the group is left, also when interrupted meanwhile."""
+    try:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+
+
+def _marked(token: str) -> list[psutil.Process]:
+    """Every live process started (directly or not) by the bench's webserver and daemon."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(MARKER) == token:
+                found.append(process)
+    return found
+
+
+def _kill_marked(token: str) -> int:
+    """SIGKILL, by pid, any process of the bench's servers that outlived their process groups."""
+    left = [p for p in _marked(token) if p.pid != os.getpid()]
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(left, timeout=10)
+    return len(left)
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def _kind(process: psutil.Process) -> str:
+    """What a process of the bench's Dagster tree is, from its command line."""
+    line = " ".join(process.cmdline())
+    if "dagster-webserver" in line:
+        return "webserver"
+    if "dagster-daemon" in line:
+        return "daemon"
+    if "api grpc" in line or "code-server" in line:
+        return "code servers"
+    if "ffmpeg" in line:
+        return "ffmpeg"  # a run's tape encoder
+    if "multiprocessing" in line:
+        return "runs"  # a run is a spawned process of a code server (its resource tracker, its workers)
+    if "watch_orphans" in line or line.startswith("tail "):
+        return "log capture"  # Dagster's compute-log capture: two `tail -F` and two watchers per run
+    return "other"
+
+
+class ProcessSampler:
+    """Every `interval_s` on a thread: the summed PSS of the bench's Dagster processes (the marked ones
+    and the descendants of `roots`), its peak and the peak's breakdown by kind; and the CPU seconds each
+    kind used while sampled (also for `others`, a name per pid tracked for CPU only: the PDS, the bench)."""
+
+    def __init__(
+        self,
+        token: str,
+        roots: Iterable[int],
+        others: dict[str, int] | None = None,
+        interval_s: float = SAMPLE_INTERVAL_S,
+    ):
+        self.token, self.roots, self.interval_s = token, list(roots), interval_s
+        self.others = dict(others or {})
+        self.peak_bytes = 0
+        self.peak_processes = 0
+        self.peak_breakdown: dict[str, dict[str, float]] = {}
+        self.samples = 0
+        self._cpu: dict[tuple[int, float], list] = {}  # (pid, start) -> [kind, baseline, last]
+        self._kinds: dict[tuple[int, float], str] = {}
+        self._first = True
+        self._marked_pids: set[int] = set()
+        self._next_discovery = 0.0
+        self._pss_cache: dict[tuple[int, float], tuple[int, int, float]] = {}
+        self.other_cmdlines: set[str] = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-sampler")
+
+    def processes(self) -> list[psutil.Process]:
+        """The roots, the marked processes (every process's environment is read every DISCOVER_EVERY_S)
+        and every descendant of those (one pass over the process table per sample: runs are children of
+        code servers)."""
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            self._next_discovery = now + DISCOVER_EVERY_S
+            self._marked_pids = {p.pid for p in _marked(self.token)}
+        table: dict[int, psutil.Process] = {}
+        children: dict[int, list[int]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            table[process.pid] = process
+            children.setdefault(process.info["ppid"], []).append(process.pid)
+        found: set[int] = set()
+        todo = [pid for pid in (*self.roots, *self._marked_pids) if pid in table]
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo.extend(children.get(pid, ()))
+        return [table[pid] for pid in found]
+
+    def _pss(self, key: tuple[int, float], process: psutil.Process) -> int:
+        """PSS (smaps_rollup: costly for big processes) re-read when the RSS (cheap) moved by more than
+        1 MB since the last read, or that read is over a second old; else the last value."""
+        rss = process.memory_info().rss
+        now = time.monotonic()
+        last = self._pss_cache.get(key)
+        if last is None or abs(rss - last[0]) > 1_000_000 or now - last[2] > 1.0:
+            last = (rss, process.memory_full_info().pss, now)
+            self._pss_cache[key] = last
+        return last[1]
+
+    def _track_cpu(self, key: tuple[int, float], kind: str, process: psutil.Process) -> None:
+        times = process.cpu_times()
+        used = times.user + times.system
+        if key not in self._cpu:
+            # a process already running when sampling began counts from now; a new one from its start
+            self._cpu[key] = [kind, used if self._first else 0.0, used]
+        self._cpu[key][2] = used
+
+    def sample(self) -> int:
+        total, processes = 0, self.processes()
+        by_kind: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        for process in processes:
+            try:
+                key = (process.pid, process.create_time())
+                if key not in self._kinds:
+                    self._kinds[key] = _kind(process)
+                    if self._kinds[key] == "other" and len(self.other_cmdlines) < 5:
+                        self.other_cmdlines.add(" ".join(process.cmdline())[:200])
+                kind = self._kinds[key]
+                pss = self._pss(key, process)
+                self._track_cpu(key, kind, process)
+            except psutil.Error:
+                continue
+            total += pss
+            by_kind[kind] += pss
+            counts[kind] += 1
+        for kind, pid in self.others.items():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                self._track_cpu((pid, process.create_time()), kind, process)
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_processes = total, sum(counts.values())
+            self.peak_breakdown = {
+                kind: {"processes": counts[kind], "mb": round(by_kind[kind] / 1e6, 1)}
+                for kind in sorted(counts)
+            }
+        self._first = False
+        self.samples += 1
+        return total
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) per kind while sampled; a process's last 250 ms may be missed."""
+        used: Counter[str] = Counter()
+        for kind, baseline, last in self._cpu.values():
+            used[kind] += last - baseline
+        return {kind: round(seconds, 1) for kind, seconds in used.most_common()}
+
+    def _loop(self) -> None:
+        while not self._done.is_set():
+            started = time.monotonic()
+            self.sample()
+            self._done.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def __enter__(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sample()  # the CPU of the last runs, up to the pass's end
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_bytes / 1e6, 1)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": self.peak_mb,
+            "peak_processes": self.peak_processes,
+            "peak_breakdown_mb": self.peak_breakdown,
+            "cpu_s": self.cpu_seconds(),
+            "samples": self.samples,
+            "other_processes": sorted(self.other_cmdlines),
+        }
+
+
+# ------------------------------------------------------------------------------------------ Dagster
+
+
+def _graphql(
+    http: httpx.Client, url: str, query: str, variables: dict | None = None, timeout: float = 120
+) -> dict:
+    response = http.post(
+        f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
+    )
+    response.raise_for_status()
+    body = response.json()
+    if body.get("errors"):
+        raise BenchError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+def _wait_for_webserver(
+    http: httpx.Client, url: str, process: subprocess.Popen, log_path: Path, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"dagster-webserver exited ({process.returncode}):\n{_tail(log_path)}")
+        try:
+            entries = _graphql(http, url, WORKSPACE, timeout=10)["workspaceOrError"]["locationEntries"]
+        except (httpx.HTTPError, BenchError, KeyError, TypeError, ValueError):
+            entries = []
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            bad = [e for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+            if bad:
+                raise BenchError(f"the code location failed to load in the webserver: {bad}")
+            return
+        time.sleep(1)
+    raise BenchError(f"the webserver did not load the code location in {timeout_s:.0f} s:\n{_tail(log_path)}")
+
+
+def _wait_for_daemon(instance, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Until every required daemon (backfill and run queue among them) has sent a healthy heartbeat."""
+    deadline = time.monotonic() + timeout_s
+    statuses: dict = {}
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"dagster-daemon exited ({process.returncode}):\n{_tail(log_path)}")
+        statuses = dict(instance.get_daemon_statuses())
+        if statuses and all(s.healthy for s in statuses.values()):
+            return
+        time.sleep(1)
+    unhealthy = sorted(name for name, s in statuses.items() if not s.healthy)
+    raise BenchError(f"daemons not healthy after {timeout_s:.0f} s: {unhealthy}\n{_tail(log_path)}")
+
+
+def _run_failures(instance, run_ids: list[str], limit: int = 10) -> list[str]:
+    """The first failure message of each failed run (step failures first)."""
+    from dagster import DagsterEventType
+
+    out = []
+    for run_id in run_ids[:limit]:
+        events = instance.all_logs(
+            run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        )
+        messages = []
+        for event in events:
+            data = event.dagster_event.event_specific_data if event.dagster_event else None
+            error = getattr(data, "error", None)
+            text = error.message if error is not None else (event.dagster_event.message or "")
+            messages.append(f"{event.step_key or 'run'}: {text.strip()[:600]}")
+        out.append(f"{run_id}: " + (" | ".join(messages) or "no failure event"))
+    return out
+
+
+def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
+    """The pass's runs from the instance: statuses, partitions per run, and where the wall time went."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from acpipeline.sync.partitions import RANGE_END_TAG, RANGE_START_TAG, range_members
+
+    records = instance.get_run_records(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
+    statuses = Counter(r.dagster_run.status.value for r in records)
+    sizes = []
+    for record in records:
+        tags = record.dagster_run.tags
+        if RANGE_START_TAG in tags:
+            sizes.append(len(range_members(order, tags[RANGE_START_TAG], tags[RANGE_END_TAG])))
+        else:
+            sizes.append(1)
+    durations = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    starts = [r.start_time for r in records if r.start_time]
+    ends = [r.end_time for r in records if r.end_time]
+    created = [r.create_timestamp.timestamp() for r in records]
+    failed = [r.dagster_run.run_id for r in records if r.dagster_run.status != DagsterRunStatus.SUCCESS]
+    return {
+        "runs": len(records),
+        "statuses": dict(statuses),
+        "failed_run_ids": failed,
+        "partitions_per_run_max": max(sizes, default=0),
+        "partitions_in_runs": sum(sizes),
+        "run_s_median": round(statistics.median(durations), 2) if durations else 0.0,
+        "run_s_max": round(max(durations), 2) if durations else 0.0,
+        "first_run_created": min(created, default=0.0),
+        "first_run_started": min(starts, default=0.0),
+        "last_run_ended": max(ends, default=0.0),
+    }
+
+
+class Servers:
+    """The webserver and the daemon of one bench, and the pass that runs a backfill through them."""
+
+    def __init__(self, work: Path, env: dict[str, str], token: str, instance, log: Callable[[str], None]):
+        from acpipeline.localpds.server import free_port
+
+        self.work, self.env, self.token, self.instance, self.log = work, env, token, instance, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.web_log, self.daemon_log = work / "webserver.log", work / "daemon.log"
+        self.webserver: subprocess.Popen | None = None
+        self.daemon: subprocess.Popen | None = None
+        self.http = httpx.Client(timeout=120)  # one client: a new one per poll costs a TLS context each
+
+    def start(self, timeout_s: float = 600) -> None:
+        web = [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+        self.webserver = _start(web, self.env, self.web_log)
+        self.daemon = _start(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], self.env, self.daemon_log
+        )
+        _wait_for_webserver(self.http, self.url, self.webserver, self.web_log, timeout_s)
+        _wait_for_daemon(self.instance, self.daemon, self.daemon_log, timeout_s)
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in (self.webserver, self.daemon) if p is not None]
+
+    def stop(self) -> int:
+        """Daemon first (no run starts while the webserver goes), then the webserver, then any stray;
+        returns how many strays there were. A second call does nothing."""
+        processes = [p for p in (self.daemon, self.webserver) if p is not None]
+        self.daemon = self.webserver = None
+        try:
+            for process in processes:
+                _stop(process)
+        finally:
+            for process in processes:  # interrupted above: no group outlives the bench all the same
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            self.http.close()
+            strays = _kill_marked(self.token) if processes else 0
+        return strays
+
+    def run_pass(
+        self, label: str, keys: list[str], order: list[str], proxy: CountingProxy, timeout_s: float
+    ) -> dict[str, Any]:
+        """One backfill of `keys` through GraphQL, timed from the launch to its COMPLETED status."""
+        before = _counts(proxy)
+        params = {
+            "assetSelection": [{"path": [name]} for name in SYNC_ASSETS],
+            "partitionNames": keys,
+            "title": f"platform bench: {label} pass",
+        }
+        self.log(f"{label} pass: launching a backfill of {len(keys)} partitions ...")
+        load_before = round(os.getloadavg()[0], 2)  # the machine's 1-minute load: others' work shows here
+        started, wall_started = time.perf_counter(), time.time()
+        launched = _graphql(self.http, self.url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+        if launched["__typename"] != "LaunchBackfillSuccess":
+            raise BenchError(f"{label} pass: launchPartitionBackfill answered {launched}")
+        backfill_id = launched["backfillId"]
+        launch_s = time.perf_counter() - started
+        status, next_report = None, started + PROGRESS_EVERY_S
+        while True:
+            status = _graphql(self.http, self.url, BACKFILL_STATUS, {"id": backfill_id})[
+                "partitionBackfillOrError"
+            ].get("status")
+            now = time.perf_counter()
+            if status in DONE:
+                break
+            if now - started > timeout_s:
+                raise BenchError(
+                    self._failure(label, backfill_id, f"still {status} after {timeout_s:.0f} s", order)
+                )
+            if now >= next_report:
+                self.log(f"{label} pass: {now - started:.0f} s, {self._progress(backfill_id)}")
+                next_report += PROGRESS_EVERY_S
+            time.sleep(POLL_INTERVAL_S)
+        elapsed = time.perf_counter() - started
+        if status not in SUCCEEDED:
+            raise BenchError(self._failure(label, backfill_id, status, order))
+        runs = _pass_runs(self.instance, backfill_id, order)
+        if runs["failed_run_ids"]:
+            raise BenchError(self._failure(label, backfill_id, f"{status} with failed runs", order))
+        writes = {k: v for k, v in (Counter(_counts(proxy)) - Counter(before)).items() if v}
+        backfill = self.instance.get_backfill(backfill_id)
+        end = getattr(backfill, "backfill_end_timestamp", None)
+        details = {
+            "backfill_id": backfill_id,
+            "status": status,
+            "wall_s": round(elapsed, 2),
+            "launch_s": round(launch_s, 2),
+            "daemon_s": round(end - backfill.backfill_timestamp, 2) if end else None,
+            "launch_to_first_run_s": _since(runs.pop("first_run_created"), wall_started),
+            "launch_to_first_start_s": _since(runs.pop("first_run_started"), wall_started),
+            "last_run_end_to_done_s": round(wall_started + elapsed - runs["last_run_ended"], 2)
+            if runs["last_run_ended"]
+            else None,
+            "writes": writes,
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2),
+            **runs,
+        }
+        details.pop("last_run_ended")
+        self.log(
+            f"{label} pass: {status} in {elapsed:.1f} s, {runs['runs']} runs "
+            f"(median {runs['run_s_median']} s, longest {runs['run_s_max']} s), "
+            f"writes at the PDS: {sum(writes.values())} {writes or ''}"
+        )
+        return details
+
+    def _progress(self, backfill_id: str) -> str:
+        from dagster import RunsFilter
+
+        runs = self.instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
+        statuses = Counter(r.status.value.lower() for r in runs)
+        return f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+
+    def _failure(self, label: str, backfill_id: str, what: str, order: list[str]) -> str:
+        runs = _pass_runs(self.instance, backfill_id, order)
+        failures = _run_failures(self.instance, runs["failed_run_ids"])
+        return (
+            f"{label} pass: backfill {backfill_id} {what}; runs {runs['statuses']}\n"
+            + "".join(f"  failed run {line}\n" for line in failures)
+            + f"--- daemon log (tail) ---\n{_tail(self.daemon_log)}"
+        )
+
+
+def _since(timestamp: float, origin: float) -> float | None:
+    return round(timestamp - origin, 2) if timestamp else None
+
+
+def _counts(proxy: CountingProxy) -> dict[str, int]:
+    with proxy._lock:
+        return dict(proxy.counts)
+
+
+def _log_problems(path: Path) -> list[str]:
+    """Lines of a server log that report an error (tracebacks, ERROR, exceptions)."""
+    lines = []
+    for line in _tail(path, 2_000_000).splitlines():
+        if any(word in line for word in (" - ERROR - ", "Traceback", "Exception", "Error:")):
+            lines.append(line.strip()[:300])
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ the PDS side
+
+
+def _read_account(client, did: str, with_blobs: bool) -> list[PreparedRecord]:
+    """The account's records as the pipeline wrote them, with the bytes of their blobs (getBlob)."""
+    out = []
+    for rules in MEDIA.values():
+        for record in client.list_records(did, rules.nsid):
+            value = record["value"]
+            blobs = ()
+            if with_blobs:
+                blobs = tuple(
+                    (client.get_blob(did, value[name]["ref"]["$link"]), value[name]["mimeType"])
+                    for name in rules.blob_fields
+                    if name in value
+                )
+            out.append(PreparedRecord(rules.nsid, record["uri"].rsplit("/", 1)[-1], value, blobs))
+    return out
+
+
+def read_records(pds_url: str, dids: list[str], with_blobs: bool = True) -> dict[str, list[PreparedRecord]]:
+    from acpipeline.resources.pds import PdsClient
+
+    client = PdsClient(pds_url)
+    try:
+        with ThreadPoolExecutor(READ_WORKERS) as pool:
+            return dict(
+                zip(dids, pool.map(lambda did: _read_account(client, did, with_blobs), dids), strict=True)
+            )
+    finally:
+        client.close()
+
+
+def _create_account(http: httpx.Client, handle: str, password: str, email: str) -> str:
+    body = {"handle": handle, "password": password, "email": email}
+    return _ok(http.post("/xrpc/com.atproto.server.createAccount", json=body)).json()["did"]
+
+
+def _write_account(http: httpx.Client, did: str, access: str, records: list[PreparedRecord]) -> None:
+    """`strategies.write_ceiling` for one account, with a session made before: uploadBlob of every blob,
+    then applyWrites of up to 200 records (and under the body limit) per collection."""
+    auth = {"Authorization": f"Bearer {access}"}
+    for record in records:
+        _upload_blobs(http, auth, record)
+    by_collection: dict[str, list[Write]] = {}
+    for record in records:
+        by_collection.setdefault(record.collection, []).append(
+            Write("create", record.rkey, "", None, record.value)
+        )
+    for collection, writes in by_collection.items():
+        for batch in batch_writes(collection, writes):
+            body = encode_body({"repo": did, "writes": [write_op(collection, w) for w in batch]})
+            headers = {**auth, "Content-Type": "application/json"}
+            _ok(http.post("/xrpc/com.atproto.repo.applyWrites", content=body, headers=headers))
+
+
+def run_ceiling(
+    pds_url: str, prepared: list[list[PreparedRecord]], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Fresh accounts (untimed), their logins (timed apart), then the writes of every account (timed)."""
+    tag, password = secrets.token_hex(3), secrets.token_urlsafe(16)
+    limits = httpx.Limits(max_connections=ACCOUNT_WORKERS * 2, max_keepalive_connections=ACCOUNT_WORKERS * 2)
+    with httpx.Client(base_url=pds_url, timeout=300, limits=limits) as http:
+        log(f"ceiling: creating {len(prepared)} fresh accounts ({ACCOUNT_WORKERS} at a time, untimed) ...")
+
+        def create(n: int) -> str:
+            return _create_account(http, f"c{n}x{tag}.test", password, f"c{n}x{tag}@example.com")
+
+        with ThreadPoolExecutor(ACCOUNT_WORKERS) as pool:
+            dids = list(pool.map(create, range(len(prepared))))
+        started = time.perf_counter()
+        with ThreadPoolExecutor(CEILING_WORKERS) as pool:
+            tokens = list(pool.map(lambda did: _login(http, did, password), dids))
+        logins_s = time.perf_counter() - started
+        records = sum(len(r) for r in prepared)
+        blobs = sum(len(b) for r in prepared for p in r for b, _ in p.blobs)
+        log(
+            f"ceiling: {records} records and {blobs / 1e6:.1f} MB of blobs to {len(dids)} accounts, "
+            f"{CEILING_WORKERS} accounts at a time ..."
+        )
+        started = time.perf_counter()
+        with ThreadPoolExecutor(CEILING_WORKERS) as pool:
+            list(pool.map(lambda job: _write_account(http, *job), zip(dids, tokens, prepared, strict=True)))
+        writes_s = time.perf_counter() - started
+    return {
+        "s": writes_s,
+        "logins_s": logins_s,
+        "accounts": len(dids),
+        "records": records,
+        "blob_bytes": blobs,
+    }
+
+
+# ------------------------------------------------------------------------------------------ the bench
+
+
+def run_platform_bench(
+    json_path: str | None = None,
+    size: str = "platform",
+    log=print,
+    *,
+    full_timeout_s: float = FULL_TIMEOUT_S,
+    noop_timeout_s: float = NOOP_TIMEOUT_S,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every figure of the platform benchmark (see the module's docstring); `size="small"` runs the same
+    steps on the demo data (smoke test). Every process it starts is stopped before it returns or raises.
+    The servers get `acpipeline.settings.DAGSTER_ENV` (what the README has an operator export for them)
+    unless this process's environment sets those variables; `extra_env` overrides both (experiments, e.g.
+    `{"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false"}`). The values used are in the result
+    (`dagster_env`)."""
+    from acpipeline.demo import SIZES
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    from dagster import DagsterInstance
+
+    from acpipeline.demo.environment import seed, start_environment
+    from acpipeline.resources.mongo import MongoResource
+    from acpipeline.sync.partitions import handle_partitions, partition_key, register_handles
+
+    bench_started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-platform-"))
+    home, dagster_home = work / "home", work / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(PROJECT / "dagster.yaml", dagster_home / "dagster.yaml")
+    saved = dict(os.environ)
+    for name in ("MONGODB_CONNECTION_STRING", "PDS_URL", "PDS_ADMIN_PASSWORD"):
+        os.environ.pop(name, None)  # never a real database or PDS
+    os.environ.update(
+        ACPIPELINE_HOME=str(home), DAGSTER_HOME=str(dagster_home), ACPIPELINE_AUTOMATION="stopped"
+    )
+    token = secrets.token_hex(8)
+    failed = True
+    with contextlib.ExitStack() as stack:
+        try:
+            world = start_environment(work / "media", log=log)
+            stack.callback(world.close)
+            pds_url = world.pds_url
+            mongo = MongoResource()
+            stack.callback(mongo.close)
+            db = mongo.db()
+            log(f"seeding the {size} dataset ...")
+            seeded = time.perf_counter()
+            summary = seed(world, db, size=size, log=log)
+            seed_s = time.perf_counter() - seeded
+            instance = stack.enter_context(DagsterInstance.get())
+            register_handles(instance, db)
+            order = list(instance.get_dynamic_partitions(handle_partitions.name))
+            keys = [partition_key(handle, media) for handle in order for media in MEDIA_NAMES]
+            dataset = _dataset(summary, order)
+            log(
+                f"seeded in {seed_s:.0f} s: {dataset['users']} users, {dataset['accounts']} accounts, "
+                f"{dataset['records_expected_total']} records expected; {len(keys)} partitions"
+            )
+
+            proxy = CountingProxy(pds_url).start()
+            stack.callback(proxy.stop)
+            env = dict(os.environ, PDS_URL=proxy.url, ACPIPELINE_AUTOMATION="stopped", **{MARKER: token})
+            for name, value in DAGSTER_ENV.items():  # what the operator exports for the daemon and webserver
+                env.setdefault(name, value)
+            env.update(extra_env or {})
+            dagster_env = {name: env.get(name) for name in {*DAGSTER_ENV, *(extra_env or {})}}
+            servers = Servers(work, env, token, instance, log)
+            stack.callback(_stop_servers, servers, log)
+            log("starting dagster-webserver and dagster-daemon ...")
+            started = time.perf_counter()
+            servers.start()
+            log(f"webserver and daemon up in {time.perf_counter() - started:.0f} s")
+
+            others = {"bench (proxy, sampler)": os.getpid()}
+            if world.local_pds is not None:
+                others["PDS"] = world.local_pds.process.pid
+            with ProcessSampler(token, servers.roots(), others) as sampler:
+                full = servers.run_pass("full", keys, order, proxy, full_timeout_s)
+            full.update(sampler.report())
+            log(
+                f"full pass: peak {full['peak_rss_mb']} MB {full['peak_breakdown_mb']}; CPU s {full['cpu_s']}"
+            )
+
+            log("counting the records on the PDS and reading them (listRecords, getBlob) ...")
+            dids = [u.did for u in summary.users if u.did]
+            prepared = {did: r for did, r in read_records(pds_url, dids).items() if r}
+            records = sum(len(r) for r in prepared.values())
+            log(
+                f"{records} records on the PDS in {len(prepared)} accounts "
+                f"({dataset['records_expected_total']} expected)"
+            )
+
+            with ProcessSampler(token, servers.roots(), others) as sampler:
+                noop = servers.run_pass("no-op", keys, order, proxy, noop_timeout_s)
+            noop.update(sampler.report())
+            log(f"no-op pass: peak {noop['peak_rss_mb']} MB; CPU s {noop['cpu_s']}")
+            problems = {
+                "daemon": _log_problems(servers.daemon_log),
+                "webserver": _log_problems(servers.web_log),
+            }
+            strays = servers.stop()
+
+            ceiling = run_ceiling(pds_url, list(prepared.values()), log)
+            del prepared
+
+            result = {
+                "size": size,
+                "dagster_env": dagster_env,
+                "platform_records": records,
+                "platform_records_expected": summary.records_expected_total,
+                "platform_partitions": len(keys),
+                "platform_full_s": full["wall_s"],
+                "platform_noop_s": noop["wall_s"],
+                "platform_noop_writes": sum(noop["writes"].values()),
+                "platform_full_runs": full["runs"],
+                "platform_noop_runs": noop["runs"],
+                "platform_ceiling_s": round(ceiling["s"], 2),
+                "platform_ceiling_logins_s": round(ceiling["logins_s"], 2),
+                "platform_ceiling_accounts": ceiling["accounts"],
+                "platform_ceiling_workers": CEILING_WORKERS,
+                "platform_ceiling_blob_mb": round(ceiling["blob_bytes"] / 1e6, 1),
+                "platform_peak_rss_mb": full["peak_rss_mb"],
+                "platform_noop_peak_rss_mb": noop["peak_rss_mb"],
+                "platform_full_writes": full["writes"],
+                "passes": {"full": full, "noop": noop},
+                "server_log_problems": {k: v[:20] for k, v in problems.items()},
+                "stray_processes_killed": strays,
+                "seed_s": round(seed_s, 1),
+                "dataset": dataset,
+                "machine": machine(),
+                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "bench_s": round(time.perf_counter() - bench_started, 1),
+            }
+            log(format_platform_table(result))
+            if json_path:
+                Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+            failed = False
+            return result
+        finally:
+            try:
+                if failed:
+                    kept = Path(tempfile.mkdtemp(prefix="acpipeline-bench-platform-logs-"))
+                    for name in ("webserver.log", "daemon.log"):
+                        with contextlib.suppress(OSError):
+                            shutil.copy(work / name, kept / name)
+                    log(f"the bench failed; the servers' logs are kept in {kept}")
+                stack.close()  # every callback runs, even when one raises (or is interrupted)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop_servers(servers: Servers, log: Callable[[str], None]) -> None:
+    strays = servers.stop()
+    if strays:
+        log(f"stopped {strays} processes of the bench's servers that outlived their process groups")
+
+
+def _dataset(summary, order: list[str]) -> dict[str, Any]:
+    counts = summary.counts
+    with_account = summary.items_per_user.get("with_account", {}).get("items", {})
+    people = summary.items_per_user.get("all", {}).get("items", {}).get("users")
+    return {
+        "size": summary.size,
+        "users": people if people is not None else counts.get("users", 0),  # the art account not counted
+        "accounts": len(order),  # registered handles: the users with an account, the art account included
+        "documents": {
+            name: counts.get(name, 0) for name in ("paintings", "moods", "pieces", "kidlisp", "tapes")
+        },
+        "records_expected": dict(summary.records_expected),
+        "records_expected_total": summary.records_expected_total,
+        "items_per_account": with_account,
+    }
+
+
+def format_platform_table(r: dict[str, Any]) -> str:
+    """The figures as Markdown table rows: figure, value, ratio / target (✓ met, ✗ missed)."""
+
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    full, noop, ceiling = r["platform_full_s"], r["platform_noop_s"], r["platform_ceiling_s"]
+    ratio = ceiling / full if full else 0.0
+    most_runs = max(r["platform_full_runs"], r["platform_noop_runs"])
+    d = r["dataset"]
+    documents = ", ".join(f"{n} {name}" for name, n in d["documents"].items())
+    expected = ", ".join(f"{n} {name}" for name, n in d["records_expected"].items())
+    rows = [
+        (
+            "dataset",
+            f"{r.get('size', d['size'])}",
+            f"{d['users']} users, {d['accounts']} accounts; {documents}",
+        ),
+        (
+            "`platform_records`: records on the PDS after the full pass",
+            r["platform_records"],
+            f"{r['platform_records_expected']} expected ({expected})",
+        ),
+        ("`platform_partitions`: partitions in each backfill", r["platform_partitions"], ""),
+        (
+            "`platform_full_s`: backfill from an empty PDS, launch to COMPLETED",
+            full,
+            f"{r['platform_full_runs']} runs",
+        ),
+        (
+            "`platform_noop_s`: the same backfill again, nothing changed",
+            noop,
+            f"{r['platform_noop_runs']} runs; no-op/full = {noop / full if full else 0:.2f}; "
+            f"target ≤ {TARGETS['noop_s']:.0f} s {mark(noop <= TARGETS['noop_s'])}",
+        ),
+        (
+            "`platform_noop_writes`: writes the PDS received in the no-op pass",
+            r["platform_noop_writes"],
+            f"target 0 {mark(r['platform_noop_writes'] == 0)}",
+        ),
+        (
+            "runs per pass (full / no-op)",
+            f"{r['platform_full_runs']} / {r['platform_noop_runs']}",
+            f"target ≤ {TARGETS['runs_per_pass']} {mark(most_runs <= TARGETS['runs_per_pass'])}",
+        ),
+        (
+            "`platform_ceiling_s`: same records and blobs, uploadBlob + applyWrites of 200, "
+            f"{r.get('platform_ceiling_workers', CEILING_WORKERS)} accounts at a time",
+            ceiling,
+            f"ceiling/full = {ratio:.2f} (target ≥ {TARGETS['ceiling_ratio']}) "
+            f"{mark(ratio >= TARGETS['ceiling_ratio'])}; one login per account would add "
+            f"{r['platform_ceiling_logins_s']} s",
+        ),
+        (
+            "`platform_peak_rss_mb`: webserver, daemon, code servers and runs, full pass (PSS)",
+            r["platform_peak_rss_mb"],
+            f"no-op pass {r['platform_noop_peak_rss_mb']}; target ≤ {TARGETS['peak_rss_mb']:.0f} "
+            f"{mark(r['platform_peak_rss_mb'] <= TARGETS['peak_rss_mb'])}",
+        ),
+        ("machine, date", r["machine"], r["date"]),
+    ]
+    return "\n".join(f"| {name} | {value} | {note} |" for name, value, note in rows)
