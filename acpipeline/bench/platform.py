@@ -60,10 +60,8 @@ import psutil
 
 from acpipeline.bench.counting_proxy import CountingProxy
 from acpipeline.bench.run import machine
-from acpipeline.bench.strategies import PreparedRecord, _login, _ok, _upload_blobs
-from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.bench.strategies import PreparedRecord, _login, _ok, write_records
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
-from acpipeline.core.plan import Write
 from acpipeline.settings import DAGSTER_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -626,24 +624,6 @@ def _create_account(http: httpx.Client, handle: str, password: str, email: str) 
     return _ok(http.post("/xrpc/com.atproto.server.createAccount", json=body)).json()["did"]
 
 
-def _write_account(http: httpx.Client, did: str, access: str, records: list[PreparedRecord]) -> None:
-    """`strategies.write_ceiling` for one account, with a session made before: uploadBlob of every blob,
-    then applyWrites of up to 200 records (and under the body limit) per collection."""
-    auth = {"Authorization": f"Bearer {access}"}
-    for record in records:
-        _upload_blobs(http, auth, record)
-    by_collection: dict[str, list[Write]] = {}
-    for record in records:
-        by_collection.setdefault(record.collection, []).append(
-            Write("create", record.rkey, "", None, record.value)
-        )
-    for collection, writes in by_collection.items():
-        for batch in batch_writes(collection, writes):
-            body = encode_body({"repo": did, "writes": [write_op(collection, w) for w in batch]})
-            headers = {**auth, "Content-Type": "application/json"}
-            _ok(http.post("/xrpc/com.atproto.repo.applyWrites", content=body, headers=headers))
-
-
 def run_ceiling(
     pds_url: str, prepared: list[list[PreparedRecord]], log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -670,7 +650,7 @@ def run_ceiling(
         )
         started = time.perf_counter()
         with ThreadPoolExecutor(CEILING_WORKERS) as pool:
-            list(pool.map(lambda job: _write_account(http, *job), zip(dids, tokens, prepared, strict=True)))
+            list(pool.map(lambda job: write_records(http, *job), zip(dids, tokens, prepared, strict=True)))
         writes_s = time.perf_counter() - started
     return {
         "s": writes_s,
