@@ -27,6 +27,7 @@ import pytest
 from bson import ObjectId
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH  # the UI's own GraphQL, as the bench sends it
 from acpipeline.core.media import MEDIA
 from acpipeline.definitions import build_definitions
 from acpipeline.demo.media_server import MediaServer
@@ -246,20 +247,6 @@ def dagster(pds_url, tmp_path_factory) -> Iterator[Dagster]:
         yield Dagster(url, home, db, handles, dids, root, pds_url)
 
 
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-BACKFILL_STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
-}"""
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
