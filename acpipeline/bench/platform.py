@@ -702,6 +702,9 @@ def run_platform_bench(
     )
     token = secrets.token_hex(8)
     failed = True
+    # A SIGTERM (a `timeout`, a CI runner) ends the bench through its cleanup like Ctrl-C does, instead of
+    # leaving the PDS, the webserver and the daemon running in their own sessions.
+    previous_sigterm = _raise_on_sigterm()
     with contextlib.ExitStack() as stack:
         try:
             world = start_environment(work / "media", log=log)
@@ -816,6 +819,21 @@ def run_platform_bench(
                 os.environ.clear()
                 os.environ.update(saved)
                 shutil.rmtree(work, ignore_errors=True)
+                if previous_sigterm is not None:
+                    signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises SystemExit in the main thread (so `finally` blocks run); returns the handler it
+    replaced, or None off the main thread (where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(f"the platform bench was terminated (signal {signum})")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def _stop_servers(servers: Servers, log: Callable[[str], None]) -> None:
