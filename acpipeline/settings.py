@@ -29,7 +29,9 @@ def acpipeline_home() -> Path:
 # after the other before the runs start). Dagster's caveat: the status of a range run's partition that did
 # not materialize then stays as it was instead of turning "failed"; the record stage therefore records a
 # failed check for every partition it could not sync, and backfills still count those partitions failed.
-DAGSTER_ENV = {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true"}
+# `DAGSTER_EVENT_BATCH_SIZE` has a run hand a range output's materializations (one per partition) to the
+# event log in batches of that size, which `acpipeline.event_log` writes in one transaction each.
+DAGSTER_ENV = {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", "DAGSTER_EVENT_BATCH_SIZE": "500"}
 
 
 def apply_dagster_env() -> None:

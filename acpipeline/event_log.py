@@ -1,0 +1,156 @@
+"""Dagster's SQLite event log, with its connections kept and a range run's materializations stored at once.
+
+Dagster's `SqliteEventLogStorage` creates an engine, opens a connection and disposes of both for every
+statement of every event: about 4.6 connections and a fresh SQL compilation per event, 11 ms an event on an
+idle machine. A run over 250 no-op partitions writes about 1,000 events (a materialization per asset and a
+check evaluation per partition): 11 of its 13 seconds. This subclass changes only that plumbing:
+- one engine per shard file, kept (the index shard, and the last few run shards), so connections and
+  compiled statements are reused: a third of the time per event;
+- `store_event_batch`, which Dagster calls for the materializations of a range output when
+  `DAGSTER_EVENT_BATCH_SIZE` is set (`acpipeline.settings.DAGSTER_ENV`): one transaction per shard for the
+  whole batch instead of two per event.
+
+The files, tables and rows are Dagster's own: an instance can switch between this class and Dagster's in
+either direction. Production runs on Postgres (see the README), where none of this applies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from dagster import Field, StringSource
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+
+# Run shards whose engines stay open besides the index: a process writes one run's events at a time (the
+# CLI's workers each their own), and the webserver reads a few runs' logs at once.
+RUN_SHARDS_KEPT = 8
+BATCHED_TYPES = {DagsterEventType.ASSET_MATERIALIZATION.value, DagsterEventType.ASSET_OBSERVATION.value}
+_OPEN: weakref.WeakSet[PooledSqliteEventLogStorage] = weakref.WeakSet()
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """`SqliteEventLogStorage` with kept connections and single-transaction batches (see the module)."""
+
+    def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._tables: set[str] = set()
+        super().__init__(base_dir or default_base_dir(), inst_data)
+        _OPEN.add(self)
+
+    @classmethod
+    def config_type(cls) -> dict[str, Field]:
+        return {"base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> PooledSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Engine:
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
+            return engine
+        engine = create_engine(
+            self.conn_string_for_shard(shard),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            pool_size=1,
+            max_overflow=2,
+        )
+        self._engines[shard] = engine
+        run_shards = [name for name in self._engines if name != INDEX_SHARD_NAME]
+        for name in run_shards[: max(0, len(run_shards) - RUN_SHARDS_KEPT)]:
+            self._engines.pop(name).dispose()
+        return engine
+
+    @contextlib.contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        # Dagster's own `_connect`, with a kept engine instead of a new one per statement.
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        # Asked for every tagged asset event; a table, once there, stays.
+        if table_name not in self._tables and super().has_table(table_name):
+            self._tables.add(table_name)
+        return table_name in self._tables
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """A range output's materializations (or observations) of one run: one transaction in the run's
+        shard, then one in the index. Anything else goes event by event, as in Dagster."""
+        run_ids = {event.run_id for event in events}
+        if len(run_ids) != 1 or not all(_batchable(event) for event in events):
+            super().store_event_batch(events)
+            return
+        rows = [self._event_to_row(event) for event in events]
+        with self.run_connection(run_ids.pop()) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        with self.index_transaction() as conn:
+            insert = SqlEventLogStorageTable.insert()
+            ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
+            self._store_asset_event_tags(conn, events, ids)
+            for event, event_id in zip(events, ids, strict=True):
+                self._store_asset_event(conn, event, event_id)
+
+    def wipe(self) -> None:
+        with self._db_lock:
+            self._dispose_engines()
+        super().wipe()
+
+    def dispose(self) -> None:
+        with self._db_lock:
+            self._dispose_engines()
+        super().dispose()
+
+    def _dispose_engines(self) -> None:
+        while self._engines:
+            self._engines.popitem()[1].dispose()
+
+    def _forget_engines(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose(close=False)  # the parent's connections stay the parent's
+        self._engines = OrderedDict()
+        self._db_lock = threading.Lock()
+
+
+def _batchable(event: EventLogEntry) -> bool:
+    dagster_event = event.dagster_event
+    return bool(dagster_event and dagster_event.event_type_value in BATCHED_TYPES and dagster_event.asset_key)
+
+
+def default_base_dir() -> str:
+    """Where Dagster keeps a SQLite instance's event log: `$DAGSTER_HOME/history/runs`."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise RuntimeError("DAGSTER_HOME is not set: the event log's place is $DAGSTER_HOME/history/runs")
+    return os.path.join(home, "history", "runs")
+
+
+def _forget_all_engines() -> None:
+    for storage in list(_OPEN):
+        storage._forget_engines()
+
+
+# A forked child (the CLI's workers) must not use its parent's SQLite connections.
+os.register_at_fork(after_in_child=_forget_all_engines)
