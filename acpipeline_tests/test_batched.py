@@ -261,3 +261,55 @@ def test_a_single_partition_run_still_works(world, three_users):
     assert list(by_partition(result, "ASSET_MATERIALIZATION", "atproto_records")) == [key]
     assert [c.passed for c in by_partition(result, "ASSET_CHECK_EVALUATION").values()] == [True]
     assert len(records(world, users[2][2], "computer.aesthetic.mood")) == 3
+
+
+def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it_is_stale(world, monkeypatch):
+    """No getLatestCommit per applyWrites: the account's turn carries the head our last commit made. When
+    another writer moved it, the swap fails unapplied (InvalidSwap) and the batch goes again on the PDS's."""
+    from acpipeline.resources.pds import PdsClient, PdsError
+    from acpipeline.sync import records as records_module
+
+    db = world.db()
+    sub, handle, did = add_user(world, db, "turns")
+    add_moods(db, sub, ["one"])
+    register_handles(world.instance, db)
+    mood = partition_key(handle, "mood")
+    assert run_range(world, mood, mood).success
+    state = ConvergedState(world.home)
+    with state.turn(did) as turn:
+        assert turn.head is not None and turn.head[1] == head(world, did)
+
+    heads_asked, refused = [], []
+    original_latest, original_apply = records_module.latest_commit, PdsClient.apply_writes
+
+    def latest(client, did_):
+        heads_asked.append(did_)
+        return original_latest(client, did_)
+
+    def apply_writes(self, session, body):
+        try:
+            return original_apply(self, session, body)
+        except PdsError as exc:
+            refused.append(exc.error)
+            raise
+
+    monkeypatch.setattr(records_module, "latest_commit", latest)
+    monkeypatch.setattr(PdsClient, "apply_writes", apply_writes)
+    add_moods(db, sub, ["two"])
+    assert run_range(world, mood, mood).success
+    assert (len(heads_asked), refused) == (1, [])  # the plan's own read only; the commit used the turn's head
+
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    session = world.client.session(did, password)
+    body = json.dumps({"repo": did, "collection": "com.example.other", "record": {"x": 1}}).encode()
+    world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+    heads_asked.clear()
+    add_moods(db, sub, ["three"])
+    assert run_range(world, mood, mood).success
+    # stale: refused unapplied, then sent again on the head the PDS reports
+    assert (len(heads_asked), refused) == (2, ["InvalidSwap"])
+    with state.turn(did) as turn:
+        assert turn.head is not None and turn.head[1] == head(world, did)
+    state.close()
+    moods = sorted(r["value"]["mood"] for r in records(world, did, "computer.aesthetic.mood"))
+    assert moods == ["one", "three", "two"]

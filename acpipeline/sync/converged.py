@@ -177,20 +177,45 @@ class ConvergedState:
         self._update(did, change)
 
     @contextmanager
-    def turn(self, did: str) -> Iterator[None]:
+    def turn(self, did: str) -> Iterator[Turn]:
         """Our writers of one account, in every process of this machine, commit one at a time: each builds
-        on the commit the one before made, instead of failing its swapCommit and sending again."""
+        on the commit the one before made, instead of failing its swapCommit and sending again. The turn
+        carries the head the last of them made, so the next one need not ask the PDS for it."""
         self._locks.mkdir(exist_ok=True)
         name = hashlib.sha256(did.encode()).hexdigest()[:24]
-        with open(self._locks / f"{name}.lock", "a") as lock:
+        with open(self._locks / f"{name}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                lock.seek(0)
+                yield Turn(lock, _head_of(lock.read()))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def forget(self, did: str) -> None:
         self._db.execute("DELETE FROM marks WHERE did = ?", (did,))
+
+
+def _head_of(text: str) -> tuple[str, str] | None:
+    """The (cid, rev) a turn file holds; None for an empty or torn one (the PDS is asked instead)."""
+    parts = text.split()
+    if len(parts) == 2 and parts[0].startswith("baf") and len(parts[1]) == 13:
+        return parts[0], parts[1]
+    return None
+
+
+class Turn:
+    """One writer's turn at an account: `head`, the (cid, rev) our last commit to it made, if known. It may be
+    stale (another tool wrote since): a swapCommit on it then fails unapplied, and the writer asks the PDS."""
+
+    def __init__(self, lock: Any, head: tuple[str, str] | None) -> None:
+        self._lock, self.head = lock, head
+
+    def made(self, cid: str, rev: str) -> None:
+        self.head = (cid, rev)
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"{cid} {rev}\n")
+        self._lock.flush()
 
 
 @dataclass(frozen=True)

@@ -241,22 +241,28 @@ class RecordSync:
     def _commit(self, session: Session, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """One applyWrites that names the commit it builds on (swapCommit): its success proves no other write
         came between, so the account's convergence marks of other collections carry over (`on_commit`).
-        Our own writers to the account take turns (`turns`); another writer's commit in between makes the
-        PDS refuse the write unapplied (InvalidSwap), and it is sent again on the new head."""
-        with self.turns():
+        Our own writers to the account take turns (`turns`), each starting from the head the one before made
+        (no getLatestCommit per batch); another writer's commit in between makes the PDS refuse the write
+        unapplied (InvalidSwap), and it is sent again on the head the PDS reports."""
+        with self.turns() as turn:
+            head = turn.head if turn else None
             for attempt in range(MAX_SWAP_RETRIES + 1):
-                head_cid, head_rev = latest_commit(self.client, self.account.did)
+                head_cid, head_rev = head or latest_commit(self.client, self.account.did)
                 body = encode_body({"repo": self.account.did, "writes": ops, "swapCommit": head_cid})
                 try:
                     answer = self.client.apply_writes(session, body)
                 except PdsError as exc:
                     if exc.error != "InvalidSwap" or attempt == MAX_SWAP_RETRIES:
                         raise
+                    head = None  # another writer moved the head: ask the PDS
                     self.client.sleep(0.05 * attempt)
                     continue
-                made = (answer.get("commit") or {}).get("rev")
-                if self.on_commit and made:
-                    self.on_commit(head_rev, made)
+                commit = answer.get("commit") or {}
+                if commit.get("cid") and commit.get("rev"):
+                    if turn:
+                        turn.made(commit["cid"], commit["rev"])
+                    if self.on_commit:
+                        self.on_commit(head_rev, commit["rev"])
                 return answer
         raise AssertionError("unreachable")
 
