@@ -7,10 +7,12 @@ Method:
   (`acpipeline.demo.environment.seed`: the accounts are created on the PDS and their sessions saved under
   ACPIPELINE_HOME, so the sync does not log in). Every handle with an account is registered as a dynamic
   partition in one call.
-- `dagster-webserver -w workspace.yaml` and `dagster-daemon run -w workspace.yaml` run as separate
-  processes, as an operator runs them, with `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule stay off)
-  and `PDS_URL` pointing at a counting proxy in front of the PDS, so writes are counted on the PDS's side,
-  and the Dagster settings the README has an operator export for them (`acpipeline.settings.DAGSTER_ENV`).
+- A code server (`dagster api grpc -m acpipeline.definitions`), `dagster-webserver` and `dagster-daemon
+  run` run as separate processes, as the README's production layout has them: both load the code location
+  from that one code server (a workspace file with `grpc_server`), and it starts the runs. They run with
+  `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule stay off), `PDS_URL` pointing at a counting proxy
+  in front of the PDS (so writes are counted on the PDS's side), and the Dagster settings the README has
+  an operator export for them (`acpipeline.settings.DAGSTER_ENV`).
   The bench waits for the code location to load in the webserver and for the daemon's heartbeats first.
 - A pass is a backfill launched as the UI does: GraphQL `launchPartitionBackfill` with the three sync
   assets and every partition key `handle|media` of every registered handle. It is timed by wall clock from
@@ -18,8 +20,8 @@ Method:
   the backfill daemon itself wakes every 30 s). The full pass starts from an empty PDS; the no-op pass is
   the same backfill again with nothing changed. Runs are counted from the instance (tag `dagster/backfill`).
 - Memory: every 250 ms during each pass, the sum of the PSS of every process whose environment carries the
-  bench's own marker variable (set only for the webserver and the daemon, so it covers them, their code
-  servers and every run they start) and of every descendant of those (the environments are read every
+  bench's own marker variable (set only for the code server, the webserver and the daemon, so it covers
+  them and every run they start) and of every descendant of those (the environments are read every
   2 s, the process table every sample). A process's PSS is read again when its RSS moved by over 1 MB, at
   least every second: reading PSS is what costs, and the sampler must not load the machine. The PDS, the
   proxy and the bench itself are not counted. Each pass also reports the peak's breakdown by kind of
@@ -42,6 +44,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -346,6 +349,18 @@ def _graphql(
     return body["data"]
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Until the code server accepts connections on `port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the code server exited ({process.returncode}):\n{_tail(log_path)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.5)
+    raise BenchError(f"the code server did not listen on port {port} within {timeout_s:.0f} s")
+
+
 def _wait_for_webserver(
     http: httpx.Client, url: str, process: subprocess.Popen, log_path: Path, timeout_s: float
 ) -> None:
@@ -435,7 +450,8 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
 
 
 class Servers:
-    """The webserver and the daemon of one bench, and the pass that runs a backfill through them."""
+    """The code server, the webserver and the daemon of one bench, and the pass that runs a backfill
+    through them."""
 
     def __init__(self, work: Path, env: dict[str, str], token: str, instance, log: Callable[[str], None]):
         from acpipeline.localpds.server import free_port
@@ -444,15 +460,30 @@ class Servers:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.web_log, self.daemon_log = work / "webserver.log", work / "daemon.log"
+        self.code_port = free_port()
+        self.code_log = work / "code_server.log"
+        self.code_server: subprocess.Popen | None = None
         self.webserver: subprocess.Popen | None = None
         self.daemon: subprocess.Popen | None = None
         self.http = httpx.Client(timeout=120)  # one client: a new one per poll costs a TLS context each
 
     def start(self, timeout_s: float = 600) -> None:
+        """The code server first, then the webserver and the daemon, which both load the code location
+        from it (as the README's production layout has it) instead of each starting code servers of their
+        own, and more of them at every workspace reload."""
+        code = [str(BIN / "dagster"), "api", "grpc", "-m", "acpipeline.definitions"]
+        code += ["-h", "127.0.0.1", "-p", str(self.code_port)]
+        self.code_server = _start(code, self.env, self.code_log)
+        workspace = self.work / "workspace.yaml"
+        workspace.write_text(
+            "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+            f"      port: {self.code_port}\n      location_name: acpipeline\n"
+        )
+        _wait_for_port(self.code_port, self.code_server, self.code_log, timeout_s)
         web = [
             str(BIN / "dagster-webserver"),
             "-w",
-            "workspace.yaml",
+            str(workspace),
             "-h",
             "127.0.0.1",
             "-p",
@@ -460,19 +491,19 @@ class Servers:
         ]
         self.webserver = _start(web, self.env, self.web_log)
         self.daemon = _start(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], self.env, self.daemon_log
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], self.env, self.daemon_log
         )
         _wait_for_webserver(self.http, self.url, self.webserver, self.web_log, timeout_s)
         _wait_for_daemon(self.instance, self.daemon, self.daemon_log, timeout_s)
 
     def roots(self) -> list[int]:
-        return [p.pid for p in (self.webserver, self.daemon) if p is not None]
+        return [p.pid for p in (self.code_server, self.webserver, self.daemon) if p is not None]
 
     def stop(self) -> int:
         """Daemon first (no run starts while the webserver goes), then the webserver, then any stray;
         returns how many strays there were. A second call does nothing."""
-        processes = [p for p in (self.daemon, self.webserver) if p is not None]
-        self.daemon = self.webserver = None
+        processes = [p for p in (self.daemon, self.webserver, self.code_server) if p is not None]
+        self.daemon = self.webserver = self.code_server = None
         try:
             for process in processes:
                 _stop(process)
@@ -736,7 +767,7 @@ def run_platform_bench(
             dagster_env = {name: env.get(name) for name in {*DAGSTER_ENV, *(extra_env or {})}}
             servers = Servers(work, env, token, instance, log)
             stack.callback(_stop_servers, servers, log)
-            log("starting dagster-webserver and dagster-daemon ...")
+            log("starting the code server, dagster-webserver and dagster-daemon ...")
             started = time.perf_counter()
             servers.start()
             log(f"webserver and daemon up in {time.perf_counter() - started:.0f} s")
