@@ -212,9 +212,17 @@ class Turn:
 
     def made(self, cid: str, rev: str) -> None:
         self.head = (cid, rev)
+        self._write(f"{cid} {rev}\n")
+
+    def forget(self) -> None:
+        """A write whose outcome is unknown may have moved the head: the next writer asks the PDS."""
+        self.head = None
+        self._write("")
+
+    def _write(self, text: str) -> None:
         self._lock.seek(0)
         self._lock.truncate()
-        self._lock.write(f"{cid} {rev}\n")
+        self._lock.write(text)
         self._lock.flush()
 
 

@@ -253,6 +253,8 @@ class RecordSync:
                     answer = self.client.apply_writes(session, body)
                 except PdsError as exc:
                     if exc.error != "InvalidSwap" or attempt == MAX_SWAP_RETRIES:
+                        if turn:
+                            turn.forget()  # the outcome may be unknown, and with it the head
                         raise
                     head = None  # another writer moved the head: ask the PDS
                     self.client.sleep(0.05 * attempt)
