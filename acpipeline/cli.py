@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         action="store_true",
         help="the platform-size benchmark instead: every partition of the platform dataset through the "
-        "Dagster webserver and daemon, as UI backfills (about 20 minutes)",
+        "Dagster code server, webserver and daemon, as UI backfills (about 11 minutes)",
     )
     bench.add_argument("--size", choices=["bench", "small"], default="bench", help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
