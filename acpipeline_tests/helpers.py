@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,3 +65,15 @@ def add_pieces(db, sub: str | None, slugs: list[str]) -> list[ObjectId]:
     ]
     db["pieces"].insert_many(docs)
     return [d["_id"] for d in docs]
+
+
+OTHER = "com.example.other"
+
+
+def create_other_record(world, db, sub: str, did: str) -> str:
+    """A write to the account outside acpipeline (another tool, another collection); returns its URI."""
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    session = world.client.session(did, password)
+    body = json.dumps({"repo": did, "collection": OTHER, "record": {"$type": OTHER, "text": "keep me"}})
+    created = world.client.call("POST", "com.atproto.repo.createRecord", body=body.encode(), session=session)
+    return created["uri"]

@@ -4,8 +4,6 @@ and partitions proven converged inside the run. Pins the Dagster 1.13 behaviour 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from dagster import (
     AssetCheckKey,
@@ -29,7 +27,7 @@ from acpipeline.sync.partitions import (
     sync_partitions,
 )
 
-from .helpers import add_moods, add_pieces, add_user, head, records
+from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records
 
 CHECK = "pds_holds_desired_records"
 
@@ -199,10 +197,7 @@ def test_our_writes_to_other_collections_keep_marks_and_a_foreign_write_voids_th
     rev, marks = state.load(did)
     assert rev == head(world, did) and set(marks) >= {"mood", "piece"}
 
-    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
-    session = world.client.session(did, password)
-    body = json.dumps({"repo": did, "collection": "com.example.other", "record": {"x": 1}}).encode()
-    world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+    create_other_record(world, db, sub, did)
     assert state.valid_marks(did, head(world, did)) == {}
     state.close()
     after = run_range(world, mood, piece)
@@ -299,10 +294,7 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     assert run_range(world, mood, mood).success
     assert (len(heads_asked), refused) == (1, [])  # the plan's own read only; the commit used the turn's head
 
-    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
-    session = world.client.session(did, password)
-    body = json.dumps({"repo": did, "collection": "com.example.other", "record": {"x": 1}}).encode()
-    world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+    create_other_record(world, db, sub, did)
     heads_asked.clear()
     add_moods(db, sub, ["three"])
     assert run_range(world, mood, mood).success

@@ -1,6 +1,5 @@
 """Operations against the real reference PDS: wipe and restore, the new-content sensor, the schedule."""
 
-import json
 from datetime import UTC, date, datetime, timedelta
 
 from bson import ObjectId
@@ -41,21 +40,11 @@ from acpipeline.sync.partitions import (
     register_handles,
 )
 
-from .helpers import add_moods, add_pieces, add_user, head, records, sync
-
-OTHER = "com.example.other"
+from .helpers import OTHER, add_moods, add_pieces, add_user, create_other_record, head, records, sync
 
 
 def aesthetic_records(world, did: str) -> dict[str, int]:
     return {MEDIA[m].nsid: len(records(world, did, MEDIA[m].nsid)) for m in MEDIA_NAMES}
-
-
-def create_other_record(world, db, sub: str, did: str) -> str:
-    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
-    session = world.client.session(did, password)
-    body = json.dumps({"repo": did, "collection": OTHER, "record": {"$type": OTHER, "text": "keep me"}})
-    created = world.client.call("POST", "com.atproto.repo.createRecord", body=body.encode(), session=session)
-    return created["uri"]
 
 
 def linked(db, collection: str, ids) -> list[bool]:

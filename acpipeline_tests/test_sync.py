@@ -11,7 +11,7 @@ from acpipeline.core.tid import item_tid
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.sync.extract import find_accounts
 
-from .helpers import add_moods, add_pieces, add_user, head, records, sync
+from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records, sync
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lexicons"
 
@@ -269,10 +269,7 @@ def test_quick_path_runs_what_changed_and_anything_after_a_foreign_write(world):
     assert edited[(handle, "piece")].skipped
 
     # any write to the account outside a sync (here: another collection) voids every mark of the account
-    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
-    session = world.client.session(did, password)
-    body = json.dumps({"repo": did, "collection": "com.example.other", "record": {"x": 1}}).encode()
-    world.client.call("POST", "com.atproto.repo.createRecord", body=body, session=session)
+    create_other_record(world, db, sub, did)
     after = sync(world, [handle], ["mood", "piece"], full=False)
     assert not any(r.skipped for r in after.values())
     assert all(
