@@ -104,10 +104,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             super().store_event_batch(events)
             return
         rows = [self._event_to_row(event) for event in events]
+        insert = SqlEventLogStorageTable.insert()
         with self.run_connection(run_ids.pop()) as conn:
-            conn.execute(SqlEventLogStorageTable.insert(), rows)
+            conn.execute(insert, rows)
         with self.index_transaction() as conn:
-            insert = SqlEventLogStorageTable.insert()
             ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
             self._store_asset_event_tags(conn, events, ids)
             for event, event_id in zip(events, ids, strict=True):
