@@ -13,14 +13,15 @@ from acpipeline.core.items import Blob, Derived
 from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MEDIA
 
-PUBLISHED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "lexicons"
+PUBLISHED = Path(__file__).resolve().parent / "data" / "published_lexicons" / "lexicons"
 OURS = Path(__file__).resolve().parents[1] / "lexicons" / "computer" / "aesthetic"
 
 
 def published() -> dict[str, dict]:
-    if not PUBLISHED.exists():
-        pytest.fail(f"the platform's published lexicons are expected at {PUBLISHED}")
-    return {json.loads(p.read_text())["id"]: json.loads(p.read_text()) for p in PUBLISHED.glob("*.json")}
+    docs = [json.loads(p.read_text()) for p in PUBLISHED.glob("*.json")]
+    if len(docs) != len(MEDIA):
+        pytest.fail(f"the platform's {len(MEDIA)} published lexicons are expected at {PUBLISHED}")
+    return {doc["id"]: doc for doc in docs}
 
 
 def test_same_nsids_keys_and_no_tighter_rules():

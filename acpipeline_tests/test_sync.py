@@ -13,7 +13,7 @@ from acpipeline.sync.extract import find_accounts
 
 from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records, sync
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lexicons"
+PUBLISHED = Path(__file__).resolve().parent / "data" / "published_lexicons" / "lexicons"
 
 
 def published_lexicons() -> dict[str, Lexicon]:
