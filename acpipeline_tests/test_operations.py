@@ -1,12 +1,15 @@
 """Operations against the real reference PDS: wipe and restore, the new-content sensor, the schedule."""
 
 from datetime import UTC, date, datetime, timedelta
+from unittest.mock import ANY
 
+import pytest
 from bson import ObjectId
 from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     build_schedule_context,
     build_sensor_context,
@@ -163,21 +166,29 @@ def requested(instance, requests) -> dict[str, str]:
 
 
 class SensorDriver:
-    """Evaluates the sensor as the daemon would, carrying its cursor from tick to tick."""
+    """Evaluates the sensor as the daemon would, carrying its cursor from tick to tick, and makes the runs it
+    requests in the instance with the status `launch` (they do not run; None: the daemon lost them)."""
 
     def __init__(self, world):
         self.world = world
-        self.resources = world.defs().resources
+        defs = world.defs()
+        self.resources = defs.resources
+        self.job = defs.resolve_job_def("sync_partition")
         self.cursor: str | None = None
+        self.runs: list[DagsterRun] = []
 
-    def tick(self) -> dict[str, str]:
+    def tick(self, launch: DagsterRunStatus | None = DagsterRunStatus.SUCCESS) -> dict[str, str]:
         with build_sensor_context(
             instance=self.world.instance, cursor=self.cursor, resources=self.resources
         ) as context:
             result = new_content_sensor(context)
         self.cursor = result.cursor
         assert self.state() is not None and len(self.cursor) < 40
-        return requested(self.world.instance, result.run_requests or [])
+        requests = result.run_requests or []
+        for request in requests if launch else []:
+            run = self.world.instance.create_run_for_job(job_def=self.job, status=launch, tags=request.tags)
+            self.runs.append(run)
+        return requested(self.world.instance, requests)
 
     def state(self) -> SensorState | None:
         return load_state(self.world.instance, self.cursor)
@@ -229,13 +240,68 @@ def test_sensor_requests_exactly_the_partitions_whose_source_changed(world):
     )
     add_moods(db, sub, ["fifth"])
     assert driver.tick() == {}
+    assert driver.state().pending == {partition_key(handle, "mood"): [f"r:{waiting.run_id}", ANY, 0]}
     world.instance.report_run_canceled(waiting)
-    assert driver.tick() == {}  # handed to that run (canceled, it is the nightly reconcile's to catch)
+    # canceled before it read the change: requested again (its run succeeds), then no more
+    assert driver.tick() == {partition_key(handle, "mood"): "retry"}
+    assert driver.tick() == {}
+    assert driver.state().pending == {}
 
     # a user without an account changes nothing
     db["users"].insert_one({"_id": "auth0|noaccount", "code": "none"})
     add_moods(db, "auth0|noaccount", ["nobody syncs me"])
     assert driver.tick() == {}
+
+
+@pytest.mark.parametrize("ending", ["failed", "canceled"])
+def test_sensor_requests_a_change_again_until_a_run_of_it_succeeds(world, ending):
+    db = world.db()
+    sub, handle, _ = add_user(world, db, "unlucky")
+    add_moods(db, sub, ["first"])
+    sync(world, [handle], ["mood"])
+    driver = SensorDriver(world)
+    assert driver.tick() == {}
+    key = partition_key(handle, "mood")
+
+    add_moods(db, sub, ["second"])
+    assert driver.tick(launch=DagsterRunStatus.STARTED) == {key: "source-changed"}
+    assert driver.tick() == {}  # its run is going: not requested again
+    run = driver.runs[-1]
+    assert driver.state().pending == {key: [f"t:{run.tags['acpipeline/sensor_request']}", ANY, 0]}
+    if ending == "failed":
+        world.instance.report_run_failed(run)
+    else:
+        world.instance.report_run_canceled(run)
+    assert driver.tick() == {key: "retry"}  # the change is requested again; this run succeeds
+    assert driver.tick() == {}
+    assert driver.state().pending == {}
+    assert driver.tick() == {}
+
+
+def test_sensor_retries_lost_requests_and_leaves_a_partition_that_keeps_failing_to_the_nightly_run(
+    world, monkeypatch
+):
+    db = world.db()
+    sub, handle, _ = add_user(world, db, "doomed")
+    driver = SensorDriver(world)
+    assert driver.tick() == {}
+    mood, piece = partition_key(handle, "mood"), partition_key(handle, "piece")
+
+    add_moods(db, sub, ["one"])
+    add_pieces(db, sub, ["wand"])
+    changed = {mood: "source-changed", piece: "source-changed"}
+    assert driver.tick(launch=None) == changed  # the daemon made no run of these requests
+    assert driver.tick() == {}  # it may yet
+    monkeypatch.setattr(sensor_module, "MISSING_RUN_GRACE_S", 0)
+    assert driver.tick(launch=DagsterRunStatus.FAILURE) == {mood: "retry", piece: "retry"}  # lost: 1
+    assert driver.tick(launch=DagsterRunStatus.FAILURE) == {mood: "retry", piece: "retry"}  # failed: 2
+    assert driver.tick() == {}  # failed 3 times in a row: the nightly reconcile's now
+    assert driver.state().pending == {}
+    add_moods(db, sub, ["two"])
+    assert driver.tick(launch=DagsterRunStatus.FAILURE) == {mood: "source-changed"}  # a change starts afresh
+    assert driver.tick() == {mood: "retry"}
+    assert driver.tick() == {}
+    assert driver.state().pending == {}
 
 
 def test_sensor_first_tick_requests_partitions_never_synced(world):
@@ -278,7 +344,11 @@ def test_sensor_requests_a_tape_partition_when_its_zip_appears(world, monkeypatc
 
 def test_sensor_state_lives_beside_a_short_cursor():
     instance = DagsterInstance.ephemeral()
-    state = SensorState(digests={"a.test": ["x" * 11, "", "", "", ""]}, zips={"r": ["m", 5]})
+    state = SensorState(
+        digests={"a.test": ["x" * 11, "", "", "", ""]},
+        zips={"r": ["m", 5]},
+        pending={"a.test|mood": ["t:b.0", 5, 1]},
+    )
     big = SensorState(digests={f"h{i}.test": [f"{i:011d}"] * 5 for i in range(5000)})
     first = save_state(instance, state, None)
     assert load_state(instance, first) == state

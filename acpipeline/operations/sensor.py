@@ -11,16 +11,27 @@ The first tick (no cursor) takes the current digests as its baseline and request
 partitions this instance never materialized, so pointing a fresh Dagster at an existing deployment starts
 its initial sync, and pointing it at a synced one starts nothing.
 
-The state (an 11-character digest per non-empty partition, and the tape ZIPs waited for) is kept in Dagster's
-key-value store and named by the cursor (see `save_state`): Dagster stores the cursor with every tick, and
-at 4,201 accounts the state is ~230 KB.
+A requested partition stays pending until a run covering it has succeeded: each run request carries a
+`REQUEST_TAG` of its own, and a later tick asks Dagster's run storage for the status of every pending run in
+a query or two (`run_statuses`), not one a partition. A run that failed or was canceled, or that Dagster
+never created (`MISSING_RUN_GRACE_S`), has its partitions requested again on that tick ("retry"), up to
+`MAX_FAILED_RUNS` runs in a row; then the partition is left to the nightly reconcile until its source
+changes again. A change whose partition already has a run waiting to start is pending on that run instead
+(it will read the change).
+
+The state (an 11-character digest per non-empty partition as of the last tick, the partitions pending and the
+tape ZIPs waited for) is kept in Dagster's key-value store and named by the cursor (see `save_state`): Dagster
+stores the cursor with every tick, and at 4,201 accounts the state is ~230 KB (~75 KB more while every
+partition is pending, as in a first sync).
 """
 
 import base64
 import hashlib
 import json
 import time
+import uuid
 import zlib
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -65,12 +76,19 @@ ZIP_CHECK_TIMEOUT_S = 5.0
 ZIP_CHECK_BUDGET_S = 15.0
 MISSING, PRESENT = "m", "p"
 PARTITION_TAG = "dagster/partition"
+REQUEST_TAG = "acpipeline/sensor_request"  # names one run request of one tick: "<tick batch>.<n>"
+REQUESTED, WAITING = "t:", "r:"  # a pending partition's run: by its REQUEST_TAG, or a waiting run by its id
+MISSING_RUN_GRACE_S = 600  # a request Dagster has made no run for by then is taken as lost
+MAX_FAILED_RUNS = 3  # after this many runs in a row without success, a partition is the nightly reconcile's
+STATUS_QUERY_CHUNK = 500  # run tags or ids per run storage query
 
 
 @dataclass
 class SensorState:
     digests: dict[str, list[str]] = field(default_factory=dict)  # handle -> digest per MEDIA_NAMES slot
     zips: dict[str, list[Any]] = field(default_factory=dict)  # tape ref -> [MISSING|PRESENT, checked_at]
+    # partition key -> [its run (REQUESTED + tag value or WAITING + run id), since, runs in a row that failed]
+    pending: dict[str, list[Any]] = field(default_factory=dict)
 
     def digest(self, handle: str, media: str) -> str:
         slots = self.digests.get(handle)
@@ -80,7 +98,7 @@ class SensorState:
 def encode_state(state: SensorState) -> str:
     """The state as compact text: zlib-compressed JSON in base64 (deterministic for the same state)."""
     payload = json.dumps(
-        {"media": MEDIA_NAMES, "digests": state.digests, "zips": state.zips},
+        {"media": MEDIA_NAMES, "digests": state.digests, "zips": state.zips, "pending": state.pending},
         separators=(",", ":"),
         sort_keys=True,
     )
@@ -95,7 +113,9 @@ def decode_state(blob: str) -> SensorState | None:
         return None
     if not isinstance(data, dict) or data.get("media") != MEDIA_NAMES:
         return None
-    return SensorState(digests=data.get("digests", {}), zips=data.get("zips", {}))
+    return SensorState(
+        digests=data.get("digests", {}), zips=data.get("zips", {}), pending=data.get("pending", {})
+    )
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
@@ -157,53 +177,112 @@ class Tick:
     documents: int
     zip_checks: int
     seconds: float
+    run_requests: list[RunRequest] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)  # left to the nightly reconcile after MAX_FAILED_RUNS
 
     def summary(self) -> str:
+        retried = sum(1 for why in self.requests.values() if why == "retry")
         return (
-            f"{len(self.requests)} partitions to sync, {len(self.registered)} new handles, "
-            f"{len(self.already_queued)} changes already queued; {self.documents} documents digested, "
-            f"{self.zip_checks} tape ZIPs checked in {self.seconds:.1f} s"
+            f"{len(self.requests)} partitions to sync ({retried} again after a run that did not succeed), "
+            f"{len(self.registered)} new handles, {len(self.already_queued)} changes already queued, "
+            f"{len(self.state.pending)} partitions pending a run, {len(self.given_up)} given up; "
+            f"{self.documents} documents digested, {self.zip_checks} tape ZIPs checked "
+            f"in {self.seconds:.1f} s"
         )
 
 
-def queued_partitions(instance: DagsterInstance, keys: list[str]) -> set[str]:
-    """Those of `keys` with a sync run that has not started yet: it will read the source as it is then.
-    Runs carry the partition tag (one partition) or the range tags (the sensor's, the schedule's and
-    backfills' runs); a range stands for every partition in it."""
+def queued_partitions(instance: DagsterInstance, keys: list[str]) -> dict[str, str]:
+    """Those of `keys` with a sync run that has not started yet (it will read the source as it is then), each
+    with the id of such a run. Runs carry the partition tag (one partition) or the range tags (the sensor's,
+    the schedule's and backfills' runs); a range stands for every partition in it."""
     waiting = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
     wanted = set(keys)
     order: list[str] | None = None
-    found: set[str] = set()
+    found: dict[str, str] = {}
     for run in instance.get_runs(filters=RunsFilter(statuses=waiting)):
         if run.asset_selection is not None and atproto_records.key not in run.asset_selection:
             continue
         if PARTITION_TAG in run.tags:
-            found.add(run.tags[PARTITION_TAG])
+            covered = [run.tags[PARTITION_TAG]]
         elif RANGE_START_TAG in run.tags and RANGE_END_TAG in run.tags:
             order = order if order is not None else instance.get_dynamic_partitions(handle_partitions.name)
             members = range_members(order, run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG])
-            found.update(partition_key(h, m) for h, m in members)
-    return found & wanted
+            covered = [partition_key(h, m) for h, m in members]
+        else:
+            continue
+        for key in wanted.intersection(covered):
+            found.setdefault(key, run.run_id)
+    return found
 
 
-def run_requests(instance: DagsterInstance, requests: dict[str, str]) -> list[RunRequest]:
+def run_statuses(instance: DagsterInstance, refs: set[str]) -> dict[str, DagsterRunStatus]:
+    """The status of the run each ref names (REQUESTED + its REQUEST_TAG value, or WAITING + its id), for
+    those Dagster has a run of: one query of each kind per `STATUS_QUERY_CHUNK` refs, whatever the number of
+    partitions. A request with several runs (an operator re-executed one) counts as its best: a success, or
+    else a run not finished."""
+    tokens = sorted(ref[len(REQUESTED) :] for ref in refs if ref.startswith(REQUESTED))
+    run_ids = sorted(ref[len(WAITING) :] for ref in refs if ref.startswith(WAITING))
+    n = STATUS_QUERY_CHUNK
+    queries = [RunsFilter(tags={REQUEST_TAG: tokens[i : i + n]}) for i in range(0, len(tokens), n)]
+    queries += [RunsFilter(run_ids=run_ids[i : i + n]) for i in range(0, len(run_ids), n)]
+    rank = {DagsterRunStatus.SUCCESS: 2, DagsterRunStatus.FAILURE: 0, DagsterRunStatus.CANCELED: 0}
+    out: dict[str, DagsterRunStatus] = {}
+    for filters in queries:
+        for run in instance.get_runs(filters=filters):
+            ref = REQUESTED + run.tags[REQUEST_TAG] if filters.tags else WAITING + run.run_id
+            if ref not in out or rank.get(run.status, 1) > rank.get(out[ref], 1):
+                out[ref] = run.status
+    return out
+
+
+def settle_pending(
+    instance: DagsterInstance, pending: dict[str, list[Any]], accounts: Container[str], now: float
+) -> tuple[dict[str, list[Any]], dict[str, int], list[str]]:
+    """What became of the pending partitions' runs: (those still pending, those to request again with the
+    runs in a row that failed them, those given up). A success ends the wait; a failure, a cancellation or a
+    request Dagster made no run for within `MISSING_RUN_GRACE_S` (or a waiting run since deleted) means
+    another request, up to `MAX_FAILED_RUNS` in a row. Partitions of handles without an account are
+    dropped."""
+    live = {key: entry for key, entry in pending.items() if key.rpartition("|")[0] in accounts}
+    statuses = run_statuses(instance, {ref for ref, _, _ in live.values()}) if live else {}
+    still: dict[str, list[Any]] = {}
+    retry: dict[str, int] = {}
+    given_up: list[str] = []
+    for key, (ref, since, failed) in sorted(live.items()):
+        status = statuses.get(ref)
+        if status == DagsterRunStatus.SUCCESS:
+            continue
+        lost = status is None and (ref.startswith(WAITING) or now - since >= MISSING_RUN_GRACE_S)
+        if status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) and not lost:
+            still[key] = [ref, since, failed]
+        elif failed + 1 < MAX_FAILED_RUNS:
+            retry[key] = failed + 1
+        else:
+            given_up.append(key)
+    return still, retry, given_up
+
+
+def run_requests(
+    instance: DagsterInstance, requests: dict[str, str], batch: str
+) -> list[tuple[RunRequest, list[str]]]:
     """The partitions to sync as runs over ranges, per media type, at most `PARTITIONS_PER_RUN` each
-    (`few_ranges`)."""
+    (`few_ranges`), each with the requested partitions it covers. Each run carries `REQUEST_TAG`:
+    `<batch>.<n>`."""
     order = instance.get_dynamic_partitions(handle_partitions.name)
     wanted = {tuple(key.rpartition("|")[::2]): why for key, why in requests.items()}
     out = []
-    for partition_range in few_ranges(order, list(wanted)):
-        members = range_members(order, partition_range.start, partition_range.end)
-        reasons = sorted({wanted[m] for m in members if m in wanted})
-        out.append(
-            RunRequest(
-                tags={
-                    "acpipeline/trigger": "sensor",
-                    "acpipeline/reason": ",".join(reasons),
-                    **partition_range.tags(),
-                }
-            )
+    for n, partition_range in enumerate(few_ranges(order, list(wanted))):
+        members = [m for m in range_members(order, partition_range.start, partition_range.end) if m in wanted]
+        reasons = sorted({wanted[m] for m in members})
+        request = RunRequest(
+            tags={
+                "acpipeline/trigger": "sensor",
+                "acpipeline/reason": ",".join(reasons),
+                REQUEST_TAG: f"{batch}.{n}",
+                **partition_range.tags(),
+            }
         )
+        out.append((request, [partition_key(h, m) for h, m in members]))
     return out
 
 
@@ -220,6 +299,7 @@ def evaluate(
     registered = register_handles(instance, db)
     accounts = find_accounts(db).by_handle
     scan = scan_sources(db, accounts.values())
+    pending, retry, given_up = settle_pending(instance, previous.pending if previous else {}, accounts, now)
     requests: dict[str, str] = {}
     if previous is None:
         synced = instance.get_materialized_partitions(atproto_records.key)
@@ -234,20 +314,31 @@ def evaluate(
                 if scan.digest(handle, media) != previous.digest(handle, media):
                     why = "new-account" if handle in registered else "source-changed"
                     requests[partition_key(handle, media)] = why
+    for key in retry:
+        requests.setdefault(key, "retry")
     zips = check_tape_zips(scan.unlinked_tapes, previous.zips if previous else {}, storage, now)
     for handle in sorted(zips.appeared):
         requests.setdefault(partition_key(handle, "tape"), "tape-zip-appeared")
-    queued = sorted(queued_partitions(instance, sorted(requests))) if requests else []
-    for key in queued:
-        del requests[key]
+    # a retry counts the runs in a row that failed the partition; a request for a new change starts afresh
+    failed = {key: retry[key] for key, why in requests.items() if why == "retry"}
+    queued = queued_partitions(instance, sorted(requests)) if requests else {}
+    for key, run_id in queued.items():
+        pending[key] = [WAITING + run_id, int(now), failed.get(key, 0)]
+    requests = {key: why for key, why in requests.items() if key not in queued}
+    runs = run_requests(instance, requests, uuid.uuid4().hex[:12]) if requests else []
+    for request, keys in runs:
+        for key in keys:
+            pending[key] = [REQUESTED + request.tags[REQUEST_TAG], int(now), failed.get(key, 0)]
     return Tick(
         requests=requests,
-        state=SensorState(digests=scan.digests, zips=zips.states),
+        state=SensorState(digests=scan.digests, zips=zips.states, pending=pending),
         registered=registered,
-        already_queued=queued,
+        already_queued=sorted(queued),
         documents=scan.documents,
         zip_checks=zips.checked,
         seconds=time.monotonic() - started,
+        run_requests=[request for request, _ in runs],
+        given_up=given_up,
     )
 
 
@@ -324,7 +415,12 @@ def new_content_sensor(
     previous = load_state(context.instance, context.cursor)
     tick = evaluate(mongo.db(), context.instance, storage, previous)
     context.log.info(tick.summary())
+    if tick.given_up:
+        context.log.warning(
+            f"runs of {len(tick.given_up)} partitions failed {MAX_FAILED_RUNS} times in a row; left to the "
+            f"nightly reconcile until their source changes: {', '.join(tick.given_up[:20])}"
+        )
     cursor = save_state(context.instance, tick.state, context.cursor if previous else None)
-    if not tick.requests:
+    if not tick.run_requests:
         return SensorResult(skip_reason=SkipReason(tick.summary()), cursor=cursor)
-    return SensorResult(run_requests=run_requests(context.instance, tick.requests), cursor=cursor)
+    return SensorResult(run_requests=tick.run_requests, cursor=cursor)
