@@ -8,12 +8,15 @@ import os
 
 from dagster import Definitions, EnvVar, in_process_executor, mem_io_manager
 
+from acpipeline import dagster_fixes
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
 from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import DEFAULT_DATABASE, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
+
+dagster_fixes.apply()
 
 
 def _env(name: str, default: str | None = None):
