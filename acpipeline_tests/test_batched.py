@@ -17,6 +17,7 @@ from dagster._core.storage.event_log.base import PartitionKeyFilter
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 from acpipeline.sync.converged import ConvergedState
+from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.partitions import (
     FULL_TAG,
     handle_partitions,
@@ -68,11 +69,28 @@ def three_users(world):
     return db, users
 
 
-def test_a_range_run_materializes_each_partition_with_its_own_metadata_and_check(world, three_users):
+def test_a_range_run_materializes_each_partition_with_its_own_metadata_and_check(
+    world, three_users, monkeypatch
+):
     db, users = three_users
     handles = [h for _, h, _ in users]
+    bulk_writes: list[int] = []
+    flush = LinkWriter.flush
+
+    def counted(self):
+        bulk_writes.extend([self.pending] if self.pending else [])
+        flush(self)
+
+    monkeypatch.setattr(LinkWriter, "flush", counted)
     result = run_range(world, partition_key(handles[0], "mood"), partition_key(handles[2], "mood"))
     assert result.success
+    # the run's links, gathered: one bulk write for the three partitions, every document linked
+    assert bulk_writes == [6]
+    for sub, _, did in users:
+        moods = list(db["moods"].find({"user": sub}))
+        assert {m["atproto"]["uri"] for m in moods} == {
+            r["uri"] for r in records(world, did, "computer.aesthetic.mood")
+        }
     keys = [partition_key(h, "mood") for h in handles]
     for asset in ("source_items", "media_blobs", "atproto_records"):
         assert sorted(by_partition(result, "ASSET_MATERIALIZATION", asset)) == sorted(keys), asset

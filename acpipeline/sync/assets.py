@@ -41,6 +41,7 @@ from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
 from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_commit, prove, source_fingerprint
 from acpipeline.sync.extract import Account, extract_owners, find_accounts
+from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
 from acpipeline.sync.records import RecordSync, SyncReport, list_existing
 
@@ -231,6 +232,10 @@ def atproto_records(
     client = pds.client()
     db = mongo.db()
     state = ConvergedState(acpipeline_home())
+    # The partitions' MongoDB links are gathered and written a few thousand at a time (see sync/links.py);
+    # a partition's events and convergence mark wait until its links are written.
+    links = LinkWriter(db, lock_dir=acpipeline_home() / "locks" if mongo.is_embedded else None)
+    waiting: list[Synced] = []
     failed: dict[str, str] = {}
     try:
         for key, source in source_items.items():
@@ -245,18 +250,21 @@ def atproto_records(
                     state.mark(source.account.did, source.proof.rev, source.media, mark)
                 continue
             try:
-                items_failed = yield from _sync_partition(
-                    context, config, client, db, state, source, media_blobs[key]
-                )
+                synced = _sync_partition(context, config, client, db, state, source, media_blobs[key], links)
             except OperatorError:
                 raise
             except Exception as exc:  # this partition fails; the others of the run go on
                 failed[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                 context.log.error(f"{key} failed: {failed[key]}")
                 continue
-            if config.strict and items_failed:
-                failed[key] = f"{items_failed} items failed (strict mode)"
+            waiting.append(synced)
+            if config.strict and synced.items_failed:
+                failed[key] = f"{synced.items_failed} items failed (strict mode)"
+            if links.pending == 0 or len(waiting) >= PARTITIONS_PER_RUN:
+                yield from _settle(links, state, waiting)
+        yield from _settle(links, state, waiting)
     finally:
+        links.flush()  # also after a failure: what the PDS holds gets linked
         state.close()
     for key, reason in failed.items():
         # Failed, visibly: the PDS is not known to hold the partition's records.
@@ -312,6 +320,25 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
     )
 
 
+@dataclass
+class Synced:
+    """A synced partition waiting for its links to be written: its events, and the mark it earned."""
+
+    events: list[AssetMaterialization | AssetObservation | AssetCheckEvaluation]
+    items_failed: int
+    mark: tuple[str, str, str, Mark] | None = None  # (did, rev, media, mark)
+
+
+def _settle(links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
+    """Write the gathered links, then yield the waiting partitions' events and write their marks."""
+    links.flush()
+    for synced in waiting:
+        yield from synced.events
+        if synced.mark:
+            state.mark(*synced.mark)
+    waiting.clear()
+
+
 def _sync_partition(
     context: AssetExecutionContext,
     config: SyncConfig,
@@ -320,9 +347,10 @@ def _sync_partition(
     state: ConvergedState,
     source: PartitionSource,
     derived: dict[str, Derived],
-):
-    """Converge one partition; yields its materialization (or dry-run observation) and check, and returns
-    how many of its items failed."""
+    links: LinkWriter,
+) -> Synced:
+    """Converge one partition: its materialization (or dry-run observation) and check, and the mark it earns
+    once its links are written."""
     account = source.account
     assert account is not None
     started = time.monotonic()
@@ -339,6 +367,7 @@ def _sync_partition(
         derived,
         on_commit=advanced,
         turns=lambda: state.turn(account.did),
+        links=links,
     )
     report = sync.run(dry_run=config.dry_run)
     metadata = report_metadata(report, client.url, time.monotonic() - started)
@@ -350,16 +379,15 @@ def _sync_partition(
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
         context.log.info(f"dry run of {source.key}: {len(report.planned)} writes planned")
-        yield AssetObservation(asset_key=context.asset_key, partition=source.key, metadata=metadata)
-        yield check
-        return len(report.failed)
-    yield AssetMaterialization(asset_key=context.asset_key, partition=source.key, metadata=metadata)
-    yield check
+        observation = AssetObservation(asset_key=context.asset_key, partition=source.key, metadata=metadata)
+        return Synced([observation, check], len(report.failed))
+    event = AssetMaterialization(asset_key=context.asset_key, partition=source.key, metadata=metadata)
+    synced = Synced([event, check], len(report.failed))
     if check.passed and not report.failed:
-        state.mark(account.did, rev, source.media, Mark(source.fingerprint, report.desired))
+        synced.mark = (account.did, rev, source.media, Mark(source.fingerprint, report.desired))
     else:
         state.unmark(account.did, source.media)
-    return len(report.failed)
+    return synced
 
 
 def holds_desired(

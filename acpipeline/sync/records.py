@@ -21,6 +21,7 @@ from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, Session, TransientWriteError
 from acpipeline.sync.converged import latest_commit
 from acpipeline.sync.extract import Account
+from acpipeline.sync.links import LinkWriter
 
 MAX_REPLANS = 3
 MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the account's next commit
@@ -92,9 +93,12 @@ class RecordSync:
         derived: dict[str, Derived],
         on_commit: OnCommit | None = None,
         turns: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        links: LinkWriter | None = None,
     ):
+        """`links`: where the MongoDB link updates go (gathered with other partitions' by the caller, who
+        flushes them before counting this partition done); None, written as each batch commits."""
         self.client, self.db, self.rules, self.account = client, db, rules, account
-        self.on_commit, self.turns = on_commit, turns
+        self.on_commit, self.turns, self.links = on_commit, turns, links
         self.items = items
         self._by_ref = {item.ref: item for item in items}
         self.derived = derived
@@ -338,9 +342,11 @@ class RecordSync:
         return UpdateOne({"_id": _mongo_id(item.ref)}, {"$set": fields})
 
     def _write_back(self, ops: list[UpdateOne]) -> None:
-        if ops:
+        if self.links is not None:
+            self.links.add(self.rules.collection, ops)
+        elif ops:
             self.db[self.rules.collection].bulk_write(ops, ordered=False)
-            self.report.mongo_updates += len(ops)
+        self.report.mongo_updates += len(ops)
 
 
 def _mongo_id(ref: str) -> Any:
