@@ -41,12 +41,15 @@ def painting_thumbnail(png: bytes) -> bytes:
     fitted_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     offset = ((SIZE - fitted_size[0]) // 2, (SIZE - fitted_size[1]) // 2)
     data = None
+    # Opaque now: resampled as RGB, the same pixels as RGBA (whose resize premultiplies by an alpha of
+    # 255 and divides again) at three quarters of the work.
+    opaque = flat.convert("RGB")
     if scale >= 1:
-        data = _palette_thumbnail(flat.convert("RGB"), fitted_size, offset)
+        data = _palette_thumbnail(opaque, fitted_size, offset)
     if data is None:
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
         canvas = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
-        canvas.paste(flat.resize(fitted_size, resample), offset)
+        canvas.paste(opaque.resize(fitted_size, resample), offset)
         out = io.BytesIO()
         canvas.save(out, format="PNG")  # optimize=True doubles the time for ~10% smaller files
         data = out.getvalue()
