@@ -132,5 +132,5 @@ def derive_blobs(
             stats.failed += 1
             return item.ref, Derived(problem=str(problem))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with cache.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(guarded, todo)), stats

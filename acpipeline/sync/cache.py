@@ -4,12 +4,14 @@ the blob bytes in files named by their CID."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ class DerivedCache:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._path = home / "derived.sqlite"
         self._local = threading.local()
+        self._pending: dict[str, dict[str, Any]] | None = None  # puts held back by `deferred`
         self._db()
 
     def _db(self) -> sqlite3.Connection:
@@ -59,16 +62,42 @@ class DerivedCache:
         return db
 
     def get(self, key: str, max_age_s: float | None = None) -> dict[str, Any] | None:
+        pending = self._pending
+        if pending is not None and key in pending:
+            return pending[key]
         row = self._db().execute("SELECT value, at FROM derived WHERE key = ?", (key,)).fetchone()
         if row is None or (max_age_s is not None and time.time() - row[1] > max_age_s):
             return None
         return json.loads(row[0])
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        with self._write_lock, self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO derived VALUES (?, ?, ?)", (key, json.dumps(value), time.time())
-            )
+        with self._write_lock:
+            if self._pending is not None:
+                self._pending[key] = value
+                return
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO derived VALUES (?, ?, ?)", (key, json.dumps(value), time.time())
+                )
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Puts inside are written in one transaction at the end (also when it raises), instead of a
+        commit each: two per painting, 8% of a painting run's samples. A crash loses them, and with them
+        only work the next run redoes."""
+        with self._write_lock:
+            self._pending = {}
+        try:
+            yield
+        finally:
+            with self._write_lock:
+                pending, self._pending = self._pending or {}, None
+                now = time.time()
+                with self._db() as db:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO derived VALUES (?, ?, ?)",
+                        [(key, json.dumps(value), now) for key, value in pending.items()],
+                    )
 
     def store_blob(self, data: bytes, mime_type: str) -> Blob:
         cid = blob_cid(data)
