@@ -8,6 +8,7 @@ import json
 import psutil
 
 from acpipeline.bench.platform import KEYS, MARKER, format_platform_table, run_platform_bench
+from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.settings import DAGSTER_ENV
 
 
@@ -41,14 +42,18 @@ def test_platform_bench_on_the_small_dataset(tmp_path):
         details = result["passes"][label]
         assert details["statuses"] == {"SUCCESS": runs}
         assert details["partitions_in_runs"] == result["platform_partitions"]
-    for key in ("platform_full_s", "platform_noop_s", "platform_ceiling_s", "platform_peak_rss_mb"):
-        assert result[key] > 0, key
+    for name in ("full_s", "noop_s", "ceiling_s", "derive_s", "peak_rss_mb"):
+        assert result[f"platform_{name}"] > 0, name
     # the memory sampler saw the webserver, the daemon, their code servers and runs
     assert result["passes"]["full"]["peak_processes"] >= 5
     assert {"webserver", "daemon", "code servers", "runs"} <= set(
         result["passes"]["full"]["peak_breakdown_mb"]
     )
     assert result["passes"]["full"]["cpu_s"]["runs"] > 0
+    assert result["platform_derive_items"] > 0  # the blob stage alone derived the paintings and tapes again
+    timeline = result["passes"]["full"]["timeline"]
+    assert len(timeline) == result["platform_full_runs"]
+    assert {run["media"] for run in timeline} <= set(MEDIA_NAMES)
 
     table = format_platform_table(result)
     for key in ("records", "partitions", "full_s", "noop_s", "noop_writes", "ceiling_s", "peak_rss_mb"):

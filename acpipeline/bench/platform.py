@@ -34,6 +34,11 @@ Method:
   the timing, 8 at a time, and each logs in once before the timing too: the pipeline's full pass does not
   log in either (its sessions come from the seeding). Those logins are timed on their own
   (`platform_ceiling_logins_s`): `strategies.write_ceiling`, which logs in inside its timing, would add them.
+- Derivation alone (`platform_derive_s`, after the servers stopped): the pipeline's own blob stage
+  (`derive_blobs`: fetching the images and ZIPs from the media server, thumbnails on 8 threads, one ffmpeg
+  per core) over every wanted painting and tape of every account, into an empty derived-blob cache, with no
+  Dagster and no PDS. The ceiling derives nothing; `platform_ceiling_s + platform_derive_s` is what the
+  thinnest client would take if it had to make the blobs too (both are CPU-bound on the same two cores).
 """
 
 from __future__ import annotations
@@ -435,6 +440,20 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
     ends = [r.end_time for r in records if r.end_time]
     created = [r.create_timestamp.timestamp() for r in records]
     failed = [r.dagster_run.run_id for r in records if r.dagster_run.status != DagsterRunStatus.SUCCESS]
+    origin = min(created, default=0.0)
+    timeline = sorted(
+        (
+            {
+                "media": record.dagster_run.tags.get(RANGE_START_TAG, "|?").rpartition("|")[2],
+                "partitions": size,
+                "started_s": round(record.start_time - origin, 1),
+                "took_s": round(record.end_time - record.start_time, 1),
+            }
+            for record, size in zip(records, sizes, strict=True)
+            if record.start_time and record.end_time
+        ),
+        key=lambda run: run["started_s"],
+    )
     return {
         "runs": len(records),
         "statuses": dict(statuses),
@@ -446,6 +465,7 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
         "first_run_created": min(created, default=0.0),
         "first_run_started": min(starts, default=0.0),
         "last_run_ended": max(ends, default=0.0),
+        "timeline": timeline,  # each run's media, size, start (from the first run's creation) and length
     }
 
 
@@ -695,6 +715,29 @@ def run_ceiling(
 # ------------------------------------------------------------------------------------------ the bench
 
 
+def run_derive(db, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The blob stage alone over every wanted painting and tape of every account (see the module)."""
+    from acpipeline.definitions import build_definitions
+    from acpipeline.sync.blobs import derive_blobs
+    from acpipeline.sync.cache import DerivedCache
+    from acpipeline.sync.extract import extract_owners, find_accounts
+    from acpipeline.sync.runner import resolved
+
+    owners = [account.owner for account in find_accounts(db).by_handle.values()]
+    cache = DerivedCache(cache_dir)
+    seconds, derived = 0.0, 0
+    with resolved(build_definitions(), "storage") as storage:
+        for media in ("painting", "tape"):
+            items = [item for found in extract_owners(db, MEDIA[media], owners).values() for item in found]
+            log(f"derivation alone: {media}s of {len(owners)} accounts ...")
+            started = time.perf_counter()
+            _, stats = derive_blobs(items, media, storage, cache)
+            seconds += time.perf_counter() - started
+            derived += stats.derived
+    log(f"derivation alone: {derived} paintings and tapes derived in {seconds:.1f} s")
+    return {"s": seconds, "items": derived}
+
+
 def run_platform_bench(
     json_path: str | None = None,
     size: str = "platform",
@@ -803,6 +846,7 @@ def run_platform_bench(
 
             ceiling = run_ceiling(pds_url, list(prepared.values()), log)
             del prepared
+            derive = run_derive(db, work / "derive-cache", log)
 
             result = {
                 "size": size,
@@ -820,6 +864,8 @@ def run_platform_bench(
                 "platform_ceiling_accounts": ceiling["accounts"],
                 "platform_ceiling_workers": CEILING_WORKERS,
                 "platform_ceiling_blob_mb": round(ceiling["blob_bytes"] / 1e6, 1),
+                "platform_derive_s": round(derive["s"], 2),
+                "platform_derive_items": derive["items"],
                 "platform_peak_rss_mb": full["peak_rss_mb"],
                 "platform_noop_peak_rss_mb": noop["peak_rss_mb"],
                 "platform_full_writes": full["writes"],
@@ -942,6 +988,12 @@ def format_platform_table(r: dict[str, Any]) -> str:
             f"ceiling/full = {ratio:.2f} (target ≥ {TARGETS['ceiling_ratio']}) "
             f"{mark(ratio >= TARGETS['ceiling_ratio'])}; one login per account would add "
             f"{r['platform_ceiling_logins_s']} s",
+        ),
+        (
+            "`platform_derive_s`: the blob stage alone (thumbnails, tape MP4s), no Dagster, no PDS",
+            r["platform_derive_s"],
+            f"{r['platform_derive_items']} paintings and tapes; (ceiling + derivation)/full = "
+            f"{(ceiling + r['platform_derive_s']) / full if full else 0:.2f}",
         ),
         (
             "`platform_peak_rss_mb`: webserver, daemon, code servers and runs, full pass (PSS)",
