@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test dev lint install node browser clean
+.PHONY: demo test dev lint install node browser postgres clean
 
 $(BIN)/acpipeline: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -39,7 +39,14 @@ browser:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the UI test"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
-test: install node browser
+# The Postgres tests start a throwaway cluster of Debian's server (acpipeline_tests/postgres.py): pg_ctl on
+# PATH, or in /usr/lib/postgresql/N/bin where the package puts it. Installing it starts no server.
+postgres:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the deployment tests"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+test: install node browser postgres
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -1,11 +1,12 @@
-"""Fixtures: one real reference PDS per test session, and per test a fresh embedded store, media server,
-ACPIPELINE_HOME and Dagster instance."""
+"""Fixtures: one real reference PDS and one real PostgreSQL server per test session (started when a test
+asks for them), and per test a fresh embedded store, media server, ACPIPELINE_HOME and Dagster instance."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from acpipeline.demo.media_server import MediaServer
 from acpipeline.localpds import server as localpds
 from acpipeline.resources.pds import PdsClient
 from acpipeline.settings import apply_dagster_env
+
+from .postgres import PgCluster, start_cluster
 
 apply_dagster_env()  # the tests, and the servers and runs they start, use the settings deployments use
 
@@ -28,6 +31,15 @@ def pds_url():
     pds = localpds.start(log=lambda *_: None)
     yield pds.url
     pds.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgCluster]:
+    """A real PostgreSQL server on a free port, in a temporary data directory, stopped by its pid at the end
+    of the session. Each test creates its own database in it."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
 
 
 @dataclass
