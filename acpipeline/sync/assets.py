@@ -6,6 +6,7 @@ its own materialization, metadata and check result. A partition that fails fails
 run are recorded as materialized, then the record stage raises naming the failed ones, which Dagster and
 its backfills then show as failed."""
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -263,8 +264,13 @@ def atproto_records(
             if links.pending == 0 or len(waiting) >= PARTITIONS_PER_RUN:
                 yield from _settle(links, state, waiting)
         yield from _settle(links, state, waiting)
+    except BaseException:
+        # The run fails (or is stopped): what the PDS already holds still gets linked, if MongoDB lets it;
+        # the original error is the one reported.
+        with contextlib.suppress(Exception):
+            links.flush()
+        raise
     finally:
-        links.flush()  # also after a failure: what the PDS holds gets linked
         state.close()
     for key, reason in failed.items():
         # Failed, visibly: the PDS is not known to hold the partition's records.
