@@ -82,13 +82,6 @@ def iso_when(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
-def link_of(doc: dict[str, Any]) -> Link | None:
-    atproto = doc.get("atproto")
-    if isinstance(atproto, dict) and isinstance(atproto.get("rkey"), str):
-        return Link(atproto["rkey"], atproto.get("uri"), atproto.get("cid"))
-    return None
-
-
 def required_text(doc: dict[str, Any], name: str) -> str:
     value = doc.get(name)
     if not isinstance(value, str) or not value:

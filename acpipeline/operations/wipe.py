@@ -42,6 +42,7 @@ from dagster import (
 from pydantic import Field
 
 from acpipeline.core.batches import batch_writes, encode_body, write_op
+from acpipeline.core.link_fields import has_link, link_unset
 from acpipeline.core.media import MEDIA, MEDIA_NAMES, MediaRules
 from acpipeline.core.plan import Write
 from acpipeline.errors import OperatorError
@@ -53,8 +54,6 @@ from acpipeline.sync.partitions import partition_key, register_handles
 
 WIPE_JOB_NAME = "wipe_account"
 WIPE_OP_NAME = "wipe_records"
-LINK_FIELDS = ("rkey", "uri", "cid", "syncedAt")  # under `atproto.`
-TAPE_LINK_FIELDS = ("rkey", "uri", "cid")  # under `at.`, tapes only
 MAX_ROUNDS = 4  # listings per collection: a batch whose outcome is unknown is never retried blind
 
 
@@ -82,17 +81,7 @@ def link_filter(rules: MediaRules, owner: str | None) -> dict[str, Any] | None:
     """The owner's documents that carry any link field; None when the owner can have no such documents."""
     if owner is None and not rules.may_be_anonymous:
         return None
-    names = [f"atproto.{k}" for k in LINK_FIELDS]
-    if rules.name == "tape":
-        names += [f"at.{k}" for k in TAPE_LINK_FIELDS]
-    return {**owner_filter(owner), "$or": [{name: {"$exists": True}} for name in names]}
-
-
-def link_unset(rules: MediaRules) -> dict[str, str]:
-    fields = {f"atproto.{k}": "" for k in LINK_FIELDS}
-    if rules.name == "tape":
-        fields.update({f"at.{k}": "" for k in TAPE_LINK_FIELDS})
-    return fields
+    return {**owner_filter(owner), **has_link(rules.mirrors_link)}
 
 
 class AccountWipe:
@@ -124,7 +113,7 @@ class AccountWipe:
             return report
         self._delete_all(rules.nsid, report, rkeys)
         if links and report.linked:
-            result = self.db[rules.collection].update_many(links, {"$unset": link_unset(rules)})
+            result = self.db[rules.collection].update_many(links, link_unset(rules.mirrors_link))
             report.links_cleared = result.modified_count
         self.log(
             f"{rules.nsid}: {report.deleted} records deleted in {report.commits} commits; links cleared on "

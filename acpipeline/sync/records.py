@@ -16,6 +16,7 @@ from pymongo.database import Database
 from acpipeline.core.batches import batch_writes, encode_body, write_op
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.lexicon import Lexicon, load_lexicons
+from acpipeline.core.link_fields import link_set, link_unset
 from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, Session, TransientWriteError
@@ -322,24 +323,14 @@ class RecordSync:
                 if cid is not None and (op := self._set_link(item, rkey, uri, cid)):
                     ops.append(op)
             elif item.link is not None and not item.wanted:
-                fields = {f"atproto.{k}": "" for k in ("rkey", "uri", "cid", "syncedAt")}
-                if self.rules.name == "tape":
-                    fields.update({f"at.{k}": "" for k in ("rkey", "uri", "cid")})
-                ops.append(UpdateOne({"_id": _mongo_id(item.ref)}, {"$unset": fields}))
+                ops.append(UpdateOne({"_id": _mongo_id(item.ref)}, link_unset(self.rules.mirrors_link)))
         self._write_back(ops)
 
     def _set_link(self, item: Item, rkey: str, uri: str, cid: str) -> UpdateOne | None:
         if item.link and (item.link.rkey, item.link.uri, item.link.cid) == (rkey, uri, cid):
             return None
-        fields: dict[str, Any] = {
-            "atproto.rkey": rkey,
-            "atproto.uri": uri,
-            "atproto.cid": cid,
-            "atproto.syncedAt": datetime.now(UTC),
-        }
-        if self.rules.name == "tape":
-            fields.update({"at.rkey": rkey, "at.uri": uri, "at.cid": cid})
-        return UpdateOne({"_id": _mongo_id(item.ref)}, {"$set": fields})
+        update = link_set(self.rules.mirrors_link, rkey, uri, cid, datetime.now(UTC))
+        return UpdateOne({"_id": _mongo_id(item.ref)}, update)
 
     def _write_back(self, ops: list[UpdateOne]) -> None:
         if self.links is not None:

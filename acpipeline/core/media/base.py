@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from bson import ObjectId
 
-from acpipeline.core.items import Derived, Item, ItemProblem, link_of, normalise_when
+from acpipeline.core.items import Derived, Item, ItemProblem, normalise_when
+from acpipeline.core.link_fields import link_of
 
 AC = "https://aesthetic.computer"
 
@@ -20,6 +21,7 @@ class MediaRules(ABC):
     collection: ClassVar[str]
     removed_flag: ClassVar[str] = "nuked"  # the document field that says the owner took it down
     may_be_anonymous: ClassVar[bool] = True
+    mirrors_link: ClassVar[bool] = False  # the link also under `at.` (core/link_fields.py)
     blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
     # The work of syncing one item, in record writes (~1.5 ms of the PDS): the sync starts the partitions
     # with the most work first, so the long ones overlap instead of running last.

@@ -14,6 +14,7 @@ class TapeRules(MediaRules):
     nsid = "computer.aesthetic.tape"
     collection = "tapes"
     blob_fields = ("video", "thumbnail")
+    mirrors_link = True  # the platform's tape code reads `at.rkey`
     work_per_item = 500.0  # a tape encode: about a second
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
