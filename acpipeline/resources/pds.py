@@ -332,10 +332,6 @@ class PdsClient:
         _save_session(session)
         return session
 
-    def refresh(self, session: Session) -> None:
-        with self._session_lock:
-            self._refresh_locked(session)
-
     def _renew(self, session: Session, stale_access: str) -> None:
         """A call was refused for its access token: refresh (once for all threads that saw the same token),
         or log in again when the refresh token is refused too and the password is known."""

@@ -191,9 +191,6 @@ class ConvergedState:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def forget(self, did: str) -> None:
-        self._db.execute("DELETE FROM marks WHERE did = ?", (did,))
-
 
 def _head_of(text: str) -> tuple[str, str] | None:
     """The (cid, rev) a turn file holds; None for an empty or torn one (the PDS is asked instead)."""
