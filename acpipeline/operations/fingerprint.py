@@ -16,24 +16,15 @@ from typing import Any
 
 from acpipeline.core.fingerprint import EMPTY, combine, item_digest
 from acpipeline.core.items import Item
+from acpipeline.core.link_fields import LINK
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.sync.extract import Account, read_all
 
-# The document fields each media type's record is built from (its rules' `fields()`), besides `_id`, `user`,
-# `when` and the removed flag. A test checks that normalising a projected document equals normalising the
-# whole one.
-RECORD_FIELDS: dict[str, tuple[str, ...]] = {
-    "painting": ("code", "slug", "bucket"),
-    "mood": ("mood",),
-    "piece": ("slug",),
-    "kidlisp": ("code", "source"),
-    "tape": ("code", "slug", "bucket"),
-}
-
 
 def projection(media: str) -> dict[str, int]:
+    """What a digest reads of a document: the rules' `source_fields` and what every item carries."""
     rules = MEDIA[media]
-    fields = ("_id", "user", "when", rules.removed_flag, "atproto.rkey", *RECORD_FIELDS[media])
+    fields = ("_id", "user", "when", rules.removed_flag, f"{LINK}.rkey", *rules.source_fields)
     return dict.fromkeys(fields, 1)
 
 

@@ -22,6 +22,9 @@ class MediaRules(ABC):
     removed_flag: ClassVar[str] = "nuked"  # the document field that says the owner took it down
     may_be_anonymous: ClassVar[bool] = True
     mirrors_link: ClassVar[bool] = False  # the link also under `at.` (core/link_fields.py)
+    # The document fields `fields()` reads, besides `_id`, `user`, `when` and the removed flag: what change
+    # detection projects (operations/fingerprint.py; a test checks a projected document normalises the same).
+    source_fields: ClassVar[tuple[str, ...]] = ()
     blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
     # The work of syncing one item, in record writes (~1.5 ms of the PDS): the sync starts the partitions
     # with the most work first, so the long ones overlap instead of running last.

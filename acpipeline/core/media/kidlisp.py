@@ -12,6 +12,7 @@ class KidlispRules(MediaRules):
     name = "kidlisp"
     nsid = "computer.aesthetic.kidlisp"
     collection = "kidlisp"
+    source_fields = ("code", "source")
     removed_flag = "nuked"
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:

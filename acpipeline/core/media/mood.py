@@ -12,6 +12,7 @@ class MoodRules(MediaRules):
     name = "mood"
     nsid = "computer.aesthetic.mood"
     collection = "moods"
+    source_fields = ("mood",)
     removed_flag = "deleted"
     may_be_anonymous = False
 

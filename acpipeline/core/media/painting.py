@@ -13,6 +13,7 @@ class PaintingRules(MediaRules):
     name = "painting"
     nsid = "computer.aesthetic.painting"
     collection = "paintings"
+    source_fields = ("code", "slug", "bucket")
     blob_fields = ("thumbnail",)
     work_per_item = 6.0  # a fetch, a thumbnail and an upload besides the record
 

@@ -12,6 +12,7 @@ class PieceRules(MediaRules):
     name = "piece"
     nsid = "computer.aesthetic.piece"
     collection = "pieces"
+    source_fields = ("slug",)
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
         return {"slug": required_text(doc, "slug")}

@@ -13,6 +13,7 @@ class TapeRules(MediaRules):
     name = "tape"
     nsid = "computer.aesthetic.tape"
     collection = "tapes"
+    source_fields = ("code", "slug", "bucket")
     blob_fields = ("video", "thumbnail")
     mirrors_link = True  # the platform's tape code reads `at.rkey`
     work_per_item = 500.0  # a tape encode: about a second
