@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dagster import AssetRecordsFilter
+
 from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MEDIA
 from acpipeline.core.tid import item_tid
 from acpipeline.demo.dataset import seed_dataset
+from acpipeline.sync.assets import atproto_records
 from acpipeline.sync.extract import find_accounts
+from acpipeline.sync.partitions import partition_key
 
 from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records, sync
 
@@ -129,6 +133,8 @@ def test_nuke_edit_and_dry_run(world):
     db["moods"].delete_one({"_id": ids[2]})
 
     rev, links = head(world, did), link_snapshot(db)
+    keys = [partition_key(handle, media) for media in ("mood", "piece")]
+    before = latest_events(world, keys)
     dry = sync(world, [handle], ["mood", "piece"], dry_run=True)
     assert all(r.ok and r.check_passed is False for r in dry.values()), [r.error for r in dry.values()]
     planned = {(w["action"], w["reason"]) for r in dry.values() for w in r.row()["planned"]}
@@ -139,7 +145,10 @@ def test_nuke_edit_and_dry_run(world):
         ("delete", "item nuked"),
     }
     assert head(world, did) == rev and link_snapshot(db) == links
-    assert world.instance.get_latest_materialization_event  # dry runs are observations, not materializations
+    # a dry run records an observation per partition, never a materialization: nothing looks synced by it
+    after = latest_events(world, keys)
+    assert {k: m for k, (m, _) in after.items()} == {k: m for k, (m, _) in before.items()}
+    assert all(after[k][1] is not None and after[k][1] != before[k][1] for k in keys), (before, after)
 
     done = sync(world, [handle], ["mood", "piece"])
     assert (done[(handle, "mood")].metadata["updated"], done[(handle, "mood")].metadata["deleted"]) == (1, 2)
@@ -149,6 +158,19 @@ def test_nuke_edit_and_dry_run(world):
     assert records(world, did, "computer.aesthetic.piece") == []
     assert "rkey" not in db["moods"].find_one({"_id": ids[1]})["atproto"]
     assert "rkey" not in db["pieces"].find_one({"_id": ids[0]})["atproto"]
+
+
+def latest_events(world, keys: list[str]) -> dict[str, tuple[int | None, int | None]]:
+    """Per partition of `atproto_records`: the storage ids of its latest materialization and observation."""
+    out = {}
+    for key in keys:
+        records_filter = AssetRecordsFilter(asset_key=atproto_records.key, asset_partitions=[key])
+        found = [
+            fetch(records_filter, limit=1).records
+            for fetch in (world.instance.fetch_materializations, world.instance.fetch_observations)
+        ]
+        out[key] = tuple(r[0].storage_id if r else None for r in found)
+    return out
 
 
 def test_adopts_platform_records_and_resolves_duplicates(world):
