@@ -8,7 +8,7 @@ import os
 
 from dagster import Definitions, EnvVar, in_process_executor, mem_io_manager
 
-from acpipeline import dagster_fixes
+from acpipeline.dagster_compat import apply_fixes
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
@@ -16,7 +16,7 @@ from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import DEFAULT_DATABASE, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 
-dagster_fixes.apply()
+apply_fixes()
 
 
 def _env(name: str, default: str | None = None):

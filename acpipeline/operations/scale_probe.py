@@ -86,14 +86,13 @@ def fill(db, handles: int, documents: int, seed: int = 5) -> list[str]:
 
 def graphql_probe(figures: dict[str, float], keys: list[str], iterate: int) -> None:
     from dagster import DagsterInstance
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster_graphql.test.utils import execute_dagster_graphql
 
+    from acpipeline.dagster_compat import workspace_context
+
     instance = DagsterInstance.get()
-    target = WorkspaceFileTarget(paths=[str(PROJECT / "workspace.yaml")])
     with timed("graphql: load the code location", figures):
-        process = WorkspaceProcessContext(instance, target)
+        process = workspace_context(instance, str(PROJECT / "workspace.yaml"))
     with process:
         context = process.create_request_context()
         status_query = """
@@ -134,10 +133,11 @@ def backfill_iteration(process, instance, backfill_id: str, figures: dict[str, f
     import logging
 
     from dagster import RunsFilter
-    from dagster._daemon.backfill import execute_backfill_iteration
+
+    from acpipeline.dagster_compat import backfill_iteration
 
     with timed("backfill daemon: one pass over the slice", figures):
-        list(execute_backfill_iteration(process, logging.getLogger("probe")))
+        backfill_iteration(process, logging.getLogger("probe"))
     runs = instance.get_runs_count(RunsFilter(tags={"dagster/backfill": backfill_id}))
     rate = runs / figures["backfill daemon: one pass over the slice"]
     print(f"    {runs} runs queued: {rate:.1f} runs/s", flush=True)

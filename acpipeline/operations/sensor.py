@@ -50,6 +50,7 @@ from dagster import (
 
 from acpipeline.core.items import Item, ItemProblem
 from acpipeline.core.media import MEDIA_NAMES
+from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.operations.automation import default_sensor_status
 from acpipeline.operations.fingerprint import EMPTY, scan_sources
 from acpipeline.operations.jobs import sync_job
@@ -142,7 +143,7 @@ def save_state(instance: DagsterInstance, state: SensorState, cursor: str | None
     chunks = [blob[i : i + STATE_CHUNK] for i in range(0, len(blob), STATE_CHUNK)]
     pairs = {f"{slot}/{n}": chunk for n, chunk in enumerate(chunks)}
     pairs[slot] = f"{generation}:{len(chunks)}:{checksum}"
-    instance.daemon_cursor_storage.set_cursor_values(pairs)
+    kv_set(instance, pairs)
     return f"{CURSOR_VERSION}{generation}:{checksum}"
 
 
@@ -154,14 +155,13 @@ def load_state(instance: DagsterInstance, cursor: str | None) -> SensorState | N
         return None
     generation, checksum = parsed
     slot = f"{STATE_KEY}/{generation % 2}"
-    storage = instance.daemon_cursor_storage
-    header = storage.get_cursor_values({slot}).get(slot, "")
+    header = kv_get(instance, {slot}).get(slot, "")
     stored_generation, _, rest = header.partition(":")
     count, _, stored_checksum = rest.partition(":")
     if stored_generation != str(generation) or stored_checksum != checksum or not count.isdigit():
         return None
     keys = [f"{slot}/{n}" for n in range(int(count))]
-    values = storage.get_cursor_values(set(keys))
+    values = kv_get(instance, set(keys))
     blob = "".join(values.get(key, "") for key in keys)
     if hashlib.blake2b(blob.encode(), digest_size=6).hexdigest() != checksum:
         return None

@@ -26,6 +26,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetObservation,
     Config,
+    DagsterEventType,
     DagsterInstance,
     Definitions,
     Failure,
@@ -296,6 +297,6 @@ def run_wipe(
     )
     if result.success:
         return WipeOutcome(True, result.output_for_node(WIPE_OP_NAME), run_id=result.run_id)
-    failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+    failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
     error = failure.event_specific_data.error.message.strip().splitlines()[0] if failure else "run failed"
     return WipeOutcome(False, error=error, run_id=result.run_id)

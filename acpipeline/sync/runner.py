@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
@@ -26,6 +27,7 @@ from dagster import (
 )
 
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.dagster_compat import free_pool_slots
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
 from acpipeline.sync.converged import Proof, prove_selection
@@ -265,7 +267,7 @@ def release_dead_runs(instance: DagsterInstance) -> list[str]:
         if _alive(int(run.tags[PID_TAG]), float(run.tags.get(STARTED_TAG, 0))):
             continue
         instance.report_run_failed(run, message="the acpipeline process running it is gone (killed)")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        free_pool_slots(instance, run.run_id)
         released.append(run.run_id)
     return released
 
@@ -287,13 +289,13 @@ def _outcome(keys: list[tuple[str, str]], result: Any) -> list[PartitionResult]:
     failed: dict[str, str] = {}
     for event in result.all_events:
         data = event.event_specific_data
-        if event.event_type_value in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION"):
+        if event.event_type in (DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION):
             entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
             if entry is not None and entry.asset_key.to_user_string() == "atproto_records":
                 metadata[str(entry.partition)] = {k: _plain(v) for k, v in entry.metadata.items()}
-        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             checks[str(data.partition)] = data.passed
-        elif event.event_type_value == "STEP_FAILURE":
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
             named = data.user_failure_data and data.user_failure_data.metadata.get("failed_partitions")
             if named is not None:
                 failed.update(named.value)

@@ -1,0 +1,73 @@
+"""Where acpipeline reaches past Dagster's public API (Dagster 1.13), in one place. Each use is pinned by
+`acpipeline_tests/test_dagster_compat.py`, so a Dagster upgrade that changes one fails there, loudly:
+- `apply_fixes`: a fix to Dagster's executor, applied when the definitions load (below);
+- `kv_get` / `kv_set`: the instance's key-value store (the sensor keeps its state there; Dagster's own
+  daemons keep their cursors there);
+- `free_pool_slots`: the pool slots a killed in-process run still holds;
+- `workspace_context` / `backfill_iteration`: what the scale probe drives directly.
+
+Two plug-ins subclass Dagster's storages by design, named in the instance's dagster.yaml:
+`acpipeline/event_log.py` (SQLite) and `acpipeline/postgres_storage.py` (deploy/dagster.yaml).
+
+The fix. A step waiting for a pool slot (our record stage, in the `pds_writes` pool) spins. Dagster's executor
+loop sleeps for `InstanceConcurrencyContext.interval_to_next_pending_claim_check()`, which returns
+`min([0, *(ready_at - now ...)])`: never more than zero. So while a slot is taken, each waiting run polls
+without sleeping, on a full core, although it only asks the database again once its back-off (1 s,
+growing to 15 s) has passed. At the platform's size four runs share two cores and two slots: the two
+waiting runs took CPU from the two working ones (py-spy: about 15% of all run CPU was this loop). Dagster
+saw it too (dagster-io/dagster#20367, closed unmerged). The fix returns the time until the first
+back-off ends, so the loop sleeps exactly until Dagster would look again: the same claims, at the same
+moments, without the spinning. When a Dagster release fixes it, the test says so and the fix goes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dagster import DagsterInstance
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+_DAGSTERS_OWN = InstanceConcurrencyContext.interval_to_next_pending_claim_check
+
+
+def interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> float:
+    """Seconds until the earliest pending claim may be tried again (0 when one may be tried now)."""
+    timeouts = self._pending_timeouts.values() if self._pending_claims else ()
+    if not timeouts:
+        return 0.0
+    return max(0.0, min(timeouts) - time.time())
+
+
+def apply_fixes() -> None:
+    InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check  # type: ignore[method-assign]
+
+
+def kv_get(instance: DagsterInstance, keys: set[str]) -> dict[str, str]:
+    """Values of the instance's key-value store (keys not stored are left out)."""
+    return instance.daemon_cursor_storage.get_cursor_values(keys)
+
+
+def kv_set(instance: DagsterInstance, pairs: dict[str, str]) -> None:
+    instance.daemon_cursor_storage.set_cursor_values(pairs)
+
+
+def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:
+    """Release every pool slot the run holds (Dagster frees them when a run ends; a killed process never
+    ends its run)."""
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+def workspace_context(instance: DagsterInstance, workspace_yaml: str) -> Any:
+    """A workspace process context over a workspace file, as the webserver and the daemon make one."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    return WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[workspace_yaml]))
+
+
+def backfill_iteration(process: Any, logger: logging.Logger) -> list[Any]:
+    """One pass of the backfill daemon over the instance's backfills."""
+    from dagster._daemon.backfill import execute_backfill_iteration
+
+    return list(execute_backfill_iteration(process, logger))
