@@ -48,10 +48,12 @@ postgres:
 
 test: install node browser postgres
 	$(BIN)/ruff check acpipeline acpipeline_tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
 	$(BIN)/ruff check acpipeline acpipeline_tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(ACPIPELINE_HOME) $(DAGSTER_HOME) acpipeline/localpds/*/node_modules

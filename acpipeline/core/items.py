@@ -77,8 +77,11 @@ def normalise_when(value: Any, now: datetime | None = None) -> datetime:
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 
-def iso_when(when: datetime) -> str:
-    """ISO 8601 UTC with milliseconds, as the platform writes it: 2025-10-17T23:43:17.100Z."""
+def iso_when(when: datetime | None) -> str:
+    """ISO 8601 UTC with milliseconds, as the platform writes it: 2025-10-17T23:43:17.100Z. Only items
+    without a problem become records, and those always have a `when`."""
+    if when is None:
+        raise ValueError("an item without a valid `when` has no record")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 

@@ -109,9 +109,9 @@ def plan_writes(
     wanted = {d.item.ref: d for d in desired}
 
     for ref, records in sorted(claimed.items()):
-        item = by_ref.get(ref)
+        claimed_item = by_ref.get(ref)
         if ref in wanted:
-            link = item.link.rkey if item and item.link else None
+            link = claimed_item.link.rkey if claimed_item and claimed_item.link else None
             records = sorted(records, key=lambda r: (r.rkey != link, _age(r.rkey)))
             keeper, duplicates = records[0], records[1:]
             for dup in duplicates:
@@ -123,26 +123,26 @@ def plan_writes(
             else:
                 plan.unchanged[ref] = keeper
             plan.kept[ref] = keeper.rkey
-        elif item is not None and item.wanted:
+        elif claimed_item is not None and claimed_item.wanted:
             # A live item that could not be built this run (bad document, failed blob, invalid record)
             # keeps its record as it is: it is reported as failed, and stale content beats lost content.
             continue
         else:
-            reason = "not in MongoDB" if item is None else f"item {item.removed}"
+            reason = "not in MongoDB" if claimed_item is None else f"item {claimed_item.removed}"
             for record in records:
                 plan.writes.append(Write("delete", record.rkey, reason, ref))
 
     for record in unclaimed:
         plan.writes.append(Write("delete", record.rkey, "record names no MongoDB item", None))
 
-    for ref, want in sorted(wanted.items(), key=lambda kv: (kv[1].item.when, kv[0])):
+    for ref, new in sorted(wanted.items(), key=lambda kv: (kv[1].item.when, kv[0])):
         if ref in plan.kept:
             continue
-        item = want.item
-        rkey = item_tid(item.when, ref, taken)
+        assert new.item.when is not None  # desired items are built from documents without a problem
+        rkey = item_tid(new.item.when, ref, taken)
         taken.add(rkey)
-        reason = "missing on the PDS" if item.link else "new"
-        plan.writes.append(Write("create", rkey, reason, ref, want.value))
+        reason = "missing on the PDS" if new.item.link else "new"
+        plan.writes.append(Write("create", rkey, reason, ref, new.value))
         plan.kept[ref] = rkey
 
     order = {"delete": 0, "update": 1, "create": 2}

@@ -476,7 +476,7 @@ def ffmpeg_exe() -> str:
         return configured
     import imageio_ffmpeg  # imported late: only needed without FFMPEG_BINARY
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
 def _run_ffmpeg(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[bytes]:

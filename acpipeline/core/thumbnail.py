@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import cast
 
 from PIL import Image
 
@@ -67,7 +68,7 @@ def _palette_thumbnail(
     colours = flat.getcolors(255)
     if colours is None:
         return None
-    entries = [channel for _, rgb in colours for channel in rgb]
+    entries = [channel for _, rgb in colours for channel in cast(tuple[int, int, int], rgb)]
     palette = Image.new("P", (1, 1))
     palette.putpalette(entries)
     indexed = flat.quantize(palette=palette, dither=Image.Dither.NONE)

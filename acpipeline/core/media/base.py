@@ -35,13 +35,13 @@ class MediaRules(ABC):
         ref = str(doc["_id"]) if isinstance(doc.get("_id"), ObjectId) else str(doc.get("_id"))
         owner = doc.get("user") or None
         removed = self.removed_flag if doc.get(self.removed_flag) is True else None
-        base = {"media": self.name, "ref": ref, "owner": owner, "removed": removed, "link": link_of(doc)}
+        link = link_of(doc)
         try:
             when = normalise_when(doc.get("when"))
             data = self.fields(doc)
         except ItemProblem as problem:
-            return Item(when=None, problem=str(problem), **base)
-        return Item(when=when, data=data, **base)
+            return Item(self.name, ref, owner, None, removed=removed, link=link, problem=str(problem))
+        return Item(self.name, ref, owner, when, data, removed=removed, link=link)
 
     @abstractmethod
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
