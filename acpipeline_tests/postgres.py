@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+from psycopg2 import sql
 
 from acpipeline.localpds.server import free_port
 
@@ -41,17 +42,25 @@ class PgCluster:
     pid: int
     user: str
 
-    def url(self, db: str, scheme: str = "postgresql") -> str:
-        return f"{scheme}://{self.user}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str, user: str | None = None, password: str | None = None) -> str:
+        """A plain `postgresql://` URL, the form hosting providers hand out."""
+        userinfo = f"{user or self.user}:{password}" if password else user or self.user
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}/{db}"
 
     def connect(self, db: str = "postgres"):
         connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=db)
         connection.autocommit = True
         return connection
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, owner: str | None = None, password: str | None = None) -> str:
+        """A new database; with `owner`, also that login role, with `password`."""
         with contextlib.closing(self.connect()) as connection, connection.cursor() as cursor:
-            cursor.execute(f'create database "{name}"')
+            if owner:
+                cursor.execute(
+                    sql.SQL("create role {} login password %s").format(sql.Identifier(owner)), [password]
+                )
+            owned = sql.SQL(" owner {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
+            cursor.execute(sql.SQL("create database {}").format(sql.Identifier(name)) + owned)
         return name
 
     def stop(self, timeout_s: float = 30) -> None:
@@ -92,7 +101,9 @@ def start_cluster() -> PgCluster:
             capture_output=True,
         )
     except subprocess.CalledProcessError as error:
+        server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         shutil.rmtree(root, ignore_errors=True)
-        raise RuntimeError(f"PostgreSQL did not start: {error.stderr.decode(errors='replace')}") from error
+        output = error.stderr.decode(errors="replace")
+        raise RuntimeError(f"PostgreSQL did not start: {output}\n{server_log}") from error
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     return PgCluster(root, port, pid, SERVER_USER)

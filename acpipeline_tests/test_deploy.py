@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -59,6 +60,7 @@ SYNC_ASSETS = ("source_items", "media_blobs", "atproto_records")
 LOCATION = "acpipeline"  # deploy/workspace.yaml's location_name
 DEPLOYED = {"code": 4266, "web": 3000}  # deploy/Procfile's ports, replaced by free ones
 USERS = 3
+DB_PASSWORD = "Db-" + secrets.token_urlsafe(12)  # the instance database's: must stay out of it too
 MOODS = 3
 
 LAUNCH_RUN = """
@@ -151,8 +153,8 @@ class Deployment:
 
 @pytest.fixture
 def deployment(world, postgres: PgCluster, tmp_path, monkeypatch) -> Iterator[Deployment]:
-    db_name = postgres.create_database("deploy")
-    monkeypatch.setenv("DAGSTER_PG_URL", postgres.url(db_name))  # the plain form operators paste
+    db_name = postgres.create_database("deploy", owner="acpipeline", password=DB_PASSWORD)
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres.url(db_name, "acpipeline", DB_PASSWORD))  # a plain URL
     monkeypatch.setenv("ACPIPELINE_AUTOMATION", "stopped")  # the test starts the schedule itself
     monkeypatch.setenv("ACPIPELINE_SYNC_CRON", "* * * * *")  # its tick comes within a minute
     home = Path(os.environ["DAGSTER_HOME"])
@@ -308,11 +310,12 @@ def test_the_deployment_runs_backfills_wipes_restarts_and_ticks_on_postgres(worl
         assert _check_statuses(instance, partition_key(wiped, "mood"))[0] == "SUCCEEDED"
         ran = time.monotonic()
 
-    # No account password and no session token in any table of the instance's database, nor in the
-    # services' logs; the scan sees the runs' events ...
+    # No account password, no session token and not the database's password in any table of the
+    # instance's database, nor in the services' logs; the scan sees the runs' events ...
     passwords = {u["atproto"]["password"] for u in db["users"].find({})}
     tokens = _session_tokens(world.home)
     assert len(passwords) == USERS and len(tokens) >= 2 * USERS
+    passwords.add(DB_PASSWORD)
     scanned = _database(postgres, "deploy")
     scanned |= {f"{name} log": path.read_bytes() for name, path in deployment.logs.items()}
     everything = b"".join(scanned.values())
