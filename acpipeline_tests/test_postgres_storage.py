@@ -11,6 +11,7 @@ from dagster import DagsterInstance
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 
+from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.postgres_storage import PostgresStorage, psycopg2_url
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,8 @@ def _round_trip(instance: DagsterInstance) -> None:
     assert instance.get_runs_count() == 0
     instance.add_dynamic_partitions("handle", ["a.at.aesthetic.computer"])
     assert instance.get_dynamic_partitions("handle") == ["a.at.aesthetic.computer"]
-    instance.daemon_cursor_storage.set_cursor_values({"acpipeline/postgres-test": "written"})
-    stored = instance.daemon_cursor_storage.get_cursor_values({"acpipeline/postgres-test"})
-    assert stored == {"acpipeline/postgres-test": "written"}
+    kv_set(instance, {"acpipeline/postgres-test": "written"})
+    assert kv_get(instance, {"acpipeline/postgres-test"}) == {"acpipeline/postgres-test": "written"}
 
 
 @pytest.mark.parametrize("form", ["url", "parts"])
