@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test dev lint install node browser postgres clean
+.PHONY: demo test test-fast dev lint install node browser postgres clean
 
 $(BIN)/acpipeline: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -50,6 +50,10 @@ test: install node browser postgres
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(ARGS)
+
+# The tests that need no server (marked `unit` in acpipeline_tests/conftest.py): under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -m unit $(ARGS)
 
 lint: install
 	$(BIN)/ruff check acpipeline acpipeline_tests

@@ -24,6 +24,27 @@ apply_dagster_env()  # the tests, and the servers and runs they start, use the s
 
 _accounts = itertools.count()
 
+# Tests that need a real server (the reference PDS, PostgreSQL, or the Dagster services and their own PDS)
+# are `integration`; the rest are `unit` (seconds in all): `make test-fast` runs those.
+SERVER_FIXTURES = {"pds_url", "world", "postgres"}
+SERVER_MODULES = {"test_bench_platform", "test_deploy", "test_ui"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: needs no server; part of `make test-fast`")
+    config.addinivalue_line(
+        "markers", "integration: runs against a real PDS, PostgreSQL or Dagster's services"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        needs_server = module in SERVER_MODULES or bool(
+            SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        )
+        item.add_marker(pytest.mark.integration if needs_server else pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def pds_url():
