@@ -18,7 +18,6 @@ import shlex
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from acpipeline.operations.wipe import WIPE_JOB_NAME, WIPE_OP_NAME
 from acpipeline.sync.assets import CHECK
 from acpipeline.sync.partitions import partition_key, register_handles
 
-from .helpers import add_moods, add_pieces, add_user, records
+from .helpers import add_moods, add_pieces, add_user, records, row_values
 from .postgres import PgCluster
 from .test_security import _hits, _session_tokens
 
@@ -223,17 +222,7 @@ def _database(cluster: PgCluster, db_name: str) -> dict[str, bytes]:
         cursor.execute("select table_name from information_schema.tables where table_schema = 'public'")
         for (table,) in cursor.fetchall():
             cursor.execute(sql.SQL("select * from {}").format(sql.Identifier(table)))
-            values = []
-            for row in cursor.fetchall():
-                for value in row:
-                    if isinstance(value, memoryview | bytes):
-                        value = bytes(value)
-                        with contextlib.suppress(zlib.error):
-                            value = zlib.decompress(value)
-                        values.append(value)
-                    elif value is not None:
-                        values.append(str(value).encode())
-            tables[f"postgres table {table}"] = b"\n".join(values)
+            tables[f"postgres table {table}"] = row_values(cursor.fetchall())
     return tables
 
 

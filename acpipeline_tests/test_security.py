@@ -3,9 +3,11 @@ configured storage hosts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from acpipeline.sync.extract import Account
 from acpipeline.sync.runner import run_partitions
 
 from .faultproxy import FaultProxy, StubStorage
-from .helpers import T0, add_moods, add_user, records
+from .helpers import T0, add_moods, add_user, records, row_values
 from .test_reliability import APPLY, LOGIN, REFRESH, USER_BUCKET, add_paintings, expire_access, tiny_png
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,21 @@ def _hits(secret_values: set[str], blobs: dict[str, bytes]) -> list[tuple[str, s
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file's bytes; for each SQLite database also its tables' values, with what Dagster stores
+    zlib-compressed (run and plan snapshots) decompressed, which a grep of the file cannot see."""
+    found = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = found[str(path.relative_to(root))] = path.read_bytes()
+        if data.startswith(b"SQLite format 3\x00"):
+            found[f"{path.relative_to(root)} (tables, decompressed)"] = _sqlite_values(path)
+    return found
+
+
+def _sqlite_values(path: Path) -> bytes:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
+        # the table names come from the file itself
+        return b"\n".join(row_values(db.execute(f'select * from "{table}"')) for table in tables)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -138,6 +154,10 @@ def test_passwords_and_tokens_never_reach_logs_run_metadata_or_output(world, mon
     everything = b"".join(scanned.values())
     assert keeper_did.encode() in everything and f"login as {wrong_did} failed".encode() in everything
     assert b"AuthenticationRequired" in everything
+    # ... and inside the plan snapshots Dagster compresses, which no grep of the files can see
+    unpacked = b"".join(v for k, v in scanned.items() if k.endswith("(tables, decompressed)"))
+    raw = b"".join(v for k, v in scanned.items() if not k.endswith("(tables, decompressed)"))
+    assert b"ExecutionPlanSnapshot" in unpacked and b"ExecutionPlanSnapshot" not in raw
 
     hits = _hits(passwords | tokens, scanned)
     assert hits == [], hits
