@@ -125,7 +125,7 @@ def test_small_has_every_collection(small: dict[str, Any]) -> None:
     for name in ("users", "@handles", *MEDIA):
         assert db[name].count_documents({}) > 0, name
         assert db[name].count_documents({}) == summary.counts[name]
-    assert small["elapsed"] < 30
+    print(f"\nFIGURES small dataset generated in {small['elapsed']:.1f} s")  # timing: a figure, not a test
 
 
 def test_small_users_and_accounts(small: dict[str, Any]) -> None:
@@ -443,8 +443,7 @@ def test_bench_counts_and_tapes(tmp_path: Path) -> None:
     accounts = FakeAccounts()
     started = time.perf_counter()
     summary = seed_dataset(db, tmp_path / "media", accounts, size="bench")
-    elapsed = time.perf_counter() - started
-    assert elapsed < 60, f"bench generation took {elapsed:.1f} s"
+    print(f"\nFIGURES bench dataset generated in {time.perf_counter() - started:.1f} s")
     assert sorted(h for h, _ in accounts.calls) == [
         "art.at.aesthetic.computer",
         "jeffrey.at.aesthetic.computer",
@@ -525,7 +524,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_platform_users_and_accounts(platform: dict[str, Any]) -> None:
     db, summary, accounts = platform["db"], platform["summary"], platform["accounts"]
     assert "platform" in SIZES
-    assert platform["elapsed"] < 150, f"platform generation took {platform['elapsed']:.1f} s"
+    # timing is the benchmark's (`acpipeline bench --platform` reports `seed_s`, accounts on the PDS included)
+    print(f"\nFIGURES platform documents and media generated in {platform['elapsed']:.1f} s")
     for name in ("users", "@handles", *MEDIA):
         assert db[name].count_documents({}) == summary.counts[name], name
     users = {doc["_id"]: doc for doc in _docs(db, "users")}
