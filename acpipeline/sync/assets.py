@@ -251,7 +251,7 @@ def atproto_records(
                     state.mark(source.account.did, source.proof.rev, source.media, mark)
                 continue
             try:
-                synced = _sync_partition(context, config, client, db, state, source, media_blobs[key], links)
+                synced = _sync_partition(context, config, client, state, source, media_blobs[key], links)
             except OperatorError:
                 raise
             except Exception as exc:  # this partition fails; the others of the run go on
@@ -349,7 +349,6 @@ def _sync_partition(
     context: AssetExecutionContext,
     config: SyncConfig,
     client: Any,
-    db: Any,
     state: ConvergedState,
     source: PartitionSource,
     derived: dict[str, Derived],
@@ -366,7 +365,6 @@ def _sync_partition(
 
     sync = RecordSync(
         client,
-        db,
         MEDIA[source.media],
         account,
         source.items,

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.database import Database
 
 from acpipeline.core.batches import batch_writes, encode_body, write_op
 from acpipeline.core.items import Derived, Item
@@ -87,18 +86,18 @@ class RecordSync:
     def __init__(
         self,
         client: PdsClient,
-        db: Database,
         rules: MediaRules,
         account: Account,
         items: list[Item],
         derived: dict[str, Derived],
         on_commit: OnCommit | None = None,
         turns: Callable[[], AbstractContextManager[Any]] = nullcontext,
-        links: LinkWriter | None = None,
+        *,
+        links: LinkWriter,
     ):
-        """`links`: where the MongoDB link updates go (gathered with other partitions' by the caller, who
-        flushes them before counting this partition done); None, written as each batch commits."""
-        self.client, self.db, self.rules, self.account = client, db, rules, account
+        """`links`: where the MongoDB link updates go, gathered with other partitions' by the caller, who
+        flushes them before counting this partition done."""
+        self.client, self.rules, self.account = client, rules, account
         self.on_commit, self.turns, self.links = on_commit, turns, links
         self.items = items
         self._by_ref = {item.ref: item for item in items}
@@ -210,9 +209,9 @@ class RecordSync:
         # Blobs referenced by the records on the PDS as each batch starts: the PDS keeps those (it deletes a
         # blob with the last record that references it, and garbage-collects uploads nothing references).
         on_pds = {record.rkey: set(_blob_cids(record.value)) for record in existing}
-        # The links of a batch go to MongoDB while the PDS commits the next one: MongoDB is only touched
-        # from this thread (the embedded store's connections are bound to theirs), the commit waits in
-        # another.
+        # The links of a batch go to the run's LinkWriter (and to MongoDB, once enough are gathered) while the
+        # PDS commits the next one: MongoDB is only touched from this thread (the embedded store's
+        # connections are bound to theirs), the commit waits in another.
         deferred: list[UpdateOne] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="applyWrites") as sender:
             try:
@@ -333,10 +332,7 @@ class RecordSync:
         return UpdateOne({"_id": _mongo_id(item.ref)}, update)
 
     def _write_back(self, ops: list[UpdateOne]) -> None:
-        if self.links is not None:
-            self.links.add(self.rules.collection, ops)
-        elif ops:
-            self.db[self.rules.collection].bulk_write(ops, ordered=False)
+        self.links.add(self.rules.collection, ops)
         self.report.mongo_updates += len(ops)
 
 
