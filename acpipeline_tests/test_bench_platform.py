@@ -32,7 +32,7 @@ def test_platform_bench_on_the_small_dataset(tmp_path):
     assert written == result
     assert set(KEYS) <= set(result)
     assert result["platform_records"] == result["platform_records_expected"] > 0
-    assert result["platform_partitions"] == result["dataset"]["accounts"] * 5
+    assert result["platform_partitions"] == result["dataset"]["accounts"] * len(MEDIA_NAMES)
     assert result["platform_noop_writes"] == 0
     assert set(DAGSTER_ENV) <= set(result["dagster_env"])  # the servers ran with the deployment's settings
     assert result["platform_full_writes"], "the full pass wrote nothing through the counting proxy"

@@ -103,7 +103,8 @@ def test_adopts_platform_records_by_ref_and_mongo_id():
 
 
 def test_duplicates_keep_the_linked_one_else_the_oldest():
-    linked = mood_doc(0, atproto={"rkey": random_tid(5), "uri": "at://x", "cid": "c"})
+    uri = f"at://did:plc:x/computer.aesthetic.mood/{random_tid(5)}"
+    linked = mood_doc(0, atproto={"rkey": random_tid(5), "uri": uri, "cid": "c"})
     items, desired = build([linked, mood_doc(1)])
     value0, value1 = desired[0].value, desired[1].value
     existing = [listed(random_tid(n), value0) for n in (3, 5, 7)] + [
@@ -152,3 +153,16 @@ def test_batches_split_at_200_writes_and_at_the_byte_limit():
 def test_invalid_utf8_read_as_replacement_characters_is_a_failed_item():
     item = MOOD.normalise(mood_doc(0) | {"mood": "broken \ufffd bytes"})
     assert item.problem == "mood holds invalid UTF-8 (read as U+FFFD at 7)"
+
+
+def test_a_link_to_another_collections_record_is_not_ours():
+    """A news post copied from Bluesky links an `app.bsky.feed.post`: never read as one of our records."""
+    foreign = mood_doc(
+        0, atproto={"rkey": random_tid(5), "uri": f"at://did:plc:x/app.bsky.feed.post/{random_tid(5)}"}
+    )
+    ours = mood_doc(
+        1, atproto={"rkey": random_tid(6), "uri": f"at://did:plc:x/computer.aesthetic.mood/{random_tid(6)}"}
+    )
+    bare = mood_doc(2, atproto={"rkey": random_tid(7), "did": "did:plc:x"})
+    items, _ = build([foreign, ours, bare])
+    assert [i.link.rkey if i.link else None for i in items] == [None, random_tid(6), random_tid(7)]

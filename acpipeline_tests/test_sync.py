@@ -1,4 +1,4 @@
-"""The sync against the real reference PDS: all five media types, convergence, idempotence, dry runs."""
+"""The sync against the real reference PDS: all six media types, convergence, idempotence, dry runs."""
 
 from __future__ import annotations
 

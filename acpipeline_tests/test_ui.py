@@ -28,7 +28,7 @@ from bson import ObjectId
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH  # the UI's own GraphQL, as the bench sends it
-from acpipeline.core.media import MEDIA
+from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.definitions import build_definitions
 from acpipeline.demo.media_server import MediaServer
 from acpipeline.localpds.server import free_port
@@ -448,8 +448,9 @@ def test_browser_shows_the_partitions_a_materializations_metadata_and_a_wipe(dag
     with _browser_page(sync_playwright) as page:
         page.goto(f"{dagster.url}/assets/atproto_records?view=partitions")
         _dismiss_welcome(page)
-        # handle x media: every registered handle, five media each
-        expect(page.get_by_text(f"{len(dagster.handles) * 5} Partitions Selected")).to_be_visible()
+        # handle x media: every registered handle, six media each
+        selected = len(dagster.handles) * len(MEDIA_NAMES)
+        expect(page.get_by_text(f"{selected} Partitions Selected")).to_be_visible()
         for handle in dagster.handles:
             expect(page.locator(f'[data-tooltip="{handle}"]').first).to_be_visible()
         expect(page.get_by_text("Materialized (", exact=False)).to_be_visible()

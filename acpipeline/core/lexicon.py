@@ -1,8 +1,8 @@
 """Load lexicon files and validate record values against them before anything is written.
 
 The PDS answers `validationStatus: "unknown"` for lexicons it does not know and checks nothing, so this is
-the only check our records get. It covers what the five `computer.aesthetic.*` lexicons use: objects with
-`required` fields, strings (`maxLength` in UTF-8 bytes as the lexicon spec defines it, `maxGraphemes`,
+the only check our records get. It covers what the six `computer.aesthetic.*` lexicons use: objects with
+`required` fields, arrays, strings (`maxLength` in UTF-8 bytes as the lexicon spec defines it, `maxGraphemes`,
 `format` datetime and uri), integers, booleans and blobs (`accept`, `maxSize`).
 """
 
@@ -112,7 +112,23 @@ def _check_value(prop: dict[str, Any], value: Any, field: str) -> list[Violation
         return _check_blob(prop, value, field)
     if kind == "object":
         return _check_object(prop, value, f"{field}.")
+    if kind == "array":
+        return _check_array(prop, value, field)
     return []
+
+
+def _check_array(prop: dict[str, Any], value: Any, field: str) -> list[Violation]:
+    """An array's `maxLength`/`minLength` count its elements; each element is checked against `items`."""
+    if not isinstance(value, list):
+        return [Violation(field, "must be an array")]
+    out = []
+    if "maxLength" in prop and len(value) > prop["maxLength"]:
+        out.append(Violation(field, f"at most {prop['maxLength']} items (has {len(value)})"))
+    if "minLength" in prop and len(value) < prop["minLength"]:
+        out.append(Violation(field, f"at least {prop['minLength']} items"))
+    for n, element in enumerate(value):
+        out.extend(_check_value(prop.get("items", {}), element, f"{field}[{n}]"))
+    return out
 
 
 def _check_string(prop: dict[str, Any], value: Any, field: str) -> list[Violation]:

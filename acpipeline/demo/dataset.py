@@ -107,7 +107,7 @@ class DatasetSummary:
     records_expected: dict[str, int] = field(default_factory=dict)  # collection -> records
     records_expected_total: int = 0
     # Items per user, over the platform's users (art-guest excluded): for "all" users and for those
-    # "with_account", per collection and "items" (all five): users with any, median, p90, p99, max.
+    # "with_account", per collection and "items" (all six): users with any, median, p90, p99, max.
     items_per_user: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
 

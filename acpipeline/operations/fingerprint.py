@@ -30,7 +30,7 @@ def projection(media: str) -> dict[str, int]:
 
 @dataclass
 class SourceScan:
-    """One pass over the five collections, grouped by sync partition."""
+    """One pass over the six collections, grouped by sync partition."""
 
     digests: dict[str, list[str]] = field(default_factory=dict)  # handle -> a digest per MEDIA_NAMES slot
     unlinked_tapes: dict[str, list[Item]] = field(default_factory=dict)  # handle -> live tapes without link
@@ -55,7 +55,7 @@ def scan_sources(db: Any, accounts: Iterable[Account]) -> SourceScan:
             # Exactly `owner_filter`'s grouping: a missing or null `user` is anonymous (the art account).
             owner = doc.get("user") or None
             handle = handle_by_owner.get(owner) if isinstance(owner, str | None) else None
-            if handle is None or (owner is None and not rules.may_be_anonymous):
+            if handle is None or (owner is None and not rules.may_be_anonymous) or not rules.ours(doc):
                 continue
             item = rules.normalise(doc)
             grouped.setdefault(handle, []).append(item_digest(item))

@@ -1,7 +1,7 @@
 """The scheduled reconcile: every partition of every current account, nightly by default.
 
 Every night one seventh of the accounts (a contiguous slice of the registered handles, by the day) is
-re-checked in full, proof or not (run tag `acpipeline/full`), whole accounts (all five media) per run: every
+re-checked in full, proof or not (run tag `acpipeline/full`), whole accounts (all six media) per run: every
 partition is re-checked in full at least once a week, which catches what the proof cannot see (a recording
 ZIP uploaded later, a replaced image). Of the other partitions the tick proves which are converged (their
 source and repository unchanged since their last clean sync: `prove_selection`, as `acpipeline sync` does)

@@ -151,7 +151,7 @@ class WipeConfig(Config):
     handle: str = Field(description="The account's PDS handle, e.g. jeffrey.at.aesthetic.computer.")
     media: list[str] = Field(
         default=list(MEDIA_NAMES),
-        description="Media types whose collections are wiped (default: all five).",
+        description="Media types whose collections are wiped (default: all six).",
     )
     dry_run: bool = Field(default=False, description="Only count what would be deleted.")
     confirm_handle: str = Field(

@@ -82,7 +82,7 @@ def partition_ranges(
 
     Dagster's range over two dimensions is the product of a handle range (contiguous in `order`, the
     instance's dynamic partition order) and a media range (contiguous in MEDIA_NAMES). `media_together`:
-    handles whose wanted media are all five share ranges of every media (a reconcile touches an account in
+    handles whose wanted media are all six share ranges of every media (a reconcile touches an account in
     one run); otherwise ranges are per media type, as Dagster's own backfills cut them. `bridge_gaps`: a
     range may also cover handles between wanted ones (fewer runs; the run proves those converged cheaply)."""
     position = {handle: n for n, handle in enumerate(order)}

@@ -1,14 +1,16 @@
-"""The five media types, one module each; `MEDIA` maps a partition's media name to its rules."""
+"""The six media types, one module each; `MEDIA` maps a partition's media name to its rules."""
 
 from acpipeline.core.media.base import MediaRules, record_ref
 from acpipeline.core.media.kidlisp import KidlispRules
 from acpipeline.core.media.mood import MoodRules
+from acpipeline.core.media.news import NewsRules
 from acpipeline.core.media.painting import PaintingRules
 from acpipeline.core.media.piece import PieceRules
 from acpipeline.core.media.tape import TapeRules
 
 MEDIA: dict[str, MediaRules] = {
-    rules.name: rules for rules in (PaintingRules(), MoodRules(), PieceRules(), KidlispRules(), TapeRules())
+    rules.name: rules
+    for rules in (PaintingRules(), MoodRules(), PieceRules(), KidlispRules(), TapeRules(), NewsRules())
 }
 MEDIA_NAMES: list[str] = list(MEDIA)
 

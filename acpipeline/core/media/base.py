@@ -19,7 +19,7 @@ class MediaRules(ABC):
     name: ClassVar[str]
     nsid: ClassVar[str]
     collection: ClassVar[str]
-    removed_flag: ClassVar[str] = "nuked"  # the document field that says the owner took it down
+    removed_flag: ClassVar[str] = "nuked"  # the document field `removed()` reads
     may_be_anonymous: ClassVar[bool] = True
     mirrors_link: ClassVar[bool] = False  # the link also under `at.` (core/link_fields.py)
     # The document fields `fields()` reads, besides `_id`, `user`, `when` and the removed flag: what change
@@ -34,14 +34,24 @@ class MediaRules(ABC):
         """The document as an Item; a document that cannot become a record keeps its problem."""
         ref = str(doc["_id"]) if isinstance(doc.get("_id"), ObjectId) else str(doc.get("_id"))
         owner = doc.get("user") or None
-        removed = self.removed_flag if doc.get(self.removed_flag) is True else None
+        removed = self.removed(doc)
         link = link_of(doc)
+        if link and link.uri and f"/{self.nsid}/" not in link.uri:
+            link = None  # a link to some other collection's record is not one of ours
         try:
             when = normalise_when(doc.get("when"))
             data = self.fields(doc)
         except ItemProblem as problem:
             return Item(self.name, ref, owner, None, removed=removed, link=link, problem=str(problem))
         return Item(self.name, ref, owner, when, data, removed=removed, link=link)
+
+    def ours(self, doc: dict[str, Any]) -> bool:
+        """Whether the document is the platform's own content to mirror (not a copy of someone else's)."""
+        return True
+
+    def removed(self, doc: dict[str, Any]) -> str | None:
+        """Why the document's record must go (the owner took it down), or None while it stays."""
+        return self.removed_flag if doc.get(self.removed_flag) is True else None
 
     @abstractmethod
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
