@@ -13,7 +13,7 @@ from typing import Any
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.errors import OperatorError
-from acpipeline.settings import apply_dagster_env
+from acpipeline.settings import ART_HANDLE, apply_dagster_env
 
 ONLY_FLAGS = {
     "paintings_only": "painting",
@@ -157,6 +157,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(_table(rows, ["handle", "media", "desired", "on_pds"]))
     return 0
+
+
+def cmd_lexicons(args: argparse.Namespace) -> int:
+    """`publish` writes the new and changed schemas; `check` only compares (exit 1 on any difference)."""
+    from acpipeline.operations.lexicons import run_lexicons
+
+    publish = args.action == "publish"
+    report = run_lexicons(_load_defs(), args.handle, publish=publish)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0 if publish or report.plan.identical else 1
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
@@ -305,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--handle", action="append")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    lexicons = sub.add_parser(
+        "lexicons", help="publish our lexicons as com.atproto.lexicon.schema records, or compare with them"
+    )
+    actions = lexicons.add_subparsers(dest="action", required=True)
+    publish = actions.add_parser(
+        "publish", help="write our new and changed lexicons to the account's repository (never deletes)"
+    )
+    publish.add_argument("--handle", required=True, help="the account whose repository publishes them")
+    check = actions.add_parser(
+        "check", help="compare the published lexicons with ours; exit status 1 on any difference"
+    )
+    check.add_argument(
+        "--handle", default=ART_HANDLE, help=f"the publishing account (default: the art account {ART_HANDLE})"
+    )
+    for action in (publish, check):
+        action.add_argument("--json", action="store_true", help="print the plan as JSON")
+        action.set_defaults(func=cmd_lexicons)
     return parser
 
 
