@@ -21,6 +21,7 @@ ONLY_FLAGS = {
     "pieces_only": "piece",
     "kidlisp_only": "kidlisp",
     "tapes_only": "tape",
+    "news_only": "news",
 }
 
 

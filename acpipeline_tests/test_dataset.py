@@ -33,7 +33,7 @@ from acpipeline.demo import (
 
 TIMESTAMP_SLUG = re.compile(r"^\d{4}\.\d{1,2}\.\d{1,2}\.\d{1,2}\.\d{2}\.\d{2}\.\d{3}$")
 CODE = re.compile(r"^[a-z0-9]{3,6}$")
-MEDIA = ("paintings", "moods", "pieces", "kidlisp", "tapes")
+MEDIA = ("paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts")
 
 
 class FakeAccounts:
@@ -182,7 +182,7 @@ def test_small_document_shapes(small: dict[str, Any]) -> None:
             assert when.microsecond % 1000 == 0
             assert 2023 <= when.year <= 2025
             if name != "moods":
-                assert CODE.match(doc["code"]), doc
+                assert CODE.match(doc["code"].removeprefix("n") if "external" in doc else doc["code"]), doc
         if name != "moods":
             codes = [doc["code"] for doc in docs]
             assert len(set(codes)) == len(codes), f"duplicate codes in {name}"
@@ -231,6 +231,16 @@ def test_small_edge_cases(small: dict[str, Any]) -> None:
     assert max(lengths) <= 50_000 and min(lengths) < 200
     assert summary.long_kidlisp["length"] == max(lengths)
     assert all(len(doc["source"].encode()) <= 50_000 for doc in _docs(db, "kidlisp"))
+
+    news = _docs(db, "news-posts")
+    assert {doc["status"] for doc in news} == {"live", "dead"}
+    copied = [doc for doc in news if "external" in doc]
+    assert copied and all(
+        doc["user"] is None and "app.bsky.feed.post" in doc["atproto"]["uri"] for doc in copied
+    )
+    assert all(doc["user"] for doc in news if "external" not in doc)
+    assert any(doc.get("url") and not doc["url"].startswith("https://") for doc in news)
+    assert summary.long_news_body["length"] > 10_000
 
 
 def test_small_paintings_are_real_pngs(small: dict[str, Any]) -> None:
@@ -322,8 +332,16 @@ def test_summary_is_json(small: dict[str, Any]) -> None:
     assert total == {name: summary.counts[name] for name in MEDIA}
     # Counted by hand from `_small`: live items of jeffrey, fifi, oldtimer (flat fields) and anonymous ones,
     # without lurker's (no account), the missing image and the missing and broken tape ZIPs.
-    assert summary.records_expected == {"paintings": 19, "moods": 13, "pieces": 6, "kidlisp": 12, "tapes": 4}
-    assert summary.records_expected_total == 54
+    # News: jeffrey's live posts but the over-long body, fifi's and oldtimer's; no dead or Bluesky post.
+    assert summary.records_expected == {
+        "paintings": 19,
+        "moods": 13,
+        "pieces": 6,
+        "kidlisp": 12,
+        "tapes": 4,
+        "news-posts": 5,
+    }
+    assert summary.records_expected_total == 59
     assert data["items_per_user"]["all"]["items"]["users"] == 4
 
 

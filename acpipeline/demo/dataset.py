@@ -44,8 +44,9 @@ USER_BUCKET = "user-aesthetic-computer"
 ART_BUCKET = "art-aesthetic-computer"
 ART_GUEST_SUB = "art-guest"
 ART_GUEST_HANDLE = "art.at.aesthetic.computer"
-COLLECTIONS = ("users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes")
-MEDIA_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
+COLLECTIONS = ("users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts")
+MEDIA_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts")
+NEWS_BODY_MAX = 10_000  # the news lexicon's `body` limit in UTF-8 bytes: admin posts are not capped
 KIDLISP_MAX = 50_000
 ACCOUNT_WORKERS = 8  # createAccount calls at once (the platform found 10 concurrent creates stable)
 MEDIA_WORKERS = 4  # at most this many processes write media files (never more than the machine's cores)
@@ -99,6 +100,7 @@ class DatasetSummary:
     null_user_painting: dict[str, Any] | None = None  # anonymous with `user: null` rather than absent
     large_painting: dict[str, Any] | None = None  # original PNG above 1 MB (must never be the thumbnail)
     long_kidlisp: dict[str, Any] | None = None
+    long_news_body: dict[str, Any] | None = None  # over the news lexicon's body limit: a failed item
     soundtrack_tape: dict[str, Any] | None = None
     same_when_moods: list[str] = field(default_factory=list)  # two moods sharing one `when`
     # What a complete sync should write, computed from the documents: items not nuked or deleted, whose
@@ -821,6 +823,42 @@ class _Builder:
         self.docs["kidlisp"].append(doc)
         return doc
 
+    def add_news(
+        self,
+        user: str | None,
+        title: str,
+        *,
+        text: str | None = None,
+        url: str | None = None,
+        dead: bool = False,
+        from_bluesky: bool = False,
+    ) -> dict[str, Any]:
+        """A news post as the platform's news-api stores it; `from_bluesky`: a post its Bluesky ingest
+        copied in (no `user`, an `external` source, `atproto` pointing at the original app.bsky post)."""
+        when = self.when()
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": ("n" if from_bluesky else "") + self.code("news-posts"),
+            "title": title,
+            "user": user,
+            "when": when,
+            "updated": when,
+            "score": self.rng.randint(1, 40),
+            "commentCount": self.rng.randint(0, 6),
+            "status": "dead" if dead else "live",
+        }
+        if text is not None:
+            doc["text"] = text
+        if url is not None:
+            doc["url"] = url
+        if from_bluesky:
+            did, rkey = "did:plc:artistnewsnetwork00000000", self.random_slug().lower()
+            uri = f"at://{did}/app.bsky.feed.post/{rkey}"
+            doc["external"] = {"source": "bsky", "did": did, "postUri": uri, "postedAt": when}
+            doc["atproto"] = {"did": did, "uri": uri, "rkey": rkey}
+        self.docs["news-posts"].append(doc)
+        return doc
+
     def add_tape(
         self,
         user: str | None,
@@ -982,6 +1020,7 @@ def _small(b: _Builder) -> None:
     b.extra["missing_zip_tape"] = b.ref("tapes", gone, zip_key(gone["slug"], gone["user"]))
     broken = b.add_tape(None, (128, 128), 30, zip_state="broken")
     b.extra["broken_zip_tape"] = b.ref("tapes", broken, zip_key(broken["slug"], None))
+    _news_posts(b, jeffrey, fifi, old, lurker)
 
 
 # The platform's real scale (spec: "Scale of the real data").
@@ -995,6 +1034,8 @@ ANONYMOUS_RECORDINGS = 529
 ANONYMOUS_TAPES = 32
 ANONYMOUS_KIDLISP = 180
 ANONYMOUS_PIECES = 14
+PLATFORM_NEWS_AUTHORS = 40
+PLATFORM_NEWS_FROM_BLUESKY = 60
 
 _HEAVY_SIZES = [
     (32, 32),
@@ -1244,6 +1285,30 @@ def _platform(b: _Builder) -> None:
     _anonymous_tapes(b, ANONYMOUS_TAPES)
 
 
+def _news_posts(b: _Builder, main: DemoUser, other: DemoUser, stale: DemoUser, lurker: DemoUser) -> None:
+    """News: live posts (one whose `url` is no URL), a dead one, an admin post whose body is over the
+    lexicon's limit, posts copied in from Bluesky, and one by a user without an account."""
+    b.add_news(
+        main.sub,
+        "the oven bakes tapes now 🍞",
+        text="MP4s for every tape.",
+        url="https://aesthetic.computer/oven",
+    )
+    b.add_news(main.sub, "kidlisp turns one")
+    b.add_news(main.sub, "a link that is not one", url="see the prompt")
+    b.add_news(main.sub, "retracted headline", text="never mind", dead=True)
+    long_body = b.add_news(main.sub, "the full changelog", text="- a change\n" * (NEWS_BODY_MAX // 11 + 10))
+    b.failing.add(long_body["_id"])
+    b.extra["long_news_body"] = b.ref("news-posts", long_body) | {"length": len(long_body["text"])}
+    b.add_news(other.sub, "garden party at the prompt", url="https://aesthetic.computer/garden")
+    b.add_news(stale.sub, "metronome tips", text="tap along")
+    b.add_news(lurker.sub, "a post by a user without an account")
+    for title in ("an artist's new zine", "open studio this friday"):
+        b.add_news(
+            None, title, url="https://bsky.app/profile/artistnewsnetwork.bsky.social", from_bluesky=True
+        )
+
+
 _SCENARIOS = {"small": _small, "bench": _bench, "platform": _platform}
 assert tuple(_SCENARIOS) == SIZES, "acpipeline.demo.SIZES names every scenario"
 
@@ -1330,18 +1395,24 @@ def _has_account(user: dict[str, Any]) -> bool:
     return all(atproto.get(key) or user.get(f"atproto_{key}") for key in ("did", "password", "handle"))
 
 
+def _removed(doc: dict[str, Any]) -> bool:
+    """Taken down by its owner: nuked, deleted, or a dead news post."""
+    return doc.get("nuked") is True or doc.get("deleted") is True or doc.get("status") == "dead"
+
+
 def _records_expected(b: _Builder) -> dict[str, int]:
-    """Per collection, the records a complete sync writes: live items (not nuked, not deleted) whose owner
-    has an account (anonymous ones go to the art account, moods are never anonymous) and whose media is
-    not missing or broken on purpose."""
+    """Per collection, the records a complete sync writes: live items (not nuked, deleted or dead) whose
+    owner has an account (anonymous ones go to the art account; moods and news are never anonymous, and
+    news copied from Bluesky is not ours) and that do not fail on purpose (missing or broken media, a news
+    body over the lexicon's limit)."""
     accounts = {doc["_id"] for doc in b.docs["users"] if _has_account(doc)}
     expected = {}
     for name in MEDIA_COLLECTIONS:
         count = 0
         for doc in b.docs[name]:
-            if doc.get("nuked") is True or doc.get("deleted") is True or doc["_id"] in b.failing:
+            if _removed(doc) or doc["_id"] in b.failing or "external" in doc:
                 continue
-            owner = doc.get("user") or (ART_GUEST_SUB if name != "moods" else None)
+            owner = doc.get("user") or (ART_GUEST_SUB if name not in ("moods", "news-posts") else None)
             count += owner in accounts
         expected[name] = count
     return expected
@@ -1391,7 +1462,7 @@ def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSumm
                 owned[user][name] += 1
             else:
                 anonymous[name] += 1
-            if doc.get("nuked") is True or doc.get("deleted") is True:
+            if _removed(doc):
                 removed[name] += 1
     art = next(u for u in b.users if u.sub == ART_GUEST_SUB)
     expected = _records_expected(b)
@@ -1415,6 +1486,7 @@ def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSumm
         null_user_painting=b.extra.get("null_user_painting"),
         large_painting=b.extra.get("large_painting"),
         long_kidlisp=b.extra.get("long_kidlisp"),
+        long_news_body=b.extra.get("long_news_body"),
         soundtrack_tape=b.extra.get("soundtrack_tape"),
         same_when_moods=b.extra.get("same_when_moods", []),
         records_expected=expected,
