@@ -1284,6 +1284,15 @@ def _platform(b: _Builder) -> None:
         b.add_piece(None, _piece_slug(rng), nuked=i == 0)
     _anonymous_tapes(b, ANONYMOUS_TAPES)
 
+    # News: a few dozen authors, as on the platform, and the edge cases of `small`.
+    _news_posts(b, fifi, old, old, lurker)
+    authors = [user for user, account in population if account]
+    for user in rng.sample(authors, PLATFORM_NEWS_AUTHORS):
+        for _ in range(rng.randint(1, 4)):
+            b.add_news(user.sub, _mood_text(rng)[:200], url="https://aesthetic.computer/" + _piece_slug(rng))
+    for i in range(PLATFORM_NEWS_FROM_BLUESKY):
+        b.add_news(None, f"artist news {i}", from_bluesky=True)
+
 
 def _news_posts(b: _Builder, main: DemoUser, other: DemoUser, stale: DemoUser, lurker: DemoUser) -> None:
     """News: live posts (one whose `url` is no URL), a dead one, an admin post whose body is over the
