@@ -13,7 +13,13 @@ from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_j
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
 from acpipeline.resources.storage import StorageResource
-from acpipeline.settings import DEFAULT_DATABASE, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
+from acpipeline.settings import (
+    DEFAULT_BLOBS_URL,
+    DEFAULT_DATABASE,
+    DEFAULT_GUEST_IMAGE_URL,
+    DEFAULT_IMAGE_URL,
+    DEFAULT_ZIP_URL,
+)
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 
 apply_fixes()
@@ -35,6 +41,7 @@ def build_resources() -> dict:
             image_url=_env("ACPIPELINE_IMAGE_URL", DEFAULT_IMAGE_URL),
             guest_image_url=_env("ACPIPELINE_GUEST_IMAGE_URL", DEFAULT_GUEST_IMAGE_URL),
             zip_url=_env("ACPIPELINE_ZIP_URL", DEFAULT_ZIP_URL),
+            blobs_url=_env("ACPIPELINE_BLOBS_URL", DEFAULT_BLOBS_URL),
         ),
         # The items and blobs pass from stage to stage inside the run (one process): kept in memory, not
         # pickled under DAGSTER_HOME, where copies of every user's content would pile up and a re-executed

@@ -13,6 +13,8 @@ ART_GUEST_ID = "art-guest"
 DEFAULT_IMAGE_URL = "https://{bucket}.sfo3.digitaloceanspaces.com/{user}/painting/{slug}.png"
 DEFAULT_GUEST_IMAGE_URL = "https://{bucket}.sfo3.digitaloceanspaces.com/{slug}.png"
 DEFAULT_ZIP_URL = "https://{bucket}.sfo3.digitaloceanspaces.com/{user_dir}{slug}.zip"
+# The bucket the platform's oven uploads baked tapes to (`tapes/{code}.mp4`, `tapes/{code}-thumb.jpg`).
+DEFAULT_BLOBS_URL = "https://at-blobs-aesthetic-computer.sfo3.digitaloceanspaces.com/{key}"
 
 
 def acpipeline_home() -> Path:

@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 
 from acpipeline.core.batches import batch_writes, encode_body, write_op
-from acpipeline.core.items import Derived
+from acpipeline.core.items import Blob, Derived
 from acpipeline.core.media import MEDIA
-from acpipeline.core.plan import Desired, Existing, Write, plan_writes
+from acpipeline.core.plan import Desired, Existing, Write, differences, plan_writes
 from acpipeline.core.tid import decode_tid, encode_tid, is_tid, micros_of
 
 MOOD = MEDIA["mood"]
@@ -166,3 +166,25 @@ def test_a_link_to_another_collections_record_is_not_ours():
     bare = mood_doc(2, atproto={"rkey": random_tid(7), "did": "did:plc:x"})
     items, _ = build([foreign, ours, bare])
     assert [i.link.rkey if i.link else None for i in items] == [None, random_tid(6), random_tid(7)]
+
+
+def test_a_record_lacking_only_fields_we_add_is_adopted_as_it_is():
+    """The platform's tape records have no `zipUrl` and no `thumbnail`: same video, nothing to write."""
+    tape = MEDIA["tape"]
+    doc = {"_id": ObjectId(), "user": "auth0|u", "slug": "t-1", "code": "t1", "when": T0, "bucket": "b"}
+    item = tape.normalise(doc)
+    video = Blob("bafkreivideo", "video/mp4", 1000, "/nowhere")
+    thumbnail = Blob("bafkreithumb", "image/jpeg", 100, "/nowhere")
+    want = tape.value(item, Derived(blobs={"video": video, "thumbnail": thumbnail}))
+    assert want["zipUrl"] == "https://aesthetic.computer/media/tapes/t1"
+    platform = {k: v for k, v in want.items() if k not in ("zipUrl", "thumbnail")}
+    assert plan_writes(tape, [Desired(item, want)], [listed(random_tid(1), platform)], [item]).is_empty
+    assert differences(tape, want, platform) == []
+    # present on both sides but different is still an update, as is a different video
+    old_link = platform | {"zipUrl": "https://user-aesthetic-computer.example/auth0%7Cu/t-1.zip"}
+    other_video = platform | {"video": {**want["video"], "ref": {"$link": "bafkreiother"}}}
+    for have, field in ((old_link, "zipUrl"), (other_video, "video")):
+        [write] = plan_writes(tape, [Desired(item, want)], [listed(random_tid(1), have)], [item]).writes
+        assert (write.action, write.reason) == ("update", f"differs: {field}")
+    # the planner's rule is the check's: moods add nothing, so a missing field there is a difference
+    assert differences(MOOD, {"mood": "x", "when": "w"}, {"mood": "x"}) == ["when"]

@@ -65,8 +65,14 @@ def _age(rkey: str) -> tuple[int, str]:
     return (decode_tid(rkey)[0], rkey) if is_tid(rkey) else (2**63, rkey)
 
 
-def _differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+def differences(rules: MediaRules, want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    """The fields in which a listed record differs from the desired value. One of the rules'
+    `added_fields` that the record lacks is no difference: we add it only when we write anyway."""
+    return sorted(
+        k
+        for k in set(want) | set(have)
+        if want.get(k) != have.get(k) and not (k in rules.added_fields and k not in have)
+    )
 
 
 def plan_writes(
@@ -117,7 +123,7 @@ def plan_writes(
             for dup in duplicates:
                 plan.writes.append(Write("delete", dup.rkey, f"duplicate of {keeper.rkey}", ref))
             want = wanted[ref].value
-            diff = _differences(want, keeper.value)
+            diff = differences(rules, want, keeper.value)
             if diff:
                 plan.writes.append(Write("update", keeper.rkey, "differs: " + ", ".join(diff), ref, want))
             else:

@@ -546,6 +546,57 @@ def _encode_args(
     return [*args, "-movflags", "+faststart", "-y", str(out)]
 
 
+# ------------------------------------------------------------------------------ MP4s made elsewhere
+
+
+def check_decodes(mp4: Path, limits: TapeLimits = TapeLimits()) -> None:
+    """Decode the MP4's video stream to the end, failing on the first error: an MP4 whose boxes look right
+    (core/mp4.py) but whose stream is damaged is not used as it is."""
+    args = ["-threads", "1", "-xerror", "-err_detect", "explode", *_input("mp4", mp4)]
+    _run_ffmpeg([*args, "-map", "0:v:0", "-f", "null", "-"], limits.max_encode_s)
+
+
+def remux_faststart(src: Path, out: Path, limits: TapeLimits = TapeLimits()) -> None:
+    """The same streams, copied, with `moov` moved before `mdat`."""
+    args = [*_input("mp4", src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy"]
+    _run_ffmpeg([*args, "-movflags", "+faststart", "-y", str(out)], limits.max_encode_s)
+
+
+def transcode_mp4(
+    src: Path, max_bytes: int, limits: TapeLimits = TapeLimits(), threads: int | None = None
+) -> bytes:
+    """Any video ffmpeg reads from an MP4 container, as the platform's H.264/yuv420p (AAC) with faststart,
+    at most `limits.max_output_side` a side, re-encoded at higher CRFs until it fits `max_bytes`."""
+    side = limits.max_output_side
+    scale = (
+        f"scale=w='min(iw,{side})':h='min(ih,{side})':force_original_aspect_ratio=decrease"
+        ":force_divisible_by=2:flags=neighbor"
+    )
+    limit = [] if threads is None else ["-threads", str(threads)]
+    smallest = None
+    with tempfile.TemporaryDirectory(prefix="acpipeline-tape-") as tmp:
+        for crf in CRF_STEPS:
+            out = Path(tmp) / f"crf{crf}.mp4"
+            args = [*limit, *_input("mp4", src), "-map", "0:v:0", "-map", "0:a:0?", "-vf", scale]
+            args += ["-c:v", "libx264", "-preset", PRESET, "-x264-params", X264_PARAMS, "-crf", str(crf)]
+            args += ["-pix_fmt", "yuv420p", *limit, "-c:a", "aac", "-b:a", AUDIO_BITRATE]
+            _run_ffmpeg([*args, "-movflags", "+faststart", "-y", str(out)], limits.max_encode_s)
+            size = out.stat().st_size
+            if size <= max_bytes:
+                return out.read_bytes()
+            smallest = min(size, smallest or size)
+    raise TapeError(f"video cannot fit in {max_bytes} bytes: the smallest encode was {smallest} bytes")
+
+
+def zip_thumbnail(zip_path: str | os.PathLike[str], limits: TapeLimits = TapeLimits()) -> bytes:
+    """The poster frame `encode_tape` makes, without the encode: for a tape whose video is made elsewhere."""
+    with tempfile.TemporaryDirectory(prefix="acpipeline-tape-") as tmp:
+        work = Path(tmp)
+        tape = _extract(Path(zip_path), work, limits)
+        middle = tape.frames // 2
+        return _thumbnail(work / _frame_file(middle), tape.names[middle])
+
+
 # --------------------------------------------------------------------------------------- thumbnail
 
 
@@ -596,8 +647,12 @@ __all__ = [
     "TapeLimits",
     "THUMBNAIL_MIME",
     "VIDEO_MIME",
+    "check_decodes",
     "encode_tape",
     "ffmpeg_exe",
+    "remux_faststart",
     "tape_content_key",
     "timing_fps",
+    "transcode_mp4",
+    "zip_thumbnail",
 ]

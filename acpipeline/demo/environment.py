@@ -14,13 +14,14 @@ from acpipeline.demo.media_server import MediaServer
 from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import LocalPds
 from acpipeline.localpds.server import start as start_pds
-from acpipeline.resources.pds import PdsClient
+from acpipeline.resources.pds import PdsClient, PdsError
 from acpipeline.settings import acpipeline_home
 
 TEMPLATE_ENV = {
     "image_url": "ACPIPELINE_IMAGE_URL",
     "guest_image_url": "ACPIPELINE_GUEST_IMAGE_URL",
     "zip_url": "ACPIPELINE_ZIP_URL",
+    "blobs_url": "ACPIPELINE_BLOBS_URL",
 }
 
 
@@ -81,7 +82,17 @@ def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log
     run_tag = secrets.token_hex(3)
 
     def create_account(handle: str, password: str) -> str:
-        return client.create_account(handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
+        try:
+            return client.create_account(handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
+        except PdsError as exc:
+            if exc.error == "UnsupportedDomain":
+                domain = "." + handle.split(".", 1)[1]
+                raise OperatorError(
+                    f"the PDS at {env.pds_url} does not accept handles under {domain}, where the demo "
+                    "creates its users: unset PDS_URL to use the demo's own PDS, or give that PDS "
+                    "PDS_SERVICE_HANDLE_DOMAINS=.at.aesthetic.computer,.pds.aesthetic.computer"
+                ) from None
+            raise
 
     try:
         return seed_dataset(

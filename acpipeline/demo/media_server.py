@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+REQUESTS_KEPT = 100_000
+BLOBS_BUCKET = "at-blobs-aesthetic-computer"  # the oven's bucket: its objects under media_root/BLOBS_BUCKET
 
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -48,6 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _serve(self, body: bool) -> None:
+        self.server.requested.append(unquote(urlsplit(self.path).path))
         target = resolve_media_path(self.server.root, self.path)
         if target is None:
             self._empty(HTTPStatus.FORBIDDEN, body)
@@ -87,6 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     root: Path
+    requested: deque[str]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients hanging up mid-download are not worth a traceback
@@ -98,6 +104,8 @@ class MediaServer:
     def __init__(self, media_root: Path, port: int = 0) -> None:
         self.media_root = Path(media_root).resolve()
         self.port = port
+        # The latest paths asked for, so a test can tell what a sync fetched (deque.append is thread-safe).
+        self.requested: deque[str] = deque(maxlen=REQUESTS_KEPT)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -106,6 +114,7 @@ class MediaServer:
             return self
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.root = self.media_root
+        server.requested = self.requested
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="acpipeline-media", daemon=True)
@@ -134,10 +143,12 @@ class MediaServer:
         return f"http://127.0.0.1:{self.port}"
 
     def url_templates(self) -> dict[str, str]:
-        """Local equivalents of the production URL templates ({bucket}, {user}, {slug}, {user_dir})."""
+        """Local equivalents of the production URL templates ({bucket}, {user}, {slug}, {user_dir}; the
+        oven's bucket: {key})."""
         url = self.url
         return {
             "image_url": f"{url}/{{bucket}}/{{user}}/painting/{{slug}}.png",
             "guest_image_url": f"{url}/{{bucket}}/{{slug}}.png",
             "zip_url": f"{url}/{{bucket}}/{{user_dir}}{{slug}}.zip",
+            "blobs_url": f"{url}/{BLOBS_BUCKET}/{{key}}",
         }

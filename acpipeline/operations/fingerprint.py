@@ -59,7 +59,9 @@ def scan_sources(db: Any, accounts: Iterable[Account]) -> SourceScan:
                 continue
             item = rules.normalise(doc)
             grouped.setdefault(handle, []).append(item_digest(item))
-            if media == "tape" and item.wanted and item.problem is None and item.link is None:
+            # Tapes whose ZIP the sensor may wait for (an ac-native tape has none: its MP4 is the source).
+            waits = media == "tape" and item.wanted and item.problem is None and item.link is None
+            if waits and not item.data["native"]:
                 scan.unlinked_tapes.setdefault(handle, []).append(item)
         for handle, digests in grouped.items():
             scan.digests.setdefault(handle, [EMPTY] * len(MEDIA_NAMES))[slot] = combine(digests)

@@ -3,7 +3,8 @@ r"""Media storage (the platform's DigitalOcean Spaces buckets): URLs from templa
 Every URL is built from a template and checked values, so a document cannot send a request to another
 host: its bucket must be one of the configured ones and its user and slug plain path segments (no `/`, `\`,
 `%`, `@`, `:` or `..`; the user is percent-quoted whole). The built URL must keep the template's scheme, host
-and path prefix, and redirects are not followed.
+and path prefix, and redirects are not followed. A URL a document holds (a tape's `mp4Url`) is fetched only
+when it lies under one of the configured templates' roots (`storage_url`).
 
 Fetches are bounded in size and in time (a per-read timeout and a deadline for the whole body, so a server
 trickling bytes cannot hold a worker forever); 5xx answers and dropped connections are retried a little.
@@ -15,7 +16,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from dagster import ConfigurableResource
@@ -23,23 +24,32 @@ from pydantic import PrivateAttr
 
 from acpipeline.core.items import Item, ItemProblem
 from acpipeline.resources.tls import tls_context
-from acpipeline.settings import DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
+from acpipeline.settings import DEFAULT_BLOBS_URL, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9|_.@-]{1,128}$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9|_.@-]{1,128}$")  # one path segment of a document's URL, unquoted
+MAX_DOCUMENT_URL = 1024
 
 
 class FetchProblem(ItemProblem):
     """Storage did not deliver the bytes (404, 5xx, too slow, too large): the item fails, the rest goes on."""
 
 
+class StorageUnavailable(FetchProblem):
+    """Storage failed rather than answered (5xx after the retries, too slow, unreachable): a fallback chosen
+    for it would be undone by the next run, so the item fails instead."""
+
+
 class StorageResource(ConfigurableResource):
-    """URL templates take {bucket}, {user}, {user_dir} ("{user}/" or "") and {slug}."""
+    """URL templates take {bucket}, {user}, {user_dir} ("{user}/" or "") and {slug}; `blobs_url` (the
+    oven's bucket) takes {key}."""
 
     image_url: str = DEFAULT_IMAGE_URL
     guest_image_url: str = DEFAULT_GUEST_IMAGE_URL
     zip_url: str = DEFAULT_ZIP_URL
+    blobs_url: str = DEFAULT_BLOBS_URL
     buckets: list[str] = ["art-aesthetic-computer", "user-aesthetic-computer"]
     timeout_s: float = 30.0
     """Per read: storage silent this long fails the item."""
@@ -102,6 +112,35 @@ class StorageResource(ConfigurableResource):
     def tape_url(self, item: Item) -> str:
         return self._url(self.zip_url, item.data["bucket"], item.owner, item.data["slug"])
 
+    def oven_thumbnail_url(self, item: Item) -> str:
+        """Where the oven puts a tape's poster frame, beside its MP4 (`tapes/{code}.mp4`)."""
+        code = item.data["code"]
+        if not _SLUG_RE.match(code) or ".." in code:
+            raise ItemProblem(f"code {code[:40]!r} is not a plain storage name")
+        return self.blobs_url.format(key=f"tapes/{code}-thumb.jpg")
+
+    def _roots(self) -> list[str]:
+        """Each template's fixed start (for each configured bucket): where a document's URL may point."""
+        roots = [self.blobs_url.split("{", 1)[0]]
+        for template in (self.image_url, self.guest_image_url, self.zip_url):
+            for bucket in self.buckets:
+                roots.append(template.replace("{bucket}", bucket).split("{", 1)[0])
+        return [root for root in roots if urlsplit(root).path.endswith("/")]
+
+    def storage_url(self, url: str, field: str) -> str:
+        """A URL from a document (`field` names it in reasons), when it lies under a configured storage root
+        and its path is plain segments; raises ItemProblem."""
+        parts = urlsplit(url)
+        if len(url) > MAX_DOCUMENT_URL or parts.query or parts.fragment or parts.username or parts.password:
+            raise ItemProblem(f"{field} {url[:80]!r} is not a plain storage URL")
+        root = next((r for r in self._roots() if url.startswith(r)), None)
+        if root is None:
+            raise ItemProblem(f"{field} host {parts.netloc[:80]!r} is not a configured storage host")
+        segments = [unquote(segment) for segment in url[len(root) :].split("/")]
+        if not all(_SEGMENT_RE.match(segment) and segment not in (".", "..") for segment in segments):
+            raise ItemProblem(f"{field} {url[:80]!r} is not a plain storage URL")
+        return root + "/".join(quote(segment, safe="") for segment in segments)
+
     # -- fetching --------------------------------------------------------------------------------
 
     def fetch(self, url: str, max_bytes: int | None = None) -> bytes:
@@ -124,7 +163,7 @@ class StorageResource(ConfigurableResource):
                 failures.append(str(exc))
                 if attempt < self.retries:
                     time.sleep(self.retry_wait_s * 2**attempt)
-        raise FetchProblem(_failure(failures))
+        raise StorageUnavailable(_failure(failures))
 
     def _stream_once(self, url: str, limit: int, sink: Any) -> None:
         """One GET into `sink`. Retryable only while nothing reached the sink: a retry never appends a
@@ -145,18 +184,18 @@ class StorageResource(ConfigurableResource):
                     if received > limit:
                         raise FetchProblem(f"{_short(url)} is larger than {limit} bytes")
                     if time.monotonic() - started > self.deadline_s:
-                        raise FetchProblem(
+                        raise StorageUnavailable(
                             f"storage too slow for {_short(url)}: {received} bytes in {self.deadline_s:g} s"
                         )
                     sink(chunk)
         except httpx.TimeoutException:
-            raise FetchProblem(
+            raise StorageUnavailable(
                 f"storage too slow for {_short(url)} (nothing for {self.timeout_s:g} s)"
             ) from None
         except httpx.TransportError as exc:
             reason = f"storage unreachable for {_short(url)} ({type(exc).__name__})"
             if received:
-                raise FetchProblem(f"{reason} after {received} bytes") from None
+                raise StorageUnavailable(f"{reason} after {received} bytes") from None
             raise _Retryable(reason) from None
 
     def exists(self, url: str) -> bool:

@@ -33,6 +33,7 @@ from dagster import (
 
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.media import MEDIA, record_ref
+from acpipeline.core.plan import differences
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
@@ -147,7 +148,8 @@ def _source_metadata(source: PartitionSource) -> dict[str, Any]:
     group_name=GROUP,
     backfill_policy=BACKFILL,
     description="Blobs derived from the items: 512x512 painting thumbnails (with recording detection) and "
-    "tape MP4s with their poster frame; cached by content under ACPIPELINE_HOME.",
+    "tape MP4s (the oven's, else encoded from the ZIP) with their poster frame; cached by content under "
+    "ACPIPELINE_HOME.",
 )
 def media_blobs(
     context: AssetExecutionContext,
@@ -193,15 +195,16 @@ def _blob_metadata(derived: dict[str, Derived]) -> dict[str, Any]:
 
 
 def _tape_metadata(tapes: list[dict[str, Any]]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {}
-    if tapes:  # tapes encoded by this run (not those from the cache)
-        video_s = sum(t["duration_s"] for t in tapes)
-        encode_s = sum(t["encode_s"] for t in tapes)
-        metadata["tapes"] = MetadataValue.json(tapes)
-        metadata["video_seconds"] = round(video_s, 2)
-        metadata["encode_seconds"] = round(encode_s, 2)
-        metadata["realtime_factor"] = round(video_s / encode_s, 2) if encode_s else 0.0
-    return metadata
+    """Each tape's source (`oven`, `zip`, `native`) and why it fell back; the figures of the run's encodes."""
+    encoded = [t for t in tapes if "encode_s" in t]
+    video_s = sum(t["duration_s"] for t in encoded)
+    encode_s = sum(t["encode_s"] for t in encoded)
+    return {
+        "tapes": MetadataValue.json(tapes),
+        "video_seconds": round(video_s, 2),
+        "encode_seconds": round(encode_s, 2),
+        "realtime_factor": round(video_s / encode_s, 2) if encode_s else 0.0,
+    }
 
 
 CHECK = AssetCheckSpec(
@@ -410,7 +413,9 @@ def holds_desired(
     missing = [d.item.ref for d in sync.desired if d.item.ref not in by_ref]
     duplicated = [ref for ref, records in by_ref.items() if len(records) > 1]
     differing = [
-        d.item.ref for d in sync.desired if d.item.ref in by_ref and by_ref[d.item.ref][0].value != d.value
+        d.item.ref
+        for d in sync.desired
+        if d.item.ref in by_ref and differences(sync.rules, d.value, by_ref[d.item.ref][0].value)
     ]
     expected = {d.item.ref for d in sync.desired} | {ref for ref, _ in sync.report.failed}
     extra = [ref for ref in by_ref if ref not in expected]

@@ -26,6 +26,9 @@ class MediaRules(ABC):
     # detection projects (operations/fingerprint.py; a test checks a projected document normalises the same).
     source_fields: ClassVar[tuple[str, ...]] = ()
     blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
+    # Optional record fields we add only when we write the record anyway: a record that lacks them (one the
+    # platform wrote) is adopted as it is, not rewritten for them (core/plan.py `differences`).
+    added_fields: ClassVar[tuple[str, ...]] = ()
     # The work of syncing one item, in record writes (~1.5 ms of the PDS): the sync starts the partitions
     # with the most work first, so the long ones overlap instead of running last.
     work_per_item: ClassVar[float] = 1.0
