@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+import time
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.errors import OperatorError
+from acpipeline.report import table
 from acpipeline.settings import ART_HANDLE, apply_dagster_env
 
 ONLY_FLAGS = {
@@ -25,6 +26,12 @@ ONLY_FLAGS = {
 }
 
 
+NO_ACCOUNTS = (
+    "no user in MongoDB has an ATProto account (atproto.did, .handle and .password): "
+    "check MONGODB_CONNECTION_STRING and MONGODB_NAME"
+)
+
+
 def _media(args: argparse.Namespace) -> list[str] | None:
     chosen = [media for flag, media in ONLY_FLAGS.items() if getattr(args, flag, False)]
     if getattr(args, "media", None):
@@ -33,18 +40,6 @@ def _media(args: argparse.Namespace) -> list[str] | None:
                 raise OperatorError(f"unknown media {name!r}: choose from {', '.join(MEDIA_NAMES)}")
             chosen.append(name.strip())
     return sorted(set(chosen), key=MEDIA_NAMES.index) or None
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns} if rows else {}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)] if rows else ["(nothing)"]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                str(row.get(c, "") if row.get(c) is not None else "-").ljust(widths[c]) for c in columns
-            )
-        )
-    return "\n".join(lines)
 
 
 def _load_defs():
@@ -69,70 +64,33 @@ def cmd_pds(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_sync(results, without_account: list[str], as_json: bool) -> None:
-    rows = [r.row() for r in results]
-    if as_json:
-        print(
-            json.dumps({"partitions": rows, "users_without_account": without_account}, indent=2, default=str)
-        )
-        return
-    columns = [
-        "handle",
-        "media",
-        "desired",
-        "created",
-        "updated",
-        "deleted",
-        "unchanged",
-        "failed",
-        "duration_s",
-    ]
-    for row in rows:
-        row["status"] = _status_word(row)
-    print(_table(rows, columns + ["status"]))
-    for row in rows:
-        for failure in row["failed_items"]:
-            print(f"  failed {row['handle']} {row['media']} {failure['ref']}: {failure['reason']}")
-        for write in row["planned"]:
-            print(
-                f"  plan {row['handle']} {row['media']} {write['action']} {write['rkey']}: {write['reason']}"
-            )
-        if row["error"]:
-            print(f"  error {row['handle']} {row['media']}: {row['error']}")
-    if without_account:
-        shown = ", ".join(without_account[:10])
-        extra = len(without_account) - 10
-        more = f" and {extra} more (--json lists them all)" if extra > 0 else ""
-        print(f"{len(without_account)} users have no ATProto account and were skipped: {shown}{more}")
-
-
-def _status_word(row: dict[str, Any]) -> str:
-    if not row["ok"]:
-        return "FAILED"
-    if row["skipped"]:
-        return "converged, not run"
-    if row.get("proven_converged"):
-        return "converged"
-    if row["planned"] or row.get("dry_run"):
-        return "dry run"
-    if row["check_passed"] is False:
-        return "CHECK FAILED"
-    return f"ok, {row['failed']} failed" if row["failed"] else "ok"
-
-
 def run_sync(args: argparse.Namespace) -> int:
+    from acpipeline.report import SyncProgress, print_sync
     from acpipeline.sync.runner import run_partitions
 
-    results, without = run_partitions(
-        _load_defs(),
-        None,
-        args.handle,
-        _media(args),
-        dry_run=args.dry_run,
-        strict=args.strict,
-        full=args.full,
-    )
-    print_sync(results, without, args.json)
+    started = time.monotonic()
+    progress = SyncProgress() if not (args.json or args.quiet) else None
+    try:
+        results, without = run_partitions(
+            _load_defs(),
+            None,
+            args.handle,
+            _media(args),
+            dry_run=args.dry_run,
+            strict=args.strict,
+            full=args.full,
+            progress=progress,
+        )
+    finally:
+        if progress:
+            progress.close()
+    if not results:
+        raise OperatorError(NO_ACCOUNTS)
+    if args.json:
+        rows = [r.row() for r in results]
+        print(json.dumps({"partitions": rows, "users_without_account": without}, indent=2, default=str))
+    else:
+        print_sync(results, without, time.monotonic() - started, quiet=args.quiet)
     # In a dry run the check fails while writes are pending: that is the plan, not an error.
     return 0 if all(r.ok and (args.dry_run or r.check_passed is not False) for r in results) else 1
 
@@ -153,10 +111,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     from acpipeline.sync.runner import partition_status
 
     rows = partition_status(_load_defs(), args.handle)
+    if not rows:
+        raise OperatorError(NO_ACCOUNTS)
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        print(_table(rows, ["handle", "media", "desired", "on_pds"]))
+        return 0
+    print(table(rows, ["handle", "media", "desired", "on_pds"]))
+    accounts: dict[str, list[int]] = {}
+    for row in rows:
+        desired_on_pds = accounts.setdefault(row["handle"], [0, 0])
+        desired_on_pds[0] += row["desired"]
+        desired_on_pds[1] += row["on_pds"]
+    print("\nper account:")
+    per_account = [{"handle": h, "desired": d, "on_pds": p} for h, (d, p) in accounts.items()]
+    print(table(per_account, ["handle", "desired", "on_pds"]))
+    differ = [r for r in rows if r["desired"] != r["on_pds"]]
+    print(
+        f"{len(accounts)} accounts: {sum(r['desired'] for r in rows)} items to mirror, "
+        f"{sum(r['on_pds'] for r in rows)} records on the PDS; {len(differ)} of {len(rows)} partitions differ"
+        + (" (acpipeline sync brings them in step)" if differ else "")
+    )
     return 0
 
 
@@ -189,13 +163,13 @@ def cmd_wipe(args: argparse.Namespace) -> int:
     if dry_run:
         for row in rows:
             row["would_delete"], row["links_to_clear"] = row["on_pds"], row["linked"]
-        print(_table(rows, ["nsid", "would_delete", "links_to_clear"]))
+        print(table(rows, ["nsid", "would_delete", "links_to_clear"]))
         print(
             f"dry run: nothing deleted; {outcome.value['records_on_pds']} records of {args.handle} would be "
             + ("deleted (without --dry-run)." if args.yes else "deleted: add --yes to delete them.")
         )
     else:
-        print(_table(rows, ["nsid", "on_pds", "deleted", "commits", "links_cleared"]))
+        print(table(rows, ["nsid", "on_pds", "deleted", "commits", "links_cleared"]))
         print(
             f"wiped {args.handle}: {outcome.value['records_deleted']} records deleted, "
             f"{outcome.value['links_cleared']} MongoDB links cleared. "
@@ -224,6 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         status = 0
         if not args.seed_only:
             args.handle, args.media, args.dry_run, args.strict, args.full = None, None, False, False, False
+            args.quiet = False
             for flag in ONLY_FLAGS:
                 setattr(args, flag, False)
             status = run_sync(args)
@@ -287,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every partition, also those proven converged since the last sync",
     )
     sync.add_argument("--json", action="store_true")
+    sync.add_argument("--quiet", action="store_true", help="print only the totals line and what failed")
     sync.set_defaults(func=run_sync)
 
     wipe = sub.add_parser(
@@ -347,6 +323,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line, not a traceback: what failed is in the message
+        if os.environ.get("ACPIPELINE_DEBUG"):
+            raise
+        print(f"acpipeline: {_plain_error(exc)} (ACPIPELINE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _plain_error(exc: Exception) -> str:
+    """The error as an operator reads it: PDS, network and MongoDB errors by their own message."""
+    from pymongo.errors import PyMongoError
+
+    from acpipeline.resources.pds import PdsError
+
+    if isinstance(exc, PdsError):
+        return f"the PDS refused: {exc}"
+    if isinstance(exc, PyMongoError):
+        return f"MongoDB failed: {exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({getattr(exc, 'filename', None) or type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run() -> None:

@@ -83,3 +83,75 @@ def test_status_json_against_the_real_pds(world):
     moods = [r for r in rows if r["media"] == "mood"]
     assert moods and all(r["desired"] == r["on_pds"] for r in moods)
     assert any(r["on_pds"] == 0 < r["desired"] for r in rows if r["media"] == "piece")
+
+
+def test_sync_shows_progress_totals_and_quiet_summaries(world):
+    from acpipeline.demo.dataset import seed_dataset
+
+    summary = seed_dataset(world.db(), world.media_root, world.create_account_unique, size="small")
+    # Not a terminal: plain progress lines on stderr (every 0 s here instead of every 30).
+    first = cli("sync", env={"ACPIPELINE_PROGRESS_SECONDS": "0"})
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    progress = [line for line in first.stderr.splitlines() if line.startswith("progress: ")]
+    assert progress and all(" partitions, " in line and "records written" in line for line in progress)
+    out = first.stdout.splitlines()
+    assert any(line.rstrip().endswith("nothing to sync") for line in out)  # oldtimer's empty partitions
+    accounts = len(summary.handles_with_accounts)
+    total = summary.records_expected_total
+    assert out[-1].startswith(f"synced {accounts} accounts, {accounts * 6} partitions (")
+    assert f": {total} created, 0 updated, 0 deleted, 4 failed items, in " in out[-1]
+
+    quiet = cli("sync", "--quiet")
+    lines = [line for line in quiet.stdout.splitlines() if line.strip()]
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert lines[-1].startswith(f"synced {accounts} accounts") and "0 created" in lines[-1]
+    assert all(line.startswith("  failed ") for line in lines[:-1]) and len(lines) == 5, quiet.stdout
+
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "per account:" in status.stdout
+    assert (
+        status.stdout.strip().splitlines()[-1].startswith(f"{accounts} accounts: {total + 4} items to mirror")
+    )
+
+
+BAD_SETTINGS = {
+    "a PDS that does not answer": {"PDS_URL": "http://127.0.0.1:9"},
+    "an unreachable MongoDB": {
+        "MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    },
+    "a storage host that does not answer": {"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"},
+}
+COMMANDS = [
+    ("sync",),
+    ("sync", "--handle", "nobody.test"),
+    ("sync", "--media", "paintings"),
+    ("status",),
+    ("wipe", "--handle", "nobody.test", "--yes"),
+    ("lexicons", "check"),
+]
+
+
+def test_no_command_answers_a_bad_setting_with_a_traceback(world):
+    """Every command with each wrong setting: a plain `acpipeline: ...` line (or the command's own one-line
+    report), a non-zero exit, never a Python traceback."""
+    world.client.create_account("nobody0.test", "pw-nobody-0", "nobody0@example.com")  # a PDS with data
+    for setting, env in BAD_SETTINGS.items():
+        for command in COMMANDS:
+            result = cli(*command, env=env, timeout=120)
+            said = result.stdout + result.stderr
+            assert "Traceback" not in said, (setting, command, said)
+            # A storage host that does not answer fails items, not the command (there is nothing to fetch
+            # here); the PDS and MongoDB settings end every command.
+            if "STORAGE" not in str(env) and "IMAGE_URL" not in str(env):
+                assert result.returncode != 0, (setting, command, said)
+            errors = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(errors) <= 1, (setting, command, result.stderr)
+
+
+def test_demo_names_a_pds_that_refuses_its_handles(world):
+    from acpipeline.demo.environment import create_demo_account
+
+    with pytest.raises(OperatorError, match=r"does not accept handles under \.example\.org.*unset PDS_URL"):
+        create_demo_account(world.client, "jeffrey.example.org", "pw-jeffrey-1", "jeffrey@example.com")

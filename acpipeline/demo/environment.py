@@ -70,6 +70,22 @@ def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironm
         raise
 
 
+def create_demo_account(client: PdsClient, handle: str, password: str, email: str) -> str:
+    """An account for a demo user; a PDS that refuses the handle's domain (an outside `PDS_URL`) is named
+    in one line with what to change."""
+    try:
+        return client.create_account(handle, password, email)
+    except PdsError as exc:
+        if exc.error != "UnsupportedDomain":
+            raise
+        domain = "." + handle.split(".", 1)[1]
+        raise OperatorError(
+            f"the PDS at {client.url} does not accept handles under {domain}, where the demo creates its "
+            "users: unset PDS_URL to use the demo's own PDS, or give that PDS "
+            "PDS_SERVICE_HANDLE_DOMAINS=.at.aesthetic.computer,.pds.aesthetic.computer"
+        ) from None
+
+
 def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log=print) -> DatasetSummary:
     """Create the demo accounts on the PDS and fill the embedded store (replacing earlier demo data:
     a fresh local PDS has none of the old accounts).
@@ -82,17 +98,7 @@ def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log
     run_tag = secrets.token_hex(3)
 
     def create_account(handle: str, password: str) -> str:
-        try:
-            return client.create_account(handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
-        except PdsError as exc:
-            if exc.error == "UnsupportedDomain":
-                domain = "." + handle.split(".", 1)[1]
-                raise OperatorError(
-                    f"the PDS at {env.pds_url} does not accept handles under {domain}, where the demo "
-                    "creates its users: unset PDS_URL to use the demo's own PDS, or give that PDS "
-                    "PDS_SERVICE_HANDLE_DOMAINS=.at.aesthetic.computer,.pds.aesthetic.computer"
-                ) from None
-            raise
+        return create_demo_account(client, handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
 
     try:
         return seed_dataset(

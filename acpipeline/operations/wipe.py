@@ -290,7 +290,8 @@ def run_wipe(
         instance=instance,
         run_config={
             "ops": {WIPE_OP_NAME: {"config": config}},
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            # The run's failure comes back as one line below; the terminal gets no stack trace of it.
+            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
         },
         raise_on_error=False,
         tags={"acpipeline/cli": "wipe" if not dry_run else "wipe-dry-run"},
@@ -298,5 +299,9 @@ def run_wipe(
     if result.success:
         return WipeOutcome(True, result.output_for_node(WIPE_OP_NAME), run_id=result.run_id)
     failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
-    error = failure.event_specific_data.error.message.strip().splitlines()[0] if failure else "run failed"
+    error = "run failed"
+    if failure:
+        info = failure.event_specific_data.error
+        error = info.message.strip().splitlines()[0].removeprefix(f"{info.cls_name}: ")
+        error = error.split(": ", 1)[1] if error.startswith("dagster.") and ": " in error else error
     return WipeOutcome(False, error=error, run_id=result.run_id)

@@ -8,8 +8,8 @@ import multiprocessing
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -82,6 +82,14 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+# Told of each batch of finished partitions and how many were selected (for progress on a terminal).
+Progress = Callable[[list[PartitionResult], int], None]
+
+
+def _no_progress(finished: list[PartitionResult], total: int) -> None:
+    pass
+
+
 def run_partitions(
     defs: Definitions,
     instance: DagsterInstance | None,
@@ -90,14 +98,18 @@ def run_partitions(
     dry_run: bool = False,
     strict: bool = False,
     full: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[list[PartitionResult], list[str]]:
     """Run each selected partition; returns the results and the users skipped for having no account.
 
     Unless `full` (or a dry run), a partition proven converged since the last sync is not run again.
     `instance` None: the DAGSTER_HOME instance, opened only when some partition has to run (opening it
-    takes most of a no-op sync's time)."""
+    takes most of a no-op sync's time). `progress` is called with each batch of finished partitions and
+    the number selected (the proven ones first, then each run's as it ends)."""
     with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
-        return _run_partitions(defs, instance, mongo, pds, handles, media, dry_run, strict, full)
+        return _run_partitions(
+            defs, instance, mongo, pds, handles, media, dry_run, strict, full, progress or _no_progress
+        )
 
 
 @contextmanager
@@ -126,6 +138,7 @@ def _run_partitions(
     dry_run: bool,
     strict: bool,
     full: bool,
+    progress: Progress,
 ) -> tuple[list[PartitionResult], list[str]]:
     db = mongo.db()
     accounts = find_accounts(db)
@@ -147,6 +160,8 @@ def _run_partitions(
     work, proven = prove_selection(pds.client(), db, accounts, keys, full)
     keys = [key for key in keys if key not in proven]
     skipped = [_proven_result(handle, name, proof) for (handle, name), proof in proven.items()]
+    total = len(keys) + len(skipped)
+    progress(skipped, total)
     results: list[PartitionResult] = []
     if keys:
         instance = instance or get_instance()
@@ -158,15 +173,20 @@ def _run_partitions(
             logins.join()  # before forking: the workers read the sessions it saved
         mongo.close()
         if workers <= 1 or instance.is_ephemeral:
-            batches = [_execute(defs, instance, r, run_config, tags) for r in ranges]
+            for partition_range in ranges:
+                batch = _execute(defs, instance, partition_range, run_config, tags)
+                results += batch
+                progress(batch, total)
         else:
             # Ranges are independent runs: several at once in forked workers, each recording into the same
             # instance (Dagster's storage is multi-process safe; the pool still caps PDS writers).
             global _FORKED
             _FORKED = (defs, run_config, tags)
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                batches = list(pool.map(_execute_forked, ranges))
-        results = [result for batch in batches for result in batch]
+                for future in as_completed([pool.submit(_execute_forked, r) for r in ranges]):
+                    batch = future.result()
+                    results += batch
+                    progress(batch, total)
     order = {key: n for n, key in enumerate((h, m) for h in selected for m in media or MEDIA_NAMES)}
     return sorted(results + skipped, key=lambda r: order[(r.handle, r.media)]), accounts.without_account
 
