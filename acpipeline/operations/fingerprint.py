@@ -24,7 +24,7 @@ from acpipeline.sync.extract import Account, read_all
 def projection(media: str) -> dict[str, int]:
     """What a digest reads of a document: the rules' `source_fields` and what every item carries."""
     rules = MEDIA[media]
-    fields = ("_id", "user", "when", rules.removed_flag, f"{LINK}.rkey", *rules.source_fields)
+    fields = ("_id", "user", "when", rules.removed_flag, f"{LINK}.rkey", f"{LINK}.uri", *rules.source_fields)
     return dict.fromkeys(fields, 1)
 
 
