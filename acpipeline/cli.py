@@ -144,6 +144,20 @@ def cmd_lexicons(args: argparse.Namespace) -> int:
     return 0 if publish or report.plan.identical else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Checks the configuration end to end, one line per check; exit 1 when any check failed."""
+    from acpipeline.operations.doctor import run_doctor, summary
+
+    if args.sample < 1:
+        raise OperatorError(f"--sample {args.sample}: sample at least 1 account")
+    results = run_doctor(_load_defs(), sample=args.sample)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print("\n".join([*(r.line() for r in results), summary(results)]))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_wipe(args: argparse.Namespace) -> int:
     """Without --yes (or with --dry-run) only counts what would go; with --yes deletes it."""
     from acpipeline.instance import get_instance
@@ -292,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--handle", action="append")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configuration end to end (MongoDB, the PDS, accounts, storage, ffmpeg, Dagster); "
+        "exit status 1 when a check fails",
+    )
+    doctor.add_argument(
+        "--sample", type=int, default=3, help="accounts to open a session for (the art account among them)"
+    )
+    doctor.add_argument(
+        "--json", action="store_true", help="print the results as a list of {check, ok, detail}"
+    )
+    doctor.set_defaults(func=cmd_doctor)
 
     lexicons = sub.add_parser(
         "lexicons", help="publish our lexicons as com.atproto.lexicon.schema records, or compare with them"

@@ -4,6 +4,7 @@
 - `kv_get` / `kv_set`: the instance's key-value store (the sensor keeps its state there; Dagster's own
   daemons keep their cursors there);
 - `free_pool_slots`: the pool slots a killed in-process run still holds;
+- `daemon_heartbeats`: when each of the instance's daemons last reported (`acpipeline doctor`);
 - `workspace_context` / `backfill_iteration`: what the scale probe drives directly.
 
 Two plug-ins subclass Dagster's storages by design, named in the instance's dagster.yaml:
@@ -56,6 +57,11 @@ def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:
     """Release every pool slot the run holds (Dagster frees them when a run ends; a killed process never
     ends its run)."""
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+def daemon_heartbeats(instance: DagsterInstance) -> dict[str, float]:
+    """The latest heartbeat of each daemon type that ever ran on the instance, as epoch seconds."""
+    return {kind: beat.timestamp for kind, beat in instance.get_daemon_heartbeats().items()}
 
 
 def workspace_context(instance: DagsterInstance, workspace_yaml: str) -> Any:

@@ -91,6 +91,16 @@ def test_a_killed_runs_pool_slots_can_be_freed():
         assert storage.claim_concurrency_slot("writes", "next-run", "step").is_claimed
 
 
+def test_daemon_heartbeats_are_read_as_the_daemon_writes_them():
+    from dagster._daemon.types import DaemonHeartbeat
+
+    with instance_for_test() as instance:
+        assert dagster_compat.daemon_heartbeats(instance) == {}
+        instance.add_daemon_heartbeat(DaemonHeartbeat(1_700_000_000.5, "SENSOR", "daemon-1"))
+        instance.add_daemon_heartbeat(DaemonHeartbeat(1_700_000_030.5, "SENSOR", "daemon-1"))
+        assert dagster_compat.daemon_heartbeats(instance) == {"SENSOR": 1_700_000_030.5}
+
+
 def test_the_workspace_and_backfill_entry_points_the_probe_drives(tmp_path):
     from acpipeline.operations.scale_probe import PROJECT
 

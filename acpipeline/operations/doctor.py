@@ -1,0 +1,416 @@
+"""`acpipeline doctor`: the configuration checked end to end, one result per check.
+
+Each check is a small function returning a `CheckResult` (`ok`, a warning, a failure naming the setting to
+fix, or skipped because a check it needs failed). They run in order: MongoDB, the PDS, a sample of accounts
+(sessions through `PdsClient.session`, which reuses the saved ones, so repeated runs spend no logins),
+storage (a few real media URLs), ffmpeg, and the Dagster instance with its daemon. Passwords and tokens
+never reach a result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from dagster import Definitions
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from acpipeline.core.items import Item, ItemProblem
+from acpipeline.core.media import MEDIA
+from acpipeline.core.tape import ffmpeg_exe
+from acpipeline.dagster_compat import daemon_heartbeats
+from acpipeline.errors import OperatorError
+from acpipeline.instance import get_instance
+from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.pds import PdsClient, PdsError, _safe_url
+from acpipeline.resources.storage import FetchProblem, StorageResource
+from acpipeline.sync.extract import Account, Accounts, find_accounts, owner_filter
+from acpipeline.sync.runner import resolved
+
+DEFAULT_SAMPLE = 3
+PDS_BUDGET_S = 20.0  # retries of one PDS call: a doctor answers in seconds, not the sync's two minutes
+STORAGE_TRIES = 3  # documents tried per kind of media URL before calling the template wrong
+DOCUMENTS_READ = 20  # documents read per kind to find those tries among (some are nuked or broken)
+DAEMON_SILENT_S = 120.0  # four of Dagster's 30 s heartbeat intervals without one: the daemon is not running
+ENCODERS = ("libx264", "aac")  # what tape videos are encoded with (core/tape.py)
+WORDS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the doctor's report; `status` is "ok", "warn", "fail" or "skipped"."""
+
+    check: str
+    status: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        """Passed (a warning passes: the CLI works, something may be missing)."""
+        return self.status in ("ok", "warn")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "ok": self.ok, "status": self.status, "detail": self.detail}
+
+    def line(self) -> str:
+        return f"{WORDS[self.status]:<6}{self.check:<12}{self.detail}"
+
+
+@dataclass
+class Doctor:
+    """The configured resources and what the earlier checks learned, for the later ones."""
+
+    mongo: MongoResource
+    pds_url: str | None
+    storage: StorageResource
+    sample: int = DEFAULT_SAMPLE
+    db: Database[Any] | None = None
+    accounts: Accounts | None = None
+    client: PdsClient | None = None
+
+
+def check_mongodb(doctor: Doctor) -> CheckResult:
+    """Reachable, the users and media collections present, and how many users have an ATProto account."""
+    where = doctor.mongo.describe()
+    try:
+        db = doctor.mongo.db()
+        names = set(db.list_collection_names())
+        if "users" not in names:
+            fix = "check MONGODB_NAME" + (
+                ", set MONGODB_CONNECTION_STRING to the platform's MongoDB, or seed the embedded store "
+                "(acpipeline demo --seed-only)"
+                if doctor.mongo.is_embedded
+                else ""
+            )
+            return CheckResult("mongodb", "fail", f"{where} has no users collection: {fix}")
+        accounts = find_accounts(db)
+    except OperatorError as exc:
+        return CheckResult("mongodb", "fail", str(exc))
+    except ValueError as exc:  # pymongo's URI parser raises some mistakes (a bad port) as plain ValueError
+        reason = _without_secrets(str(exc), doctor.mongo.connection_string)
+        return CheckResult(
+            "mongodb", "fail", f"MONGODB_CONNECTION_STRING is not a valid MongoDB URI ({reason})"
+        )
+    except PyMongoError as exc:
+        return CheckResult(
+            "mongodb",
+            "fail",
+            f"{where} cannot be read ({type(exc).__name__}): check MONGODB_CONNECTION_STRING and its user's "
+            "rights",
+        )
+    doctor.db, doctor.accounts = db, accounts
+    expected = ["users", *dict.fromkeys(rules.collection for rules in MEDIA.values())]
+    missing = [name for name in expected if name not in names]
+    detail = (
+        f"{where}, {len(expected) - len(missing)} of {len(expected)} collections, "
+        f"{len(accounts.by_handle)} users with accounts"
+    )
+    if missing:
+        return CheckResult(
+            "mongodb", "warn", f"{detail}; no {', '.join(missing)} yet (fine while the platform has none)"
+        )
+    return CheckResult("mongodb", "ok", detail)
+
+
+def check_pds(doctor: Doctor) -> CheckResult:
+    """Answers describeServer; its version (from `/xrpc/_health`) and blobUploadLimit when it tells them."""
+    if not doctor.pds_url:
+        return CheckResult("pds", "fail", "PDS_URL is not set: set PDS_URL to the PDS's URL")
+    url = _safe_url(doctor.pds_url)
+    client = PdsClient(doctor.pds_url, timeout_s=PDS_BUDGET_S, retry_budget_s=PDS_BUDGET_S)
+    try:
+        info = client.describe_server()
+    except OperatorError as exc:  # no answer at all, or not an http(s) URL: the message names PDS_URL
+        client.close()
+        return CheckResult("pds", "fail", str(exc))
+    except (PdsError, ValueError) as exc:  # ValueError: an answer that is not JSON, so not a PDS
+        client.close()
+        reason = str(exc) if isinstance(exc, PdsError) else "its answer is not JSON"
+        return CheckResult(
+            "pds", "fail", f"{url} does not answer describeServer as a PDS ({reason}): check PDS_URL"
+        )
+    doctor.client = client
+    facts = [f"{url} answers", f"DID {info.get('did', '?')}"]
+    try:
+        version = client.call("GET", "_health").get("version")
+    except (PdsError, ValueError):  # `_health` is the reference PDS's; another server may lack it
+        version = None
+    if version:
+        facts.append(f"version {version}")
+    limit = info.get("blobUploadLimit")
+    facts.append(f"blobUploadLimit {limit:,} bytes" if isinstance(limit, int) else "no blobUploadLimit")
+    return CheckResult("pds", "ok", ", ".join(facts))
+
+
+def check_accounts(doctor: Doctor) -> CheckResult:
+    """A sample of the accounts (the art account always among them) opens a session the PDS accepts."""
+    assert doctor.accounts is not None and doctor.client is not None
+    chosen = sample_accounts(doctor.accounts, doctor.sample)
+    if not chosen:
+        return CheckResult(
+            "accounts", "warn", "no user in MongoDB has an ATProto account (atproto.did, handle, password)"
+        )
+    refused: list[str] = []
+    failed: list[str] = []
+    for account in chosen:
+        try:
+            session = doctor.client.session(account.did, account.password)
+            # A saved session opens without a call: one authenticated call proves the PDS accepts it
+            # (an expired or revoked one is refreshed, or the password used, on the way).
+            doctor.client.call("GET", "com.atproto.server.getSession", session=session)
+        except PdsError as exc:
+            if exc.status in (400, 401):
+                refused.append(f"{account.handle} ({exc.error or exc.status})")
+            else:
+                failed.append(f"{account.handle}: {exc}")
+    if refused:
+        return CheckResult(
+            "accounts",
+            "fail",
+            f"the PDS refused the login of {', '.join(refused)}: check atproto.password (and atproto.did) "
+            f"of {'that user' if len(refused) == 1 else 'those users'} in MongoDB",
+        )
+    if failed:
+        return CheckResult("accounts", "fail", f"no session for {'; '.join(failed)}")
+    handles = ", ".join(account.handle for account in chosen)
+    return CheckResult(
+        "accounts",
+        "ok",
+        f"{len(chosen)} of {len(doctor.accounts.by_handle)} accounts open a session: {handles}",
+    )
+
+
+def sample_accounts(accounts: Accounts, size: int) -> list[Account]:
+    """The art account (when it has one) and the first others by handle, `size` in all."""
+    ordered = sorted(accounts.by_handle.values(), key=lambda a: (a.owner is not None, a.handle))
+    return ordered[:size]
+
+
+@dataclass(frozen=True)
+class _UrlKind:
+    """One kind of media URL the storage check tries, and the setting that builds it."""
+
+    name: str
+    media: str
+    anonymous: bool
+    setting: str
+    url: Callable[[StorageResource, Item], str]
+
+
+URL_KINDS = (
+    _UrlKind("painting image", "painting", False, "ACPIPELINE_IMAGE_URL", StorageResource.painting_image_url),
+    _UrlKind(
+        "anonymous painting image",
+        "painting",
+        True,
+        "ACPIPELINE_GUEST_IMAGE_URL",
+        StorageResource.painting_image_url,
+    ),
+    _UrlKind("tape ZIP", "tape", False, "ACPIPELINE_ZIP_URL", StorageResource.tape_url),
+)
+
+
+def check_storage(doctor: Doctor) -> CheckResult:
+    """Real documents' media URLs, built by the storage resource, answer a HEAD."""
+    tried = [_try_urls(doctor, kind) for kind in URL_KINDS]
+    failed = [r.detail for r in tried if r.status == "fail"]
+    if failed:
+        return CheckResult("storage", "fail", "; ".join(failed))
+    answered = [r for r in tried if r.status == "ok"]
+    if not answered:
+        return CheckResult("storage", "warn", "no painting or tape in MongoDB to try a storage URL with")
+    untried = [r.check for r in tried if r.status == "skipped"]
+    hosts = dict.fromkeys(urlsplit(r.detail).netloc for r in answered)
+    detail = f"{_and([r.check for r in answered])} answer (at {', '.join(hosts)})"
+    return CheckResult("storage", "ok", detail + (f" (no {_and(untried)} to try)" if untried else ""))
+
+
+def _try_urls(doctor: Doctor, kind: _UrlKind) -> CheckResult:
+    """The kind's first URL in storage ("ok", with it as detail), what is wrong with its URLs ("fail"), or
+    "skipped" when no document gives one to try."""
+    assert doctor.db is not None
+    rules = MEDIA[kind.media]
+    query = owner_filter(None) if kind.anonymous else {"user": {"$exists": True, "$nin": [None, ""]}}
+    urls: list[str] = []
+    for doc in doctor.db[rules.collection].find(query).limit(DOCUMENTS_READ):
+        item = rules.normalise(doc)
+        if item.problem or item.removed:
+            continue
+        try:
+            urls.append(kind.url(doctor.storage, item))
+        except ItemProblem:  # a document storage cannot hold (a bucket not configured): not this check's
+            continue
+        except (KeyError, IndexError, ValueError) as exc:  # the template itself: a placeholder unknown
+            return CheckResult(
+                kind.name,
+                "fail",
+                f"{kind.setting} is not a URL template of {{bucket}}, {{user}}, {{user_dir}} and {{slug}} "
+                f"({type(exc).__name__}: {exc})",
+            )
+        if len(urls) == STORAGE_TRIES:
+            break
+    if not urls:
+        return CheckResult(kind.name, "skipped", "")
+    for url in urls:
+        try:
+            if doctor.storage.exists(url):
+                return CheckResult(kind.name, "ok", url)
+        except FetchProblem as exc:
+            return CheckResult(kind.name, "fail", f"{kind.name}: {exc}: check {kind.setting}")
+    return CheckResult(
+        kind.name,
+        "fail",
+        f"none of {len(urls)} {kind.name}s tried is in storage (e.g. {_host_path(urls[0])}): "
+        f"check {kind.setting}",
+    )
+
+
+def check_ffmpeg() -> CheckResult:
+    """ffmpeg runs and has the encoders tape videos need."""
+    try:
+        exe = ffmpeg_exe()
+    except (ImportError, RuntimeError):  # imageio-ffmpeg missing, or without a binary for this machine
+        return CheckResult("ffmpeg", "fail", "no ffmpeg found: set FFMPEG_BINARY to an ffmpeg with libx264")
+    source = "FFMPEG_BINARY" if os.environ.get("FFMPEG_BINARY") else "imageio-ffmpeg's"
+    try:
+        version = _ffmpeg(exe, "-version").splitlines()[0].split()
+        listed = [line.split() for line in _ffmpeg(exe, "-encoders").splitlines()]
+        encoders = {fields[1] for fields in listed if len(fields) > 1}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return CheckResult(
+            "ffmpeg", "fail", f"{source} ffmpeg {exe} does not run ({type(exc).__name__}): set FFMPEG_BINARY"
+        )
+    missing = [name for name in ENCODERS if name not in encoders]
+    if missing:
+        return CheckResult(
+            "ffmpeg",
+            "fail",
+            f"{source} ffmpeg {exe} has no {' or '.join(missing)} encoder: set FFMPEG_BINARY to one that has",
+        )
+    release = version[2] if len(version) > 2 else "(version unknown)"
+    return CheckResult("ffmpeg", "ok", f"{source} ffmpeg {release} at {exe}, with {' and '.join(ENCODERS)}")
+
+
+def _ffmpeg(exe: str, option: str) -> str:
+    done = subprocess.run(
+        [exe, "-hide_banner", option], capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stdout
+
+
+def check_dagster() -> CheckResult:
+    """The instance opens; its storage; whether a daemon (sensor, schedule, backfills) is running."""
+    try:
+        instance = get_instance()
+        runs = type(instance.run_storage).__name__
+        beats = daemon_heartbeats(instance)
+    except Exception as exc:
+        # A bad dagster.yaml or database fails in many types; only the type is shown, since a database
+        # error can quote its URL with the password.
+        home = os.environ.get("DAGSTER_HOME") or ".dagster_home"
+        return CheckResult(
+            "dagster",
+            "fail",
+            f"the Dagster instance in {home} does not open ({type(exc).__name__}): check DAGSTER_HOME and "
+            "its dagster.yaml (DAGSTER_PG_URL for PostgreSQL)",
+        )
+    kind = "PostgreSQL" if "Postgres" in runs else "SQLite" if "Sqlite" in runs else runs
+    detail = f"{kind} ({runs}) in {os.environ['DAGSTER_HOME']}"
+    if not beats:
+        return CheckResult(
+            "dagster",
+            "warn",
+            f"{detail}; no daemon has run: sensor, schedule and backfills need dagster-daemon",
+        )
+    silent = time.time() - max(beats.values())
+    if silent > DAEMON_SILENT_S:
+        return CheckResult(
+            "dagster",
+            "warn",
+            f"{detail}; the daemon's last heartbeat was {_ago(silent)} ago: sensor, schedule and backfills "
+            "need dagster-daemon running",
+        )
+    return CheckResult("dagster", "ok", f"{detail}; daemon running (heartbeat {_ago(silent)} ago)")
+
+
+# The checks in order, each with the checks it needs to have passed.
+CHECKS: tuple[tuple[str, Callable[[Doctor], CheckResult], tuple[str, ...]], ...] = (
+    ("mongodb", check_mongodb, ()),
+    ("pds", check_pds, ()),
+    ("accounts", check_accounts, ("mongodb", "pds")),
+    ("storage", check_storage, ("mongodb",)),
+    ("ffmpeg", lambda _: check_ffmpeg(), ()),
+    ("dagster", lambda _: check_dagster(), ()),
+)
+
+
+def run_checks(doctor: Doctor) -> list[CheckResult]:
+    """Every check in order; one whose prerequisite failed is skipped, naming it."""
+    results: dict[str, CheckResult] = {}
+    try:
+        for name, check, needs in CHECKS:
+            failed = [need for need in needs if not results[need].ok]
+            if failed:
+                results[name] = CheckResult(name, "skipped", f"skipped: the {failed[0]} check failed")
+            else:
+                results[name] = check(doctor)
+    finally:
+        if doctor.client is not None:
+            doctor.client.close()
+    return list(results.values())
+
+
+def run_doctor(defs: Definitions, sample: int = DEFAULT_SAMPLE) -> list[CheckResult]:
+    """The checks with the resources the definitions configure (from the environment)."""
+    with (
+        resolved(defs, "mongo") as mongo,
+        resolved(defs, "pds") as pds,
+        resolved(defs, "storage") as storage,
+    ):
+        return run_checks(Doctor(mongo, pds.url, storage, sample))
+
+
+def summary(results: list[CheckResult]) -> str:
+    counts = {status: sum(r.status == status for r in results) for status in WORDS}
+    if counts["fail"]:
+        return (
+            f"{counts['fail']} of {len(results)} checks failed"
+            + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+            + ": fix the FAIL lines above"
+        )
+    warned = f" ({counts['warn']} with a warning)" if counts["warn"] else ""
+    return f"all {len(results)} checks passed{warned}"
+
+
+def _without_secrets(text: str, connection_string: str | None) -> str:
+    """`text` with the connection string and its user:password part left out."""
+    if not connection_string:
+        return text
+    userinfo = connection_string.split("://", 1)[-1].rpartition("@")[0]
+    for secret in (connection_string, userinfo):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
+
+
+def _host_path(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.netloc}{parts.path}"[:160]
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"

@@ -1,0 +1,144 @@
+"""`acpipeline doctor` as an operator runs it (a subprocess), against the real local PDS, the embedded store
+and the demo media server: every check ok on a healthy world, then one broken setting at a time, named on
+its own line, with exit status 1 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import time
+
+import pytest
+from dagster._daemon.types import DaemonHeartbeat
+
+from acpipeline.demo.dataset import seed_dataset
+from acpipeline.instance import get_instance
+from acpipeline.operations.doctor import check_dagster, check_ffmpeg
+from acpipeline.settings import ART_GUEST_ID, ART_HANDLE
+from acpipeline.sync.extract import find_accounts
+
+from .test_cli import cli
+
+CHECKS = ["mongodb", "pds", "accounts", "storage", "ffmpeg", "dagster"]
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture
+def seeded(world):
+    """The small demo dataset: users with accounts (the art account too), paintings, tapes, news."""
+    seed_dataset(world.db(), world.media_root, world.create_account_unique, size="small")
+    return world
+
+
+def lines_by_check(result: subprocess.CompletedProcess) -> dict[str, str]:
+    """Each check's line, by its name; no traceback anywhere."""
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    lines = result.stdout.strip().splitlines()
+    by_check = {line.split()[1]: line for line in lines[:-1]}
+    assert list(by_check) == CHECKS, result.stdout
+    return by_check
+
+
+def passwords(world) -> list[str]:
+    return [account.password for account in find_accounts(world.db()).by_handle.values()]
+
+
+def test_a_healthy_world_passes_every_check(seeded):
+    result = cli("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = lines_by_check(result)
+    for check in ("mongodb", "pds", "accounts", "storage", "ffmpeg"):
+        assert lines[check].startswith("ok "), lines[check]
+    assert "7 of 7 collections" in lines["mongodb"] and "users with accounts" in lines["mongodb"]
+    assert seeded.pds_url in lines["pds"] and "blobUploadLimit 5,242,880 bytes" in lines["pds"]
+    assert "3 of " in lines["accounts"] and ART_HANDLE in lines["accounts"]
+    assert "painting image, anonymous painting image and tape ZIP answer" in lines["storage"]
+    # No daemon runs here: a warning, not a failure.
+    assert lines["dagster"].startswith("WARN ") and "SQLite" in lines["dagster"]
+    assert result.stdout.strip().splitlines()[-1] == "all 6 checks passed (1 with a warning)"
+    assert not any(password in result.stdout + result.stderr for password in passwords(seeded))
+
+    as_json = cli("doctor", "--json", "--sample", "1")
+    assert as_json.returncode == 0, as_json.stderr
+    results = json.loads(as_json.stdout)
+    assert [r["check"] for r in results] == CHECKS
+    assert all(set(r) == {"check", "ok", "status", "detail"} and r["ok"] for r in results)
+    assert results[2]["detail"].startswith("1 of ") and ART_HANDLE in results[2]["detail"]
+
+
+def test_a_pds_url_that_does_not_answer(seeded):
+    result = cli("doctor", env={"PDS_URL": CLOSED})
+    assert result.returncode == 1
+    lines = lines_by_check(result)
+    assert lines["mongodb"].startswith("ok ")
+    assert lines["pds"].startswith("FAIL ") and CLOSED in lines["pds"] and "PDS_URL" in lines["pds"]
+    assert lines["accounts"].startswith("skip ") and "pds" in lines["accounts"]
+    assert lines["storage"].startswith("ok ")
+
+
+def test_a_refused_login_names_the_handle_and_not_the_password(seeded):
+    wrong = f"wrong-{secrets.token_urlsafe(12)}"
+    seeded.db()["users"].update_one({"_id": ART_GUEST_ID}, {"$set": {"atproto.password": wrong}})
+    # The art account's session saved at its creation would still open: make the doctor log in.
+    shutil.rmtree(seeded.home / "sessions")
+    result = cli("doctor")
+    assert result.returncode == 1
+    lines = lines_by_check(result)
+    assert lines["accounts"].startswith("FAIL ")
+    assert ART_HANDLE in lines["accounts"] and "atproto.password" in lines["accounts"]
+    assert lines["pds"].startswith("ok ") and lines["mongodb"].startswith("ok ")
+    for password in [wrong, *passwords(seeded)]:
+        assert password not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        (CLOSED + "/{bucket}/{user}/painting/{slug}.png", "storage unreachable for 127.0.0.1:9/"),
+        (CLOSED + "/{bucket}/{key}", "is not a URL template"),
+    ],
+    ids=["closed-port", "unknown-placeholder"],
+)
+def test_a_storage_template_that_does_not_work(seeded, template, reason):
+    result = cli("doctor", env={"ACPIPELINE_IMAGE_URL": template})
+    assert result.returncode == 1
+    lines = lines_by_check(result)
+    assert lines["storage"].startswith("FAIL ") and "ACPIPELINE_IMAGE_URL" in lines["storage"]
+    assert reason in lines["storage"]
+    assert all(lines[check].startswith("ok ") for check in ("mongodb", "pds", "accounts", "ffmpeg"))
+
+
+@pytest.mark.parametrize(
+    "connection_string",
+    ["mongodb://ops:hunter2-secret@127.0.0.1:99999/", "mongodb://ops:hunter2-secret@127.0.0.1:9/"],
+    ids=["malformed", "unreachable"],
+)
+def test_a_mongodb_connection_string_that_does_not_work(world, connection_string):
+    result = cli("doctor", env={"MONGODB_CONNECTION_STRING": connection_string})
+    assert result.returncode == 1
+    lines = lines_by_check(result)
+    assert lines["mongodb"].startswith("FAIL ") and "MONGODB_CONNECTION_STRING" in lines["mongodb"]
+    assert lines["accounts"].startswith("skip ") and lines["storage"].startswith("skip ")
+    assert lines["pds"].startswith("ok ")
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_an_ffmpeg_that_is_not_there(monkeypatch, tmp_path):
+    monkeypatch.setenv("FFMPEG_BINARY", str(tmp_path / "ffmpeg"))
+    result = check_ffmpeg()
+    assert result.status == "fail" and "FFMPEG_BINARY" in result.detail
+
+
+def test_the_daemon_is_running_while_its_heartbeats_are_recent(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert check_dagster().status == "warn"
+    instance = get_instance()
+    # What `dagster-daemon run` writes every 30 s, three hours ago, then now.
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 3 * 3600, "SENSOR", "daemon"))
+    stopped = check_dagster()
+    assert stopped.status == "warn" and "3 h ago" in stopped.detail
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", "daemon"))
+    running = check_dagster()
+    assert running.status == "ok" and "daemon running" in running.detail
