@@ -10,12 +10,11 @@ import shutil
 import pytest
 
 from acpipeline.cli import main
-from acpipeline.core.lexicon import default_lexicon_dir
+from acpipeline.core.lexicon import default_lexicon_dir, load_documents
 from acpipeline.core.lexicon_publish import (
     SCHEMA_NSID,
     dns_records,
     json_diff,
-    load_documents,
     plan_schemas,
     schema_diff,
     schema_record,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from acpipeline.core.tid import is_tid
+from acpipeline.errors import OperatorError
 
 _DATETIME_RE = re.compile(
     r"^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-6][0-9]:[0-6][0-9](\.[0-9]{1,20})?(Z|[+-][0-2][0-9]:[0-5][0-9])$"
@@ -46,11 +47,11 @@ class Lexicon:
     record: dict[str, Any]
 
     @classmethod
-    def load(cls, path: Path) -> Lexicon:
-        doc = json.loads(path.read_text())
+    def of(cls, doc: dict[str, Any]) -> Lexicon:
+        """The record lexicon a document (as `load_documents` reads it) defines."""
         main = doc["defs"]["main"]
         if main.get("type") != "record":
-            raise ValueError(f"{path}: main def is not a record")
+            raise ValueError(f"{doc['id']}: main def is not a record")
         return cls(nsid=doc["id"], key=main.get("key", "any"), record=main["record"])
 
     def violations(self, value: dict[str, Any]) -> list[Violation]:
@@ -70,14 +71,31 @@ def default_lexicon_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "lexicons"
 
 
+def load_documents(directory: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every lexicon document under `directory` (default: the project's `lexicons/`), by its `id`: what
+    the record check validates against and what `acpipeline lexicons publish` writes."""
+    root = directory or default_lexicon_dir()
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise OperatorError(f"{path} is not valid JSON ({exc})") from None
+        nsid = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(nsid, str) or nsid.count(".") < 2 or doc.get("lexicon") != 1:
+            raise OperatorError(f'{path} is not a lexicon document ("lexicon": 1 and an NSID "id")')
+        if nsid in docs:
+            raise OperatorError(f"{path}: {nsid} is defined twice under {root}")
+        docs[nsid] = doc
+    if not docs:
+        raise OperatorError(f"no lexicons under {root}")
+    return docs
+
+
 @cache
 def load_lexicons(directory: Path | None = None) -> dict[str, Lexicon]:
     """Every lexicon under `directory` (default: the project's `lexicons/`), by NSID."""
-    root = directory or default_lexicon_dir()
-    found = {lex.nsid: lex for lex in (Lexicon.load(p) for p in sorted(root.rglob("*.json")))}
-    if not found:
-        raise FileNotFoundError(f"no lexicons under {root}")
-    return found
+    return {nsid: Lexicon.of(doc) for nsid, doc in load_documents(directory).items()}
 
 
 def _check_object(schema: dict[str, Any], value: Any, path: str) -> list[Violation]:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.core.plan import Write
-from acpipeline.errors import OperatorError
 
 SCHEMA_NSID = "com.atproto.lexicon.schema"
 NAMESPACE = "computer.aesthetic."  # published schemas under it with no local file are reported as extra
@@ -51,26 +48,6 @@ def _show(value: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     return None if value is ABSENT else value
-
-
-def load_documents(directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Every lexicon document under `directory` (default: the project's `lexicons/`), by its `id`."""
-    root = directory or default_lexicon_dir()
-    docs: dict[str, dict[str, Any]] = {}
-    for path in sorted(root.rglob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError as exc:
-            raise OperatorError(f"{path} is not valid JSON ({exc})") from None
-        nsid = doc.get("id") if isinstance(doc, dict) else None
-        if not isinstance(nsid, str) or nsid.count(".") < 2 or doc.get("lexicon") != 1:
-            raise OperatorError(f'{path} is not a lexicon document ("lexicon": 1 and an NSID "id")')
-        if nsid in docs:
-            raise OperatorError(f"{path}: {nsid} is defined twice under {root}")
-        docs[nsid] = doc
-    if not docs:
-        raise OperatorError(f"no lexicons under {root}")
-    return docs
 
 
 def schema_record(doc: dict[str, Any]) -> dict[str, Any]:

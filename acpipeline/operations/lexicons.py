@@ -14,12 +14,12 @@ from typing import Any
 from dagster import Definitions
 
 from acpipeline.core.batches import encode_body, write_op
+from acpipeline.core.lexicon import load_documents
 from acpipeline.core.lexicon_publish import (
     SCHEMA_NSID,
     DnsRecord,
     LexiconPlan,
     dns_records,
-    load_documents,
     plan_schemas,
 )
 from acpipeline.errors import OperatorError
