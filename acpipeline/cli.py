@@ -13,7 +13,7 @@ import time
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.errors import OperatorError
-from acpipeline.report import table
+from acpipeline.report import print_status, table
 from acpipeline.settings import ART_HANDLE, apply_dagster_env
 
 ONLY_FLAGS = {
@@ -116,21 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(table(rows, ["handle", "media", "desired", "on_pds"]))
-    accounts: dict[str, list[int]] = {}
-    for row in rows:
-        desired_on_pds = accounts.setdefault(row["handle"], [0, 0])
-        desired_on_pds[0] += row["desired"]
-        desired_on_pds[1] += row["on_pds"]
-    print("\nper account:")
-    per_account = [{"handle": h, "desired": d, "on_pds": p} for h, (d, p) in accounts.items()]
-    print(table(per_account, ["handle", "desired", "on_pds"]))
-    differ = [r for r in rows if r["desired"] != r["on_pds"]]
-    print(
-        f"{len(accounts)} accounts: {sum(r['desired'] for r in rows)} items to mirror, "
-        f"{sum(r['on_pds'] for r in rows)} records on the PDS; {len(differ)} of {len(rows)} partitions differ"
-        + (" (acpipeline sync brings them in step)" if differ else "")
-    )
+    print_status(rows)
     return 0
 
 

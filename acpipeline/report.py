@@ -43,7 +43,7 @@ def status_word(row: dict[str, Any]) -> str:
         return "unchanged since the last sync"
     if row.get("proven_converged"):
         return "unchanged"
-    if row["planned"] or row.get("dry_run"):
+    if row["planned"]:  # only a dry run plans without writing
         return "dry run"
     if row["check_passed"] is False:
         return "CHECK FAILED"
@@ -186,3 +186,23 @@ class SyncProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def print_status(rows: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    """Per partition, then per account, then one line over all: items MongoDB wants vs records on the PDS."""
+    print(table(rows, ["handle", "media", "desired", "on_pds"]), file=out)
+    accounts: dict[str, list[int]] = {}
+    for row in rows:
+        desired_on_pds = accounts.setdefault(row["handle"], [0, 0])
+        desired_on_pds[0] += row["desired"]
+        desired_on_pds[1] += row["on_pds"]
+    print("\nper account:", file=out)
+    per_account = [{"handle": h, "desired": d, "on_pds": p} for h, (d, p) in accounts.items()]
+    print(table(per_account, ["handle", "desired", "on_pds"]), file=out)
+    differ = [r for r in rows if r["desired"] != r["on_pds"]]
+    print(
+        f"{len(accounts)} accounts: {sum(r['desired'] for r in rows)} items to mirror, "
+        f"{sum(r['on_pds'] for r in rows)} records on the PDS; {len(differ)} of {len(rows)} partitions differ"
+        + (" (acpipeline sync brings them in step)" if differ else ""),
+        file=out,
+    )
