@@ -126,8 +126,7 @@ def _zip_tape(
     """Our encode of the tape's ZIP, cached by the ZIP's URL and by its content."""
     zip_url = storage.tape_url(item)
     report: dict[str, Any] = {"ref": item.ref, "source": "zip", "fallback": fallback}
-    by_url = cache.get(f"{TAPE_VERSION}:url:{zip_url}:{max_video}")
-    entry = by_url and cache.get(f"{TAPE_VERSION}:zip:{by_url['zip_sha256']}:{max_video}")
+    entry = _earlier_encode(cache, zip_url, max_video)
     if entry:
         video, thumbnail = cache.blob(entry["video"]), cache.blob(entry["thumbnail"])
         if video and thumbnail:
@@ -161,6 +160,12 @@ def _zip_tape(
     _count(stats, {"video": video, "thumbnail": thumbnail}, cached)
     stats.tapes.append(report | {"cached": cached})
     return Derived(blobs={"video": video, "thumbnail": thumbnail})
+
+
+def _earlier_encode(cache: DerivedCache, zip_url: str, max_video: int) -> dict[str, Any] | None:
+    """Our encode of the ZIP at `zip_url` from an earlier run, found by the URL, then by the ZIP's content."""
+    by_url = cache.get(f"{TAPE_VERSION}:url:{zip_url}:{max_video}")
+    return cache.get(f"{TAPE_VERSION}:zip:{by_url['zip_sha256']}:{max_video}") if by_url else None
 
 
 def _made_video(url: str, storage: StorageResource, cache: DerivedCache, max_video: int) -> tuple[Blob, bool]:
@@ -232,8 +237,7 @@ def _oven_thumbnail(
 def _zip_thumbnail(item: Item, storage: StorageResource, cache: DerivedCache, max_video: int) -> Blob:
     """Our poster frame from the tape's ZIP: the one of an earlier encode when there was one."""
     zip_url = storage.tape_url(item)
-    by_url = cache.get(f"{TAPE_VERSION}:url:{zip_url}:{max_video}")
-    encoded = by_url and cache.get(f"{TAPE_VERSION}:zip:{by_url['zip_sha256']}:{max_video}")
+    encoded = _earlier_encode(cache, zip_url, max_video)
     known = cache.get(f"{TAPE_VERSION}:thumbnail:{zip_url}")
     thumbnail = cache.blob((encoded and encoded["thumbnail"]) or (known and known["thumbnail"]))
     if thumbnail:
