@@ -31,8 +31,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	@echo
 	@echo "Next: 'make dev' opens the Dagster UI (http://127.0.0.1:3000) with this history."
 
+# The UI over the demo's world: brought back first if it stopped (`acpipeline demo up`), which it leaves running.
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/acpipeline demo --serve
+	$(BIN)/acpipeline demo up
+	$(BIN)/python -m dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # The UI test drives Debian's chromium with Playwright (no browser download from the internet).
 browser:
@@ -60,4 +62,5 @@ lint: install
 	$(BIN)/mypy
 
 clean:
+	@[ ! -x $(BIN)/acpipeline ] || $(BIN)/acpipeline demo down
 	rm -rf $(VENV) $(ACPIPELINE_HOME) $(DAGSTER_HOME) acpipeline/localpds/*/node_modules

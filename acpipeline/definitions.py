@@ -9,6 +9,7 @@ import os
 from dagster import Definitions, EnvVar, in_process_executor, mem_io_manager
 
 from acpipeline.dagster_compat import apply_fixes
+from acpipeline.demo.world import apply_saved_world
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
@@ -23,6 +24,7 @@ from acpipeline.settings import (
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 
 apply_fixes()
+apply_saved_world()  # `dagster dev` in a checkout where `acpipeline demo` ran: the demo's PDS and media
 
 
 def _env(name: str, default: str | None = None):

@@ -201,7 +201,7 @@ def print_status(rows: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
     print(table(per_account, ["handle", "desired", "on_pds"]), file=out)
     differ = [r for r in rows if r["desired"] != r["on_pds"]]
     print(
-        f"{len(accounts)} accounts: {sum(r['desired'] for r in rows)} items to mirror, "
+        f"{_n(len(accounts), 'account')}: {sum(r['desired'] for r in rows)} items to mirror, "
         f"{sum(r['on_pds'] for r in rows)} records on the PDS; {len(differ)} of {len(rows)} partitions differ"
         + (" (acpipeline sync brings them in step)" if differ else ""),
         file=out,

@@ -805,7 +805,7 @@ def run_platform_bench(
             db = mongo.db()
             log(f"seeding the {size} dataset ...")
             seeded = time.perf_counter()
-            summary = seed(world, db, size=size, log=log)
+            summary = seed(world.pds_url, world.media.media_root, db, size=size, log=log)
             seed_s = time.perf_counter() - seeded
             instance = stack.enter_context(DagsterInstance.get())
             register_handles(instance, db)

@@ -42,14 +42,18 @@ class DemoEnvironment:
         self.close()
 
 
-def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironment:
-    """Start (or reach) the PDS and start the media server; export their URLs into this process's
-    environment, which is how the Dagster resources and child processes find them."""
+def refuse_a_real_database() -> None:
     if os.environ.get("MONGODB_CONNECTION_STRING"):
         raise OperatorError(
             "MONGODB_CONNECTION_STRING is set: the demo only seeds the embedded store, never a real "
             "database. Unset it to run the demo."
         )
+
+
+def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironment:
+    """Start (or reach) the PDS and start the media server; export their URLs into this process's
+    environment, which is how the Dagster resources and child processes find them."""
+    refuse_a_real_database()
     stack = ExitStack()
     try:
         local = None
@@ -86,7 +90,9 @@ def create_demo_account(client: PdsClient, handle: str, password: str, email: st
         ) from None
 
 
-def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log=print) -> DatasetSummary:
+def seed(
+    pds_url: str, media_root: Path, db, size: str = "small", seed_value: int = 7, log=print
+) -> DatasetSummary:
     """Create the demo accounts on the PDS and fill the embedded store (replacing earlier demo data:
     a fresh local PDS has none of the old accounts).
 
@@ -94,7 +100,7 @@ def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log
     account's session is saved under ACPIPELINE_HOME/sessions, so the sync that follows does not log in
     again). The platform-size dataset reports its progress to `log` (about a thousand accounts take
     minutes); the small ones say nothing until the summary."""
-    client = PdsClient(env.pds_url)
+    client = PdsClient(pds_url)
     run_tag = secrets.token_hex(3)
 
     def create_account(handle: str, password: str) -> str:
@@ -103,7 +109,7 @@ def seed(env: DemoEnvironment, db, size: str = "small", seed_value: int = 7, log
     try:
         return seed_dataset(
             db,
-            Path(env.media.media_root),
+            Path(media_root),
             create_account,
             size=size,
             seed=seed_value,
