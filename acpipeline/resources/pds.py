@@ -7,6 +7,11 @@ createSession allowance (30 per 5 minutes per account). Tokens and passwords nev
 When the PDS signals pressure (429, or `ratelimit-remaining` near zero) every client of that PDS slows down,
 not only the one that was told: a "not before" time per PDS host is shared in this process and, through a
 small file under ACPIPELINE_HOME/throttle, with every other process (concurrent Dagster runs).
+
+With `ACPIPELINE_SHARED_STATE=mongodb` (runs on several machines, or in containers with an empty
+ACPIPELINE_HOME each) both live in MongoDB instead: the sessions in `acpipeline-sessions` (one document per
+account, beside the platform's `users` that hold the passwords; never in Dagster's storage), the throttle in
+`acpipeline-throttle` (one document per PDS host, read at most once a second per process).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +34,11 @@ from urllib.parse import urlsplit
 import httpx
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from acpipeline.core.batches import encode_body
 from acpipeline.errors import OperatorError
+from acpipeline.resources import shared_state
 from acpipeline.resources.tls import tls_context
 from acpipeline.settings import acpipeline_home
 
@@ -40,6 +48,8 @@ DEFAULT_RETRY_BUDGET_S = 120.0
 RETRY_BUDGET_ENV = "ACPIPELINE_PDS_RETRY_BUDGET_S"
 # Below this share of `ratelimit-limit` left in the window, calls are spread over what remains of it.
 PRESSURE_SHARE = 0.02
+# With the throttle in MongoDB, a process reads the shared time at most this often (its own holds at once).
+SHARED_THROTTLE_READ_S = 1.0
 # Errors raised before the request left this machine: safe to retry even for a write.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -84,10 +94,13 @@ class Session:
 
 class Throttle:
     """A "not before" time for one PDS host, shared by every client in this process (a dict) and across
-    processes (a file under ACPIPELINE_HOME/throttle, read before each call). Concurrent updates keep the
-    later time; a lost race only loses one extension of an already-set pause."""
+    processes: a file under ACPIPELINE_HOME/throttle, read before each call; or, with
+    `ACPIPELINE_SHARED_STATE=mongodb`, a document in MongoDB read at most once a second (every machine's
+    runs). Concurrent updates keep the later time; a lost race only loses one extension of an already-set
+    pause (MongoDB's `$max` loses none)."""
 
     _local: dict[str, float] = {}
+    _seen: dict[str, tuple[float, float]] = {}  # host -> (when read, monotonic; the shared time)
     _lock = threading.Lock()
 
     def __init__(self, url: str):
@@ -98,11 +111,29 @@ class Throttle:
         # Looked up per call: ACPIPELINE_HOME is read from the environment, which may change between runs.
         return acpipeline_home() / "throttle" / self._name
 
-    def not_before(self) -> float:
+    def _where(self) -> tuple[str, Path | None]:
+        """The key of this process's copy, and the file that shares it (None: MongoDB shares it)."""
+        if shared_state.in_mongodb():
+            return f"mongodb:{self.host}", None
         path = self.path()
+        return str(path), path
+
+    def not_before(self) -> float:
+        key, path = self._where()
         with self._lock:
-            local = self._local.get(str(path), 0.0)
-        return max(local, _read_not_before(path))
+            local = self._local.get(key, 0.0)
+        return max(local, _read_not_before(path) if path else self._shared())
+
+    def _shared(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(self.host)
+        if seen is not None and now - seen[0] < SHARED_THROTTLE_READ_S:
+            return seen[1]
+        value = _read_shared_not_before(self.host)
+        with self._lock:
+            self._seen[self.host] = (now, value)
+        return value
 
     def delay(self) -> float:
         """Seconds to wait before the next call to this PDS (0 when free to go)."""
@@ -110,11 +141,18 @@ class Throttle:
 
     def hold(self, until: float) -> None:
         """No call to this PDS before `until` (epoch seconds), from any client."""
-        path = self.path()
+        key, path = self._where()
+        if path is None:
+            with self._lock:
+                if until <= self._local.get(key, 0.0):
+                    return
+                self._local[key] = until
+            _hold_shared(self.host, until)  # outside the lock: the other threads read `_local` meanwhile
+            return
         with self._lock:
-            if until <= self._local.get(str(path), 0.0):
+            if until <= self._local.get(key, 0.0):
                 return
-            self._local[str(path)] = until
+            self._local[key] = until
             if until <= _read_not_before(path):
                 return
             path.parent.mkdir(exist_ok=True)
@@ -141,6 +179,29 @@ def _read_not_before(path: Path) -> float:
         return float(json.loads(path.read_text())["not_before"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
+
+
+def _read_shared_not_before(host: str) -> float:
+    """The shared time in MongoDB; 0 when there is none or MongoDB does not answer (the throttle is advice:
+    a PDS that is really under pressure says so again with its next answer)."""
+    try:
+        found = shared_state.collection(shared_state.THROTTLE).find_one({"_id": host})
+        return float(found["not_before"]) if found else 0.0
+    except (PyMongoError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _hold_shared(host: str, until: float) -> None:
+    """The later of the stored time and `until`, in one atomic update (`$max`)."""
+    throttle = shared_state.collection(shared_state.THROTTLE)
+    for _ in range(2):  # two first upserts at once: one of them meets the other's document
+        try:
+            throttle.update_one({"_id": host}, {"$max": {"not_before": until}}, upsert=True)
+            return
+        except DuplicateKeyError:
+            continue
+        except PyMongoError:
+            return  # this process still waits; the others learn it from the PDS
 
 
 class PdsClient:
@@ -460,7 +521,13 @@ def _session_path(did: str) -> Path:
 
 
 def _save_session(session: Session) -> None:
-    """Written owner-only (0600) and atomically: a crash leaves the old pair or the new one, never half."""
+    """Written owner-only (0600) and atomically: a crash leaves the old pair or the new one, never half.
+    With `ACPIPELINE_SHARED_STATE=mongodb`: the account's document in MongoDB, replaced in one write."""
+    if shared_state.in_mongodb():
+        _mongodb_sessions("saving", session.did, lambda sessions: sessions.replace_one(
+            {"_id": session.did}, {**session.as_json(), "savedAt": datetime.now(UTC)}, upsert=True
+        ))  # fmt: skip
+        return
     path = _session_path(session.did)
     tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -472,10 +539,28 @@ def _save_session(session: Session) -> None:
 
 def _load_session(did: str) -> Session | None:
     try:
-        data = json.loads(_session_path(did).read_text())
+        if shared_state.in_mongodb():
+            data = _mongodb_sessions("reading", did, lambda sessions: sessions.find_one({"_id": did}))
+            if data is None:
+                return None
+        else:
+            data = json.loads(_session_path(did).read_text())
         return Session(data["did"], data["handle"], data["accessJwt"], data["refreshJwt"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _mongodb_sessions(doing: str, did: str, action: Callable[[Any], Any]) -> Any:
+    """`action` on the sessions collection; a MongoDB error becomes one line naming the account, never the
+    document (it holds the tokens)."""
+    try:
+        return action(shared_state.collection(shared_state.SESSIONS))
+    except PyMongoError as exc:
+        raise OperatorError(
+            f"{doing} the PDS session of {did} in MongoDB failed ({type(exc).__name__}): check "
+            f"MONGODB_CONNECTION_STRING, or unset {shared_state.SHARED_STATE_ENV} to keep sessions on this "
+            "machine"
+        ) from None
 
 
 class PdsResource(ConfigurableResource):

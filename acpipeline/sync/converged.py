@@ -24,16 +24,20 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymongo.errors import DuplicateKeyError
+
 from acpipeline.core.fingerprint import combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.core.media import MEDIA
+from acpipeline.resources import shared_state
 from acpipeline.resources.pds import PdsError
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
@@ -42,6 +46,7 @@ from acpipeline.sync.extract import Accounts, extract_owners
 
 FINGERPRINT_VERSION = "fp-v2"
 LIST_REPOS_PAGE = 1000
+MARK_UPDATE_TRIES = 50  # concurrent changes to one account's marks in MongoDB: each try reads it again
 
 
 def _rules_version() -> str:
@@ -105,45 +110,105 @@ class Mark:
     desired: int  # records the partition held when it was marked
 
 
+def _marks_collection() -> Any:
+    # Looked up at each use: a state is used from more than one thread, and the embedded store's
+    # connections belong to their thread.
+    return shared_state.collection(shared_state.MARKS)
+
+
+def _marks_of(stored: dict[str, Any]) -> dict[str, Mark]:
+    return {media: Mark(*value) for media, value in stored.items()}
+
+
+def _plain_marks(marks: dict[str, Mark]) -> dict[str, list[Any]]:
+    return {media: [mark.fingerprint, mark.desired] for media, mark in marks.items()}
+
+
 class ConvergedState:
-    """Per account: a repository rev and the marks valid at it. SQLite under ACPIPELINE_HOME, shared by
-    every process; each change is one transaction, so concurrent runs cannot interleave inside one."""
+    """Per account: a repository rev and the marks valid at it. Each change is one atomic update, so
+    concurrent runs cannot interleave inside one. Kept in SQLite under ACPIPELINE_HOME (every process of
+    this machine), or with `ACPIPELINE_SHARED_STATE=mongodb` in MongoDB's `acpipeline-marks`, one document
+    per account (every machine: runs in containers with an empty ACPIPELINE_HOME prove from the marks other
+    machines made)."""
 
     def __init__(self, home: Path):
+        self._locks = home / "locks"
+        self._db: sqlite3.Connection | None = None
+        self._shared = shared_state.in_mongodb()
+        if self._shared:
+            return
         schema = "CREATE TABLE IF NOT EXISTS marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)"
         # Used by a run's thread that sends applyWrites too (advance), never at the same time as the other.
         self._db = connect_local(
             home / "converged.sqlite", schema, isolation_level=None, check_same_thread=False
         )
-        self._locks = home / "locks"
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def load(self, did: str) -> tuple[str | None, dict[str, Mark]]:
-        row = self._db.execute("SELECT rev, marks FROM marks WHERE did = ?", (did,)).fetchone()
-        if not row:
-            return None, {}
-        return row[0], {media: Mark(*value) for media, value in json.loads(row[1]).items()}
+        return self.load_many([did]).get(did, (None, {}))
+
+    def load_many(self, dids: Iterable[str]) -> dict[str, tuple[str, dict[str, Mark]]]:
+        """The stored rev and marks of each of the accounts that has any: one query per 500 accounts."""
+        wanted = list(dict.fromkeys(dids))
+        found: dict[str, tuple[str, dict[str, Mark]]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            if self._shared:
+                for doc in _marks_collection().find({"_id": {"$in": chunk}}):
+                    found[doc["_id"]] = (doc["rev"], _marks_of(doc["marks"]))
+                continue
+            assert self._db is not None
+            query = f"SELECT did, rev, marks FROM marks WHERE did IN ({','.join('?' * len(chunk))})"
+            for did, rev, marks in self._db.execute(query, chunk):
+                found[did] = (rev, _marks_of(json.loads(marks)))
+        return found
 
     def valid_marks(self, did: str, rev: str) -> dict[str, Mark]:
         """The account's marks that hold at `rev`, its repository's latest commit."""
         stored, marks = self.load(did)
         return marks if stored == rev else {}
 
-    def _update(self, did: str, change) -> None:
+    def _update(self, did: str, change: Callable[[str | None, dict[str, Mark]], Any]) -> None:
+        if self._shared:
+            self._update_shared(did, change)
+            return
+        assert self._db is not None
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rev, marks = self.load(did)
             new = change(rev, marks)
             if new is not None:
                 rev, marks = new
-                payload = json.dumps({m: [k.fingerprint, k.desired] for m, k in marks.items()})
+                payload = json.dumps(_plain_marks(marks))
                 self._db.execute("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", (did, rev, payload))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def _update_shared(self, did: str, change: Callable[[str | None, dict[str, Mark]], Any]) -> None:
+        """Read, change, write only if nobody wrote in between (the document's version `v`), else again."""
+        marks = _marks_collection()
+        for _ in range(MARK_UPDATE_TRIES):
+            doc = marks.find_one({"_id": did})
+            stored = (doc["rev"], _marks_of(doc["marks"])) if doc else (None, {})
+            new = change(*stored)
+            if new is None:
+                return
+            values = {"rev": new[0], "marks": _plain_marks(new[1])}
+            if doc is None:
+                try:
+                    marks.insert_one({"_id": did, **values, "v": 1})
+                    return
+                except DuplicateKeyError:
+                    continue
+            written = marks.update_one({"_id": did, "v": doc["v"]}, {"$set": values, "$inc": {"v": 1}})
+            if written.matched_count:
+                return
+        raise RuntimeError(f"the convergence marks of {did} kept changing: gave up after {MARK_UPDATE_TRIES}")
 
     def advance(self, did: str, previous: str, new: str, media: str) -> None:
         """Our write to `media` built on commit `previous` (swapCommit) and made `new`: the other marks
@@ -241,13 +306,15 @@ def prove(
     """The partitions proven converged. `partitions`: (handle, media) -> (did, its items). One `listRepos`
     for the revs; `describeRepo` only for an account with an unmarked partition that has no document."""
     revs = latest_revs(client, {did for did, _ in partitions.values()})
+    stored = state.load_many(revs)
     collections: dict[str, set[str]] = {}
     proven: dict[tuple[str, str], Proof] = {}
     for (handle, media), (did, items) in partitions.items():
         rev = revs.get(did)
         if rev is None:
             continue
-        mark = state.valid_marks(did, rev).get(media)
+        marks_rev, marks = stored.get(did, (None, {}))
+        mark = marks.get(media) if marks_rev == rev else None
         if mark is not None and source_fingerprint(items) == mark.fingerprint:
             proven[(handle, media)] = Proof(mark.fingerprint, mark.desired, rev)
             continue
