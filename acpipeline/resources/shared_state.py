@@ -15,6 +15,7 @@ With a container run launcher every run starts with an empty ACPIPELINE_HOME, so
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from pathlib import Path
@@ -58,7 +59,7 @@ _lock = threading.Lock()
 
 
 def _forked() -> None:
-    _inherited.extend(_resources.values())
+    _inherited.extend(_resources.values())  # never used again, never closed
     _resources.clear()
 
 
@@ -73,15 +74,7 @@ def collection(name: str) -> Collection:
     connection_string = os.environ.get("MONGODB_CONNECTION_STRING") or None
     database = os.environ.get("MONGODB_NAME") or DEFAULT_DATABASE
     if connection_string is None:
-        key: tuple[Any, ...] = (database, embedded_path())
-        pid, mine = getattr(_threads, "resources", (None, {}))
-        if pid != os.getpid():
-            _inherited.extend(mine.values())
-            mine = {}
-            _threads.resources = (os.getpid(), mine)
-        if key not in mine:
-            mine[key] = MongoResource(database=database)
-        return mine[key].db()[name]
+        return _embedded(database, embedded_path(), name)
     with _lock:
         resource = _resources.get((connection_string, database))
         if resource is None:
@@ -91,6 +84,44 @@ def collection(name: str) -> Collection:
         return resource.db()[name]
 
 
+class _Embedded:
+    """This thread's connection to the embedded store, and the collections it has used."""
+
+    def __init__(self, database: str):
+        from acpipeline.resources.mongo import MongoResource
+
+        self.resource = MongoResource(database=database)
+        self.used: set[str] = set()
+
+
+def _embedded(database: str, folder: str, name: str) -> Collection:
+    pid, mine = getattr(_threads, "resources", (None, {}))
+    if pid != os.getpid():  # a forked child: the parent's connections stay as they are
+        _inherited.extend(mine.values())
+        mine = {}
+        _threads.resources = (os.getpid(), mine)
+    embedded = mine.get((database, folder))
+    if embedded is None:
+        embedded = mine[(database, folder)] = _Embedded(database)
+    found = embedded.resource.db()[name]
+    if name not in embedded.used:
+        _first_use(found, Path(folder))
+        embedded.used.add(name)
+    return found
+
+
+def _first_use(found: Collection, folder: Path) -> None:
+    """The embedded store opens a collection's file on its first use, and two connections doing so at once
+    (threads or processes) may both try to record the file's format: one fails. First uses take turns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _lock, open(folder / ".acpipeline-first-use.lock", "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            found.find_one({"_id": None}, {"_id": 1})
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+
 def close() -> None:
     """Closes this process's connections, and this thread's (the next use opens them again)."""
     with _lock:
@@ -98,7 +129,7 @@ def close() -> None:
         _resources.clear()
     pid, mine = getattr(_threads, "resources", (None, {}))
     if pid == os.getpid():
-        resources += mine.values()
+        resources += [embedded.resource for embedded in mine.values()]
         mine.clear()
     for resource in resources:
         resource.close()
