@@ -209,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     size = args.size or (str(saved.dataset.get("size")) if saved and args.action == "up" else None) or "small"
     world = _bring_up_demo(size)
     if args.action == "up" or args.seed_only:
-        print("Next: 'acpipeline sync' mirrors it, 'acpipeline status' compares, 'make dev' opens the UI.")
+        print("Next: 'acpipeline sync' mirrors it; 'acpipeline status' compares.")
         return 0
     args.handle, args.media, args.dry_run, args.strict, args.full = None, None, False, False, False
     args.quiet = False

@@ -121,6 +121,7 @@ BAD_SETTINGS = {
     "an unreachable MongoDB": {
         "MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
     },
+    "a MongoDB port out of range": {"MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:99999/"},
     "a storage host that does not answer": {"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"},
 }
 COMMANDS = [
@@ -148,6 +149,8 @@ def test_no_command_answers_a_bad_setting_with_a_traceback(world):
                 assert result.returncode != 0, (setting, command, said)
             errors = [line for line in result.stderr.splitlines() if line.strip()]
             assert len(errors) <= 1, (setting, command, result.stderr)
+            if "MONGODB" in str(env) and "--media" not in command:  # named by the setting to fix
+                assert "MONGODB_CONNECTION_STRING" in result.stderr, (setting, command, said)
 
 
 def test_demo_names_a_pds_that_refuses_its_handles(world):

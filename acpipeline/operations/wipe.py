@@ -302,6 +302,9 @@ def run_wipe(
     error = "run failed"
     if failure:
         info = failure.event_specific_data.error
-        error = info.message.strip().splitlines()[0].removeprefix(f"{info.cls_name}: ")
-        error = error.split(": ", 1)[1] if error.startswith("dagster.") and ": " in error else error
+        while info.cause is not None and (info.cls_name or "").startswith("Dagster"):
+            info = info.cause  # Dagster's "Error occurred while executing op" wraps what went wrong
+        error = info.message.strip().splitlines()[0]
+        name, _, rest = error.partition(": ")
+        error = rest if rest and name.endswith(info.cls_name or "\0") else error
     return WipeOutcome(False, error=error, run_id=result.run_id)

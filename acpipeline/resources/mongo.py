@@ -57,7 +57,7 @@ class MongoResource(ConfigurableResource):
                 unicode_decode_error_handler="replace",
             )
             client.admin.command("ping")
-        except ConfigurationError as exc:
+        except (ConfigurationError, ValueError) as exc:  # pymongo: ValueError for a port out of range
             raise OperatorError(f"MONGODB_CONNECTION_STRING is not a valid MongoDB URI ({exc})") from None
         except OperationFailure as exc:
             raise OperatorError(
