@@ -382,3 +382,38 @@ def test_hostile_documents_fetch_nothing_elsewhere_end_to_end(world):
     assert canary.asked == []  # not one request reached the other host
     assert all(".." not in p and "%2F" not in p.upper() for p in asked), asked
     assert [r["value"]["ref"] for r in records(world, did, "computer.aesthetic.painting")] == [str(good[0])]
+
+
+def test_sessions_in_mongodb_stay_out_of_files_and_errors(tmp_path, monkeypatch):
+    """`ACPIPELINE_SHARED_STATE=mongodb`: a session goes to MongoDB's `acpipeline-sessions` only (no file
+    under ACPIPELINE_HOME), and a MongoDB error names the account, never the document it was writing."""
+    from pymongo.errors import WriteError
+
+    from acpipeline.resources import shared_state
+    from acpipeline.resources.pds import _load_session
+
+    monkeypatch.setenv("ACPIPELINE_HOME", str(tmp_path))
+    monkeypatch.delenv("MONGODB_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv(shared_state.SHARED_STATE_ENV, "mongodb")
+    access, refresh = "acc." + secrets.token_urlsafe(24), "ref." + secrets.token_urlsafe(24)
+    try:
+        _save_session(Session("did:plc:shared", "h.example", access, refresh))
+        assert _load_session("did:plc:shared") == Session("did:plc:shared", "h.example", access, refresh)
+        assert not (tmp_path / "sessions").exists()
+        assert shared_state.collection(shared_state.SESSIONS).count_documents({}) == 1
+    finally:
+        shared_state.close()
+
+    class Refusing:
+        def replace_one(self, *args, **kwargs):
+            raise WriteError(f"document {args[1]} refused", 2, {"op": args[1]})
+
+    monkeypatch.setattr(shared_state, "collection", lambda name: Refusing())
+    with pytest.raises(OperatorError) as failure:
+        _save_session(Session("did:plc:shared", "h.example", access, refresh))
+    text = "".join(traceback.format_exception(failure.value))
+    assert "did:plc:shared" in text and access not in text and refresh not in text
+
+    monkeypatch.setenv(shared_state.SHARED_STATE_ENV, "postgres")
+    with pytest.raises(OperatorError, match="ACPIPELINE_SHARED_STATE='postgres'"):
+        _load_session("did:plc:shared")
