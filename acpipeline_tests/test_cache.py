@@ -77,6 +77,9 @@ def test_a_shared_cache_dir_serves_every_machine(tmp_path, monkeypatch):
     assert second.blob({**moved, "cid": "../escape"}) is None
     assert not (machine_b / "derived.sqlite").exists() and not (machine_b / "blobs").exists()
     assert not list(shared.rglob("*.tmp")) and not list(shared.rglob("*.sqlite"))
+    for torn in (shared / "index").rglob("*.json"):  # a damaged entry is a miss: derived again
+        torn.write_text('{"key": 1')
+    assert second.get("recording:x") is None
 
     # A folder named explicitly (the benchmark's cold cache) is used as it is.
     cold = DerivedCache(tmp_path / "cold")

@@ -92,11 +92,11 @@ class _FileIndex:
     def get(self, key: str) -> tuple[dict[str, Any], float] | None:
         try:
             entry = json.loads(self._path(key).read_bytes())
-        except (OSError, ValueError):
+            if entry["key"] != key:  # another key with the same digest: as good as none
+                return None
+            return entry["value"], float(entry["at"])
+        except (OSError, ValueError, KeyError, TypeError):  # none, or not ours: derived again
             return None
-        if not isinstance(entry, dict) or entry.get("key") != key:
-            return None
-        return entry["value"], float(entry["at"])
 
     def put(self, entries: dict[str, dict[str, Any]], at: float) -> None:
         for key, value in entries.items():
