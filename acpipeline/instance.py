@@ -3,6 +3,7 @@ from the project's `dagster.yaml` on first use, so `dagster dev` shows the same 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -26,5 +27,15 @@ def ensure_dagster_home() -> Path:
 
 
 def get_instance() -> DagsterInstance:
-    ensure_dagster_home()
-    return DagsterInstance.get()
+    return open_instance(ensure_dagster_home())
+
+
+def open_instance(home: Path | None = None) -> DagsterInstance:
+    """`DagsterInstance.get()` under a lock in DAGSTER_HOME: on a new home Dagster's SQLite storages create
+    their tables as the instance opens them, and two processes doing that at once (two syncs started
+    together) fail with "table ... already exists"."""
+    home = home or Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".acpipeline-open.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return DagsterInstance.get()  # opens (and on a new home creates) the run, event and schedule storage

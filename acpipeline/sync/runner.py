@@ -29,7 +29,7 @@ from dagster import (
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.dagster_compat import free_pool_slots
 from acpipeline.errors import OperatorError
-from acpipeline.instance import get_instance
+from acpipeline.instance import get_instance, open_instance
 from acpipeline.sync.converged import Proof, prove_selection
 from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.partitions import (
@@ -231,7 +231,7 @@ def _execute_forked(partition_range: PartitionRange) -> list[PartitionResult]:
 @cache
 def _worker_instance() -> DagsterInstance:
     """Called only in forked workers (the parent never opens it), so each worker gets its own."""
-    return DagsterInstance.get()
+    return open_instance()
 
 
 def log_in_ahead(client: Any, accounts: Any, ranges: list[PartitionRange]) -> threading.Thread:
