@@ -44,6 +44,7 @@ from acpipeline.sync.runner import run_partitions
 
 from .faultproxy import FaultProxy, Rule, StubStorage
 from .helpers import T0, add_moods, add_user, records, sync
+from .oracle import assert_mirrored, expected_moods, expected_paintings
 
 PROJECT = Path(__file__).resolve().parents[1]
 APPLY = "com.atproto.repo.applyWrites"
@@ -573,6 +574,10 @@ def test_sigkill_at_any_point_then_a_rerun_converges_to_one_clean_run(world, pro
     assert rerun.returncode == 0, (out, err)
     duplicates = assert_converged(world, db, handle, ["painting", "mood"])
     assert sum(duplicates.values()) == 0
+    # and by the oracle that shares no code with the sync
+    assert_mirrored(world.pds_url, db, did, "moods", "computer.aesthetic.mood", expected_moods(db, sub))
+    painted = expected_paintings(db, sub)
+    assert_mirrored(world.pds_url, db, did, "paintings", "computer.aesthetic.painting", painted)
     assert_rerun_writes_nothing(world, handle, ["painting", "mood"])
     print(f"\nFIGURES kill point {point!r}: {at_kill} mood records at kill, converged, 0 duplicates")
 

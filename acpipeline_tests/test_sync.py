@@ -16,6 +16,7 @@ from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import partition_key
 
 from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records, sync
+from .oracle import assert_mirrored, expected_moods
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published_lexicons"
 
@@ -81,6 +82,10 @@ def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
         for record in records(world, account.did, "computer.aesthetic.mood"):
             doc = db["moods"].find_one({"_id": __import__("bson").ObjectId(record["value"]["ref"])})
             assert record["value"]["mood"] == doc["mood"] and "text" not in record["value"], user_handle
+    for account in accounts.values():  # the oracle that shares no code with the sync: every mood, once
+        if account.owner and account.owner != "art-guest":
+            wanted = expected_moods(db, account.owner)
+            assert_mirrored(world.pds_url, db, account.did, "moods", "computer.aesthetic.mood", wanted)
 
     # news: headline and body as the post has them, a link only when the post's URL is one
     news = [r["value"] for a in accounts.values() for r in records(world, a.did, "computer.aesthetic.news")]
