@@ -20,8 +20,14 @@ from pathlib import Path
 
 from pymongo import UpdateOne
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 FLUSH_AT = 2000  # gathered updates that trigger a write (a run of 250 painting partitions has ~1,700)
+
+
+class LinkWriteFailed(Exception):
+    """MongoDB refused the link updates of records the PDS already holds: the partitions fail (no convergence
+    mark), and their next run finds the records by their keys and links them without writing again."""
 
 
 class LinkWriter:
@@ -48,7 +54,13 @@ class LinkWriter:
         while self._ops:
             collection, ops = next(iter(self._ops.items()))
             with self._lock(collection):
-                self.db[collection].bulk_write(ops, ordered=False)
+                try:
+                    self.db[collection].bulk_write(ops, ordered=False)
+                except PyMongoError as exc:
+                    raise LinkWriteFailed(
+                        f"MongoDB refused the links of {len(ops)} {collection} records the PDS now holds "
+                        f"({type(exc).__name__}: {exc}); the next run links them without writing again"
+                    ) from None
             self.writes += 1
             del self._ops[collection]
 
