@@ -69,11 +69,15 @@ def normalise_when(value: Any, now: datetime | None = None) -> datetime:
         raise ItemProblem("when is missing")
     if not isinstance(value, datetime):
         raise ItemProblem(f"when is a {type(value).__name__}, not a date")
-    when = value if value.tzinfo else value.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
     now = now or datetime.now(UTC)
+    outside = f"is outside {EARLIEST_WHEN.year}..{now.year + 1}"
+    when = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # year 1 ahead of UTC, year 9999 behind it: no UTC datetime exists
+        raise ItemProblem(f"when {value.isoformat()} {outside}") from None
     if not EARLIEST_WHEN <= when <= now + LATEST_WHEN_AHEAD:
-        raise ItemProblem(f"when {when.isoformat()} is outside {EARLIEST_WHEN.year}..{now.year + 1}")
+        raise ItemProblem(f"when {when.isoformat()} {outside}")
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 

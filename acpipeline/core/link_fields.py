@@ -18,7 +18,11 @@ def link_of(doc: dict[str, Any]) -> Link | None:
     """The record MongoDB says the document became, if any."""
     atproto = doc.get(LINK)
     if isinstance(atproto, dict) and isinstance(atproto.get("rkey"), str):
-        return Link(atproto["rkey"], atproto.get("uri"), atproto.get("cid"))
+        # A `uri` or `cid` that is no string (a damaged document) is unknown, as a missing one is.
+        uri, cid = atproto.get("uri"), atproto.get("cid")
+        return Link(
+            atproto["rkey"], uri if isinstance(uri, str) else None, cid if isinstance(cid, str) else None
+        )
     return None
 
 

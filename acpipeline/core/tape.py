@@ -219,6 +219,8 @@ def _extract(zip_path: Path, work: Path, limits: TapeLimits) -> _Extracted:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, struct.error, ValueError, OverflowError):
         raise TapeError("not a zip file") from None
+    except NotImplementedError as exc:  # e.g. a central directory asking for a newer zip version
+        raise TapeError(f"zip file is unsupported ({exc})") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_entries:
@@ -227,8 +229,10 @@ def _extract(zip_path: Path, work: Path, limits: TapeLimits) -> _Extracted:
         named: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             parts = _entry_parts(info)
-            if info.is_dir() or len(parts) != 1:
-                continue  # folders and anything inside one (e.g. __MACOSX/) are not part of a tape
+            # Folders and anything inside one (e.g. __MACOSX/) are not part of a tape, nor is an entry
+            # without a name (whose is_dir() raises IndexError: the parts are checked first).
+            if len(parts) != 1 or info.is_dir():
+                continue
             name = parts[0]
             match = _FRAME_NAME.fullmatch(name)
             if match:
@@ -607,7 +611,9 @@ def _thumbnail(frame: Path, name: str) -> bytes:
     large frame is never blown up 3x in memory only to be shrunk again.
     """
     try:
-        with Image.open(frame) as image:
+        # From memory, not the file (the frame is within `max_frame_bytes`): a file's reads allocate what a
+        # chunk header claims up front, and Pillow skips a lying IDAT length with one read (2 GiB).
+        with Image.open(io.BytesIO(frame.read_bytes())) as image:
             image.load()
             rgb = image.convert("RGBA").convert("RGB") if image.mode != "RGB" else image.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -37,7 +37,9 @@ def is_tid(key: str) -> bool:
 
 
 def clock_id_for(ref: str) -> int:
-    return int.from_bytes(hashlib.sha256(ref.encode()).digest()[:2], "big") & 1023
+    # surrogatepass: an `_id` that is no valid Unicode (a lone surrogate) still has a key; valid ones hash
+    # exactly as UTF-8.
+    return int.from_bytes(hashlib.sha256(ref.encode("utf-8", "surrogatepass")).digest()[:2], "big") & 1023
 
 
 def micros_of(when: datetime) -> int:
