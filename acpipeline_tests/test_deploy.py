@@ -104,6 +104,29 @@ def procfile() -> dict[str, list[str]]:
     return services
 
 
+# deploy/acpipeline.env's settings that name this test's world (its PDS, its homes) keep the test's values;
+# the others are used as written, with the production folder moved under the test's temporary one.
+WORLD_SETTINGS = {"PDS_URL", "DAGSTER_HOME", "ACPIPELINE_HOME", "MONGODB_NAME"}
+DEPLOYED_ROOT = "/srv/acpipeline"
+
+
+def deployed_environment(work: Path) -> dict[str, str]:
+    """deploy/acpipeline.env as the services get it, paths substituted."""
+    env = {}
+    for line in (DEPLOY / "acpipeline.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if line.strip() and not line.startswith("#") and name not in WORLD_SETTINGS:
+            env[name.strip()] = value.strip().replace(DEPLOYED_ROOT, str(work / "srv"))
+    return env
+
+
+def _mongodb_session_tokens() -> set[str]:
+    from acpipeline.resources import shared_state
+
+    sessions = shared_state.collection(shared_state.SESSIONS).find({})
+    return {s[k] for s in sessions for k in ("accessJwt", "refreshJwt")}
+
+
 def _substituted(command: list[str], ports: dict[str, int], workspace: Path) -> list[str]:
     """The Procfile's command with this test's ports and workspace, and the virtualenv's executable."""
     replace = {str(DEPLOYED[name]): str(port) for name, port in ports.items()}
@@ -156,6 +179,8 @@ def deployment(world, postgres: PgCluster, tmp_path, monkeypatch) -> Iterator[De
     monkeypatch.setenv("DAGSTER_PG_URL", postgres.url(db_name, "acpipeline", DB_PASSWORD))  # a plain URL
     monkeypatch.setenv("ACPIPELINE_AUTOMATION", "stopped")  # the test starts the schedule itself
     monkeypatch.setenv("ACPIPELINE_SYNC_CRON", "* * * * *")  # its tick comes within a minute
+    for name, value in deployed_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)  # shared state in MongoDB, the derived cache on a "volume"
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
@@ -302,7 +327,8 @@ def test_the_deployment_runs_backfills_wipes_restarts_and_ticks_on_postgres(worl
     # No account password, no session token and not the database's password in any table of the
     # instance's database, nor in the services' logs; the scan sees the runs' events ...
     passwords = {u["atproto"]["password"] for u in db["users"].find({})}
-    tokens = _session_tokens(world.home)
+    assert _session_tokens(world.home) == set()  # deploy/acpipeline.env keeps them in MongoDB
+    tokens = _mongodb_session_tokens()
     assert len(passwords) == USERS and len(tokens) >= 2 * USERS
     passwords.add(DB_PASSWORD)
     scanned = _database(postgres, "deploy")
