@@ -3,7 +3,9 @@
 Method: the pipeline's syncs run as `acpipeline sync` subprocesses (exactly what an operator runs, Dagster
 included), timed by wall clock, their process tree's resident memory sampled every 50 ms. The no-op run
 goes through a counting proxy, so its writes are counted on the PDS's side. The two reference writers get
-the records the pipeline produced (same values, same thumbnails) and write them to fresh accounts.
+the records the pipeline produced (same values, same thumbnails) and write them to fresh accounts. With
+`--rtt`/`--bandwidth`, every one of them reaches the PDS and the media storage through proxies that put
+that network in between (`counting_proxy`: half the round trip each way, one more for a new connection).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
-from acpipeline.bench.counting_proxy import CountingProxy
+from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchange, as_rows, summarize
 from acpipeline.bench.strategies import PreparedRecord, write_ceiling, write_platform_style
 from acpipeline.core.media import MEDIA
 
@@ -40,6 +43,8 @@ KEYS = (
     "tape_realtime_factor",
     "peak_rss_mb",
 )
+_T = TypeVar("_T")
+NETWORK_KEYS = ("rtt_ms", "bandwidth_mbit", "requests")  # with --rtt or --bandwidth
 
 
 def tree_memory(root: psutil.Process) -> int:
@@ -109,14 +114,27 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
     raise RuntimeError(f"no tape blob stage was recorded for {handle}")
 
 
-def run_bench(json_path: str | None = None, size: str = "bench", log=print) -> dict[str, Any]:
-    """Every figure of the benchmark; `size="small"` runs the same steps on the demo data (smoke test)."""
+def run_bench(
+    json_path: str | None = None,
+    size: str = "bench",
+    log=print,
+    rtt_ms: float | None = None,
+    bandwidth_mbit: float | None = None,
+    trace_path: str | None = None,
+) -> dict[str, Any]:
+    """Every figure of the benchmark; `size="small"` runs the same steps on the demo data (smoke test).
+
+    With `rtt_ms` or `bandwidth_mbit`, every figure (syncs, ceiling, strategy, tapes) goes through a proxy
+    in front of the PDS and one in front of the media storage that put that network between them and
+    their clients, and `requests` reports where each phase's requests spent their time (`trace_path`:
+    every request, for a closer look)."""
     from acpipeline.demo.dataset import seed_dataset
     from acpipeline.demo.media_server import MediaServer
     from acpipeline.localpds import server as localpds
     from acpipeline.resources.mongo import MongoResource
     from acpipeline.resources.pds import PdsClient
 
+    shaped = rtt_ms is not None or bandwidth_mbit is not None
     work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-"))
     home, dagster_home = work / "home", work / "dagster_home"
     dagster_home.mkdir(parents=True)
@@ -128,6 +146,19 @@ def run_bench(json_path: str | None = None, size: str = "bench", log=print) -> d
     pds = localpds.start(log=log)
     media = MediaServer(work / "media").start()
     client = PdsClient(pds.url)
+    pds_proxy = CountingProxy(pds.url, rtt_ms or 0.0, bandwidth_mbit, name="pds").start()
+    media_proxy = CountingProxy(media.url, rtt_ms or 0.0, bandwidth_mbit, name="storage").start()
+    phases: dict[str, tuple[float, list[Exchange]]] = {}
+
+    def phase(name: str, measure: Callable[[], _T]) -> _T:
+        """`measure()`, the requests both proxies saw meanwhile kept as phase `name`."""
+        pds_proxy.take()
+        media_proxy.take()
+        started = time.perf_counter()
+        result = measure()
+        phases[name] = (started, sorted(pds_proxy.take() + media_proxy.take(), key=lambda e: e.start))
+        return result
+
     try:
         env = dict(os.environ, PDS_URL=pds.url)
         for name, template in media.url_templates().items():
@@ -145,38 +176,48 @@ def run_bench(json_path: str | None = None, size: str = "bench", log=print) -> d
         mongo.close()
         heavy = summary.user(HEAVY)
         sync = [sys.executable, "-m", "acpipeline.cli", "sync", "--json"]
+        # On loopback the syncs reach the PDS and the storage directly (the no-op ones through the counting
+        # proxy); over a network, everything goes through the proxies.
+        pds_url = pds_proxy.url if shaped else pds.url
+        sync_env = dict(env, PDS_URL=pds_url)
+        if shaped:
+            log(f"network: {rtt_ms or 0} ms round trip, bandwidth {bandwidth_mbit or 'unlimited'} Mbit/s")
+            for name, template in media.url_templates().items():
+                sync_env[f"ACPIPELINE_{name.upper()}"] = template.replace(media.url, media_proxy.url)
 
         log("full sync of the heavy user through Dagster ...")
-        full_s, rss_full, out = run_measured([*sync, "--handle", HEAVY], env)
+        full_s, rss_full, out = phase("full_sync", lambda: run_measured([*sync, "--handle", HEAVY], sync_env))
         rows = json.loads(out)["partitions"]
         if not all(r["ok"] for r in rows):
             raise RuntimeError(f"the full sync failed: {[r['error'] for r in rows if not r['ok']]}")
         records = sum(len(client.list_records(heavy.did, rules.nsid)) for rules in MEDIA.values())
 
         log("no-op syncs (through a counting proxy): the default one, then --full ...")
-        proxy = CountingProxy(pds.url).start()
-        try:
-            noop_env = dict(env, PDS_URL=proxy.url)
-            noop_s, rss_noop, _ = run_measured([*sync, "--handle", HEAVY], noop_env)
-            noop_full_s, rss_noop_full, _ = run_measured([*sync, "--handle", HEAVY, "--full"], noop_env)
-            noop_writes = proxy.writes()
-        finally:
-            proxy.stop()
+        noop_env = dict(sync_env, PDS_URL=pds_proxy.url)
+        noop_s, rss_noop, _ = phase("noop_sync", lambda: run_measured([*sync, "--handle", HEAVY], noop_env))
+        noop_full_s, rss_noop_full, _ = phase(
+            "noop_full", lambda: run_measured([*sync, "--handle", HEAVY, "--full"], noop_env)
+        )
+        noop_writes = sum(
+            e.method in WRITE_METHODS for name in ("noop_sync", "noop_full") for e in phases[name][1]
+        )
 
         prepared = _prepared(client, heavy.did, home)
         log(f"ceiling: {len(prepared)} records by uploadBlob + applyWrites of 200 ...")
         password = secrets.token_urlsafe(16)
         did = client.create_account(f"ceiling-{tag}.test", password, f"ceiling-{tag}@example.com")
-        ceiling_s = write_ceiling(pds.url, did, password, prepared)
+        ceiling_s = phase("ceiling", lambda: write_ceiling(pds_url, did, password, prepared))
         log("the platform's strategy: a login and a createRecord per record, 10 at a time ...")
         did = client.create_account(f"seed-{tag}.test", password, f"seed-{tag}@example.com")
-        seed_s = write_platform_style(pds.url, did, password, prepared)
+        seed_s = phase("seed_strategy", lambda: write_platform_style(pds_url, did, password, prepared))
 
         log("tapes: the 32 anonymous tapes ...")
-        _, rss_tapes, _ = run_measured([*sync, "--handle", ART, "--tapes-only"], env)
+        _, rss_tapes, _ = phase(
+            "tapes", lambda: run_measured([*sync, "--handle", ART, "--tapes-only"], sync_env)
+        )
         video_s, encode_s, tapes = _tape_stage(ART)
 
-        result = {
+        result: dict[str, Any] = {
             "records": records,
             "full_sync_s": round(full_s, 2),
             "noop_sync_s": round(noop_s, 2),
@@ -189,14 +230,23 @@ def run_bench(json_path: str | None = None, size: str = "bench", log=print) -> d
             "tapes": tapes,
             "tape_video_s": round(video_s, 2),
             "tape_encode_s": round(encode_s, 2),
+            "rtt_ms": rtt_ms if shaped else None,
+            "bandwidth_mbit": bandwidth_mbit,
             "machine": machine(),
         }
+        if shaped:
+            result["requests"] = {name: summarize(ex, origin) for name, (origin, ex) in phases.items()}
         log(format_table(result))
         if json_path:
             Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        if trace_path:
+            trace = {name: as_rows(ex, origin) for name, (origin, ex) in phases.items()}
+            Path(trace_path).write_text(json.dumps(trace) + "\n")
         return result
     finally:
         client.close()
+        pds_proxy.stop()
+        media_proxy.stop()
         media.stop()
         pds.stop()
         os.environ.clear()
@@ -214,7 +264,11 @@ def format_table(r: dict[str, Any]) -> str:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if b else "-"
 
+    network = "loopback"
+    if r.get("rtt_ms") is not None or r.get("bandwidth_mbit"):
+        network = f"{r.get('rtt_ms') or 0} ms round trip, {r.get('bandwidth_mbit') or 'unlimited'} Mbit/s"
     rows = [
+        ("network (PDS and storage)", network, ""),
         ("records (heavy user)", r["records"], ""),
         ("full sync (s)", r["full_sync_s"], ""),
         (

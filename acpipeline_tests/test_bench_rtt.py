@@ -1,0 +1,97 @@
+"""The network-shaped benchmark: `acpipeline bench --rtt` runs and reports its keys (timing is not asserted),
+and the proxy under it delays as a network does (lower bounds only: a loaded machine only adds time)."""
+
+import json
+import time
+
+import httpx
+
+from acpipeline.bench.counting_proxy import CountingProxy, Exchange, summarize
+from acpipeline.bench.run import KEYS, NETWORK_KEYS
+from acpipeline.cli import main
+from acpipeline.demo.media_server import MediaServer
+from acpipeline.settings import DAGSTER_ENV
+
+RTT_MS = 200
+RTT_S = RTT_MS / 1000
+
+
+def _timed_get(http: httpx.Client, path: str) -> tuple[float, httpx.Response]:
+    started = time.perf_counter()
+    response = http.get(path)
+    return time.perf_counter() - started, response
+
+
+def test_a_request_pays_the_round_trip_and_a_new_connection_its_handshake(tmp_path):
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "a.png").write_bytes(b"\x89PNG" + bytes(1000))
+    with MediaServer(tmp_path) as media, CountingProxy(media.url, rtt_ms=RTT_MS, name="storage") as proxy:
+        with httpx.Client(base_url=proxy.url) as http:
+            first_s, first = _timed_get(http, "/bucket/a.png")
+            second_s, second = _timed_get(http, "/bucket/a.png")  # the same kept-alive connection
+            missing_s, missing = _timed_get(http, "/bucket/missing.png")
+        with httpx.Client(base_url=proxy.url) as other:
+            fresh_s, _ = _timed_get(other, "/bucket/a.png")  # a new connection: a handshake again
+        exchanges = proxy.take()
+
+    assert first.content == second.content == b"\x89PNG" + bytes(1000)
+    assert missing.status_code == 404  # the server's answer, passed through
+    assert first_s >= 2 * RTT_S and fresh_s >= 2 * RTT_S  # handshake, then request and answer
+    assert second_s >= RTT_S and missing_s >= RTT_S
+    assert second_s < 2 * RTT_S  # kept alive: no handshake (a margin of one round trip for a busy machine)
+    assert [e.new_connection for e in exchanges] == [True, False, False, True]
+    assert len({e.connection for e in exchanges[:3]}) == 1
+    assert {e.method for e in exchanges} == {"storage:GET .png"}
+
+
+def test_bandwidth_limits_the_bytes_per_second(tmp_path):
+    (tmp_path / "big.bin").write_bytes(bytes(200_000))
+    with (
+        MediaServer(tmp_path) as media,
+        CountingProxy(media.url, bandwidth_mbit=8) as proxy,
+        httpx.Client(base_url=proxy.url) as http,
+    ):
+        elapsed, response = _timed_get(http, "/big.bin")
+    assert len(response.content) == 200_000
+    assert elapsed >= 0.2  # 200 kB at 1 MB/s
+
+
+def test_writes_are_counted_and_requests_summarized(pds_url):
+    with CountingProxy(pds_url, rtt_ms=20) as proxy, httpx.Client(base_url=proxy.url) as http:
+        assert http.get("/xrpc/com.atproto.server.describeServer").status_code == 200
+        assert http.post("/xrpc/com.atproto.repo.applyWrites", json={}).status_code in (400, 401)
+        assert proxy.writes() == 1
+        summary = summarize(proxy.take())
+    assert summary["requests"] == 2 and summary["new_connections"] == 1
+    assert set(summary["methods"]) == {"com.atproto.server.describeServer", "com.atproto.repo.applyWrites"}
+
+
+def test_summary_finds_the_serial_time():
+    def ex(method: str, start: float, end: float) -> Exchange:
+        return Exchange(method, start, end, 0.0, 1, False, 0, 0, 200)
+
+    # listRecords alone 0-1, then two applyWrites overlapping 1-2 and 1.5-3 (alone again 2-3), idle 3-4
+    summary = summarize(
+        [ex("list", 0, 1), ex("apply", 1, 2), ex("apply", 1.5, 3), ex("upload", 4, 4.5)], origin=-1
+    )
+    assert summary["busy_s"] == 3.5 and summary["serial_s"] == 3.0
+    assert summary["methods"]["list"]["alone_s"] == 1.0
+    assert summary["methods"]["apply"]["alone_s"] == 1.5 and summary["methods"]["apply"]["max_in_flight"] == 2
+    assert summary["first_request_s"] == 1 and summary["last_answer_s"] == 5.5
+
+
+def test_bench_with_rtt_runs_and_reports_its_keys(pds_url, tmp_path, monkeypatch):
+    for name, value in DAGSTER_ENV.items():  # `main` sets these: keep them out of the other tests
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--size", "small", "--rtt", "20", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert set(KEYS) | set(NETWORK_KEYS) <= set(written)
+    assert written["rtt_ms"] == 20 and written["bandwidth_mbit"] is None
+    assert written["records"] > 0 and written["noop_writes"] == 0
+    requests = written["requests"]
+    assert set(requests) == {"full_sync", "noop_sync", "noop_full", "ceiling", "seed_strategy", "tapes"}
+    full = requests["full_sync"]["methods"]
+    assert "com.atproto.repo.applyWrites" in full and "com.atproto.repo.uploadBlob" in full
+    assert any(method.startswith("storage:GET") for method in full)  # the storage is behind the network too
+    assert requests["seed_strategy"]["methods"]["com.atproto.server.createSession"]["n"] == written["records"]
