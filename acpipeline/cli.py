@@ -105,7 +105,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from acpipeline.bench.run import run_bench
 
-    run_bench(args.json, size=args.size)
+    run_bench(
+        args.json, size=args.size, rtt_ms=args.rtt, bandwidth_mbit=args.bandwidth, trace_path=args.trace
+    )
     return 0
 
 
@@ -334,7 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the platform-size benchmark instead: every partition of the platform dataset through the "
         "Dagster code server, webserver and daemon, as UI backfills (about 11 minutes)",
     )
+    bench.add_argument(
+        "--rtt",
+        type=float,
+        metavar="MS",
+        help="put a network of this round trip in front of the PDS and the media storage, for every figure",
+    )
+    bench.add_argument("--bandwidth", type=float, metavar="MBIT", help="that network's Mbit/s each way")
     bench.add_argument("--size", choices=["bench", "small"], default="bench", help=argparse.SUPPRESS)
+    bench.add_argument("--trace", metavar="PATH", help=argparse.SUPPRESS)  # every request, with --rtt
     bench.set_defaults(func=cmd_bench)
 
     status = sub.add_parser("status", help="per partition: desired items vs records on the PDS")
