@@ -72,9 +72,8 @@ def assert_mirrored(
     duplicated = [ref for ref, n in refs.items() if n > 1]
     assert not duplicated, f"{nsid}: {len(duplicated)} items with more than one record, e.g. {duplicated[:3]}"
     got = {record["value"].get("ref"): record for record in listed}
-    assert set(got) == set(expected), (
-        f"{nsid}: missing {sorted(set(expected) - set(got))[:3]}, extra {sorted(set(got) - set(expected))[:3]}"
-    )
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    assert not missing and not extra, f"{nsid}: missing {missing[:3]}, extra {extra[:3]}"
     for ref, want in expected.items():
         value = got[ref]["value"]
         assert {key: value.get(key) for key in want} == want, (nsid, ref, value)
