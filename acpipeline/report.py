@@ -43,6 +43,8 @@ def status_word(row: dict[str, Any]) -> str:
         return "unchanged since the last sync"
     if row.get("proven_converged"):
         return "unchanged"
+    if row.get("deferred_until"):
+        return f"deferred until {row['deferred_until'][11:16]} UTC (rate limit)"
     if row["planned"]:  # only a dry run plans without writing
         return "dry run"
     if row["check_passed"] is False:
@@ -62,6 +64,8 @@ class Totals:
     deleted: int = 0
     failed_items: int = 0
     failed_partitions: int = 0
+    deferred: int = 0  # stopped by the PDS's rate limit until `deferred_until` (ISO)
+    deferred_until: str = ""
 
     @classmethod
     def of(cls, results: list[PartitionResult]) -> Totals:
@@ -77,6 +81,9 @@ class Totals:
             totals.deleted += meta.get("deleted") or 0
             totals.failed_items += meta.get("failed") or 0
             totals.failed_partitions += not result.ok
+            if meta.get("deferred_until"):
+                totals.deferred += 1
+                totals.deferred_until = max(totals.deferred_until, str(meta["deferred_until"]))
         return totals
 
     @property
@@ -85,6 +92,11 @@ class Totals:
 
     def line(self, elapsed_s: float) -> str:
         failed = f", {self.failed_partitions} partitions FAILED" if self.failed_partitions else ""
+        if self.deferred:
+            failed += (
+                f", {_n(self.deferred, 'partition')} deferred by the PDS's rate limit until "
+                f"{self.deferred_until[11:16]} UTC (the sensor resumes them then)"
+            )
         parts = [f"{self.run} run"]
         parts += [f"{self.skipped} unchanged since the last sync"] if self.skipped else []
         parts += [f"{self.empty} with nothing to sync"] if self.empty else []

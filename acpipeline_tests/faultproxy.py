@@ -6,6 +6,10 @@ headers, 500, 502, a dropped connection, a stall; or that it forwards first and 
 (`*_after`: the PDS applied the write but the client never hears so, the nasty case for applyWrites).
 Hooks see every request before and after forwarding (the crash tests kill the sync process from one).
 
+`WriteLimiter` answers like the PDS's own write rate limit: points per window for `applyWrites` (a create
+costs 3, an update 2, a delete 1, as Bluesky's hosted PDS counts them), `ratelimit-*` headers on every
+write, and 429 RateLimitExceeded once a batch would go over, until the window resets.
+
 `StubStorage` serves a media folder like the demo's media server, except for paths given a behaviour:
 500, a stall, a trickle of bytes, or a redirect; it records every path asked for.
 """
@@ -68,6 +72,48 @@ class Seen:
 
 Hook = Callable[[Seen], "str | None"]  # may return a fault kind to inject right now
 
+WRITE_POINTS = {"create": 3, "update": 2, "delete": 1}
+
+
+class WriteLimiter:
+    """`points` per `window_s` for applyWrites, like the PDS's limiter (a window starts with its first
+    write); `refused` counts the 429s it answered."""
+
+    def __init__(self, points: int, window_s: float):
+        self.points, self.window_s = points, window_s
+        self.used = 0
+        self.window_start: float | None = None
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def _reset_at(self) -> float:
+        return (self.window_start or time.time()) + self.window_s
+
+    def take(self, nsid: str, body: bytes) -> dict[str, str] | None:
+        """None when the call may go on; else the 429's headers."""
+        if nsid != "com.atproto.repo.applyWrites":
+            return None
+        writes = json.loads(body).get("writes", [])
+        cost = sum(WRITE_POINTS.get(w.get("$type", "").rsplit("#", 1)[-1], 1) for w in writes)
+        with self._lock:
+            now = time.time()
+            if self.window_start is None or now >= self._reset_at():
+                self.window_start, self.used = now, 0
+            if self.used + cost > self.points:
+                self.refused += 1
+                return self.headers()
+            self.used += cost
+            return None
+
+    def headers(self) -> dict[str, str]:
+        reset = self._reset_at()
+        return {
+            "ratelimit-limit": str(self.points),
+            "ratelimit-remaining": str(max(0, self.points - self.used)),
+            "ratelimit-reset": str(int(reset + 0.999)),
+            "ratelimit-policy": f"{self.points};w={int(self.window_s)}",
+        }
+
 
 class FaultProxy:
     """A threaded HTTP proxy to `upstream` injecting faults; `requests` counts requests per method and
@@ -90,6 +136,7 @@ class FaultProxy:
         stall_s: float = 2.0,
         rate_headers: Callable[[str], dict[str, str] | None] | None = None,
         keep_answers: frozenset[str] = frozenset(),
+        limiter: WriteLimiter | None = None,
     ):
         self.upstream = upstream.rstrip("/")
         self.rules = list(rules)
@@ -100,9 +147,11 @@ class FaultProxy:
         self.stall_s = stall_s
         self.rate_headers = rate_headers
         self.keep_answers = keep_answers
+        self.limiter = limiter
         self.answers: list[tuple[str, bytes]] = []  # (method, body) of the PDS's answers to keep_answers
         self.hooks: list[Hook] = []
         self.requests: Counter[str] = Counter()
+        self.answered: Counter[tuple[str, int]] = Counter()  # the PDS's answers by (method, status)
         self.faults: Counter[tuple[str, str]] = Counter()
         self.active = True
         self._in_a_row: Counter[str] = Counter()
@@ -241,12 +290,19 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if kind == "stall":
                 proxy._count(kind, nsid)
                 time.sleep(proxy.stall_s)
+            refused = proxy.limiter.take(nsid, body) if proxy.limiter else None
+            if refused is not None:
+                proxy._count("429", nsid)
+                self._fault("429", refused)
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
             try:
                 answer = proxy._client.request(self.command, self.path, content=body or None, headers=headers)
             except httpx.HTTPError:
                 self._fault("502")
                 return
+            with proxy._lock:
+                proxy.answered[(nsid, answer.status_code)] += 1
             if nsid in proxy.keep_answers:
                 with proxy._lock:
                     proxy.answers.append((nsid, answer.content))
@@ -258,6 +314,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self._fault(after.removesuffix("_after"))
                 return
             extra = proxy.rate_headers(nsid) if proxy.rate_headers else None
+            if proxy.limiter and nsid == "com.atproto.repo.applyWrites":
+                extra = {**(extra or {}), **proxy.limiter.headers()}
             self.send_response(answer.status_code)
             for key, value in answer.headers.items():
                 if key.lower() not in _HOP:
@@ -268,7 +326,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(answer.content)
 
-        def _fault(self, kind: str) -> None:
+        def _fault(self, kind: str, rate_headers: dict[str, str] | None = None) -> None:
             if kind in ("drop", "reset"):
                 if kind == "reset":  # RST instead of FIN
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -279,7 +337,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if status == 429:
                 error = {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}
                 headers.update(
-                    {
+                    rate_headers
+                    or {
                         "ratelimit-limit": "3000",
                         "ratelimit-remaining": "0",
                         "ratelimit-reset": str(int(time.time()) + proxy.retry_after),

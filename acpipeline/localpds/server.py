@@ -107,10 +107,12 @@ def start(
     port: int | None = None,
     admin_password: str = "admin-pass",
     blob_upload_limit: int | None = None,
+    rate_limits: bool = False,
     timeout_s: float = 120.0,
     log=print,
 ) -> LocalPds:
-    """Start a fresh PDS (new data directory, new PLC: every start has no accounts) and wait for it."""
+    """Start a fresh PDS (new data directory, new PLC: every start has no accounts) and wait for it.
+    `rate_limits`: the PDS's own limits on (per IP, and write points per account), off in dev mode."""
     install(log=log)
     port = port or free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="acpipeline-pds-"))
@@ -125,6 +127,8 @@ def start(
     )
     if blob_upload_limit:
         env["ACPIPELINE_PDS_BLOB_LIMIT"] = str(blob_upload_limit)
+    if rate_limits:
+        env["ACPIPELINE_PDS_RATE_LIMITS"] = "1"
     log_path = data_dir / "pds.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(

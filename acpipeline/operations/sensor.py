@@ -19,6 +19,10 @@ never created (`MISSING_RUN_GRACE_S`), has its partitions requested again on tha
 changes again. A change whose partition already has a run waiting to start is pending on that run instead
 (it will read the change).
 
+A partition a run deferred because the PDS's rate limit outlasted the retry budget (any run: the sensor's,
+the schedule's, a backfill, the CLI) is found from the runs tagged `acpipeline/deferred` since the previous
+tick (one query) and requested again once its time has come ("rate-limit-reset").
+
 The state (an 11-character digest per non-empty partition as of the last tick, the partitions pending and the
 tape ZIPs waited for) is kept in Dagster's key-value store and named by the cursor (see `save_state`): Dagster
 stores the cursor with every tick, and at 4,201 accounts the state is ~230 KB (~75 KB more while every
@@ -35,6 +39,7 @@ from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
@@ -56,7 +61,7 @@ from acpipeline.operations.fingerprint import EMPTY, scan_sources
 from acpipeline.operations.jobs import sync_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.storage import StorageResource
-from acpipeline.sync.assets import atproto_records
+from acpipeline.sync.assets import DEFERRED_TAG, atproto_records, deferred_of_runs
 from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import (
     RANGE_END_TAG,
@@ -82,6 +87,8 @@ REQUESTED, WAITING = "t:", "r:"  # a pending partition's run: by its REQUEST_TAG
 MISSING_RUN_GRACE_S = 600  # a request Dagster has made no run for by then is taken as lost
 MAX_FAILED_RUNS = 3  # after this many runs in a row without success, a partition is the nightly reconcile's
 STATUS_QUERY_CHUNK = 500  # run tags or ids per run storage query
+DEFERRED_LOOKBACK_S = 86_400  # a first tick looks for deferring runs this far back
+DEFERRED_OVERLAP_S = 60  # ... and later ticks since the previous one, with this margin
 
 
 @dataclass
@@ -90,6 +97,10 @@ class SensorState:
     zips: dict[str, list[Any]] = field(default_factory=dict)  # tape ref -> [MISSING|PRESENT, checked_at]
     # partition key -> [its run (REQUESTED + tag value or WAITING + run id), since, runs in a row that failed]
     pending: dict[str, list[Any]] = field(default_factory=dict)
+    # partition key -> when the PDS's rate limit lets it run again (a run deferred it); and when the runs
+    # that defer were last looked for
+    deferred: dict[str, float] = field(default_factory=dict)
+    deferred_checked: float = 0.0
 
     def digest(self, handle: str, media: str) -> str:
         slots = self.digests.get(handle)
@@ -99,7 +110,14 @@ class SensorState:
 def encode_state(state: SensorState) -> str:
     """The state as compact text: zlib-compressed JSON in base64 (deterministic for the same state)."""
     payload = json.dumps(
-        {"media": MEDIA_NAMES, "digests": state.digests, "zips": state.zips, "pending": state.pending},
+        {
+            "media": MEDIA_NAMES,
+            "digests": state.digests,
+            "zips": state.zips,
+            "pending": state.pending,
+            "deferred": state.deferred,
+            "deferred_checked": state.deferred_checked,
+        },
         separators=(",", ":"),
         sort_keys=True,
     )
@@ -115,7 +133,11 @@ def decode_state(blob: str) -> SensorState | None:
     if not isinstance(data, dict) or data.get("media") != MEDIA_NAMES:
         return None
     return SensorState(
-        digests=data.get("digests", {}), zips=data.get("zips", {}), pending=data.get("pending", {})
+        digests=data.get("digests", {}),
+        zips=data.get("zips", {}),
+        pending=data.get("pending", {}),
+        deferred=data.get("deferred", {}),
+        deferred_checked=data.get("deferred_checked", 0.0),
     )
 
 
@@ -262,6 +284,27 @@ def settle_pending(
     return still, retry, given_up
 
 
+def deferred_partitions(
+    instance: DagsterInstance, previous: SensorState | None, accounts: Container[str], now: float
+) -> dict[str, float]:
+    """The partitions runs left for after a rate-limit reset, each with its time: those the previous tick
+    knew, and those of the runs tagged since (any run: the sensor's, the schedule's, a backfill, the CLI),
+    found by one query on the tag. Partitions of handles without an account are dropped."""
+    known = dict(previous.deferred) if previous else {}
+    since = previous.deferred_checked if previous and previous.deferred_checked else 0.0
+    since = since or now - DEFERRED_LOOKBACK_S
+    runs = instance.get_runs(
+        filters=RunsFilter(
+            tags={DEFERRED_TAG: "true"},
+            updated_after=datetime.fromtimestamp(since - DEFERRED_OVERLAP_S, UTC),
+        )
+    )
+    if runs:
+        for key, until in deferred_of_runs(instance, [run.run_id for run in runs]).items():
+            known[key] = max(known.get(key, 0.0), until)
+    return {key: until for key, until in known.items() if key.rpartition("|")[0] in accounts}
+
+
 def run_requests(
     instance: DagsterInstance, requests: dict[str, str], batch: str
 ) -> list[tuple[RunRequest, list[str]]]:
@@ -316,6 +359,10 @@ def evaluate(
                     requests[partition_key(handle, media)] = why
     for key in retry:
         requests.setdefault(key, "retry")
+    deferred = deferred_partitions(instance, previous, accounts, now)
+    for key in [key for key, until in deferred.items() if until <= now]:
+        requests.setdefault(key, "rate-limit-reset")
+        del deferred[key]
     zips = check_tape_zips(scan.unlinked_tapes, previous.zips if previous else {}, storage, now)
     for handle in sorted(zips.appeared):
         requests.setdefault(partition_key(handle, "tape"), "tape-zip-appeared")
@@ -331,7 +378,9 @@ def evaluate(
             pending[key] = [REQUESTED + request.tags[REQUEST_TAG], int(now), failed.get(key, 0)]
     return Tick(
         requests=requests,
-        state=SensorState(digests=scan.digests, zips=zips.states, pending=pending),
+        state=SensorState(
+            digests=scan.digests, zips=zips.states, pending=pending, deferred=deferred, deferred_checked=now
+        ),
         registered=registered,
         already_queued=sorted(queued),
         documents=scan.documents,

@@ -50,6 +50,11 @@ RETRY_BUDGET_ENV = "ACPIPELINE_PDS_RETRY_BUDGET_S"
 PRESSURE_SHARE = 0.02
 # With the throttle in MongoDB, a process reads the shared time at most this often (its own holds at once).
 SHARED_THROTTLE_READ_S = 1.0
+# Calls that write to a repository: the PDS limits them per account (points per hour and per day).
+REPO_WRITES = frozenset(
+    f"com.atproto.repo.{name}" for name in ("applyWrites", "createRecord", "putRecord", "deleteRecord")
+)
+APPLY_WRITES = "com.atproto.repo.applyWrites"
 # Errors raised before the request left this machine: safe to retry even for a write.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -65,6 +70,16 @@ class PdsError(Exception):
 
 class TransientWriteError(PdsError):
     """An applyWrites call whose outcome is unknown (5xx, dropped connection): re-plan from a listing."""
+
+
+class RateLimited(PdsError):
+    """The PDS asked for no call before `until` (epoch seconds), later than the retry budget allows waiting:
+    nothing was sent. The caller stops the partition cleanly and reports it deferred until then, instead of
+    holding its pool slot asleep for the rest of the window."""
+
+    def __init__(self, message: str, until: float):
+        super().__init__(message, 429, "RateLimitExceeded")
+        self.until = until
 
 
 def _jwt_exp(token: str) -> float:
@@ -103,8 +118,10 @@ class Throttle:
     _seen: dict[str, tuple[float, float]] = {}  # host -> (when read, monotonic; the shared time)
     _lock = threading.Lock()
 
-    def __init__(self, url: str):
-        self.host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    def __init__(self, url: str, account: str | None = None):
+        """`account`: one account's writes only (the PDS counts write points per account), not the host."""
+        host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        self.host = host if account is None else f"{host}/{account}"
         self._name = hashlib.sha256(self.host.encode()).hexdigest()[:16] + ".json"
 
     def path(self) -> Path:
@@ -140,7 +157,7 @@ class Throttle:
         return max(0.0, self.not_before() - time.time())
 
     def hold(self, until: float) -> None:
-        """No call to this PDS before `until` (epoch seconds), from any client."""
+        """No call to this PDS (or this account's writes) before `until` (epoch seconds), from any client."""
         key, path = self._where()
         if path is None:
             with self._lock:
@@ -225,6 +242,7 @@ class PdsClient:
         self.retry_budget_s = retry_budget_s
         self.sleep = sleep
         self.throttle = Throttle(self.url)
+        self._write_throttles: dict[str, Throttle] = {}  # did -> its writes' throttle
         self.http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
@@ -266,8 +284,11 @@ class PdsClient:
         attempt = 0
         tried: list[str] = []
         refreshed = False
+        # A repository write is limited per account (write points an hour), so its pressure holds that
+        # account's writes only; any other pressure holds every call to the PDS.
+        throttle = self._write_throttle(session.did) if session and nsid in REPO_WRITES else self.throttle
         while True:
-            self._wait_for_throttle(nsid, deadline, tried)
+            self._wait_for_throttle(nsid, deadline, tried, throttle)
             attempt += 1
             headers = {"Content-Type": content_type} if body is not None else {}
             token = session.access if session is not None else bearer
@@ -295,7 +316,7 @@ class PdsClient:
                 wait = self._backoff(attempt)
             else:
                 self._answered = True
-                self.throttle.observe(response)
+                throttle.observe(response)
                 if response.status_code < 400:
                     return response
                 error, message = _error_of(response)
@@ -316,7 +337,7 @@ class PdsClient:
                 if pressure:
                     # The PDS refused before doing anything: safe to retry a write too. Every client of
                     # this PDS waits, not only this one.
-                    self.throttle.hold(time.time() + _rate_limit_wait(response))
+                    throttle.hold(time.time() + _rate_limit_wait(response))
                     wait = 0.0  # the throttle makes this client (and the others) wait
                 elif not idempotent:
                     raise TransientWriteError(
@@ -332,18 +353,30 @@ class PdsClient:
             if wait > 0:
                 self.sleep(wait)
 
-    def _wait_for_throttle(self, nsid: str, deadline: float, tried: list[str]) -> None:
-        delay = self.throttle.delay()
+    def wait_to_write(self, session: Session) -> None:
+        """Before a batch's blob uploads: wait while the account's writes are held (within the retry budget),
+        or raise RateLimited, so no blob is uploaded for a write the PDS will refuse."""
+        deadline = time.monotonic() + self.retry_budget_s
+        self._wait_for_throttle(APPLY_WRITES, deadline, [], self._write_throttle(session.did))
+
+    def _write_throttle(self, did: str) -> Throttle:
+        with self._session_lock:
+            throttle = self._write_throttles.get(did)
+            if throttle is None:
+                throttle = self._write_throttles[did] = Throttle(self.url, account=did)
+            return throttle
+
+    def _wait_for_throttle(self, nsid: str, deadline: float, tried: list[str], throttle: Throttle) -> None:
+        delay = max(self.throttle.delay(), throttle.delay() if throttle is not self.throttle else 0.0)
         if delay <= 0:
             return
         if time.monotonic() + delay > deadline:
-            until = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
-            raise PdsError(
-                f"{nsid}: the PDS at {self.throttle.host} asked clients to slow down until {until} "
-                f"({delay:.0f} s), beyond the retry budget of {self.retry_budget_s:.0f} s"
-                + (f"; tried: {_summary(tried)}" if tried else ""),
-                429,
-                "RateLimitExceeded",
+            until = time.time() + delay
+            raise RateLimited(
+                f"{nsid}: the PDS at {throttle.host} asked clients to slow down until "
+                f"{datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC ({delay:.0f} s), beyond the retry budget "
+                f"of {self.retry_budget_s:.0f} s" + (f"; tried: {_summary(tried)}" if tried else ""),
+                until,
             )
         # A little jitter, so clients released at the same moment do not all call at once.
         self.sleep(delay + random.random() * min(1.0, 0.1 * delay + 0.05))

@@ -7,9 +7,11 @@ run are recorded as materialized, then the record stage raises naming the failed
 its backfills then show as failed."""
 
 import contextlib
+import json
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
@@ -22,6 +24,7 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     Config,
+    DagsterInstance,
     Failure,
     MetadataValue,
     Output,
@@ -34,6 +37,7 @@ from dagster import (
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.media import MEDIA, record_ref
 from acpipeline.core.plan import differences
+from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
@@ -241,6 +245,7 @@ def atproto_records(
     links = LinkWriter(db, lock_dir=acpipeline_home() / "locks" if mongo.is_embedded else None)
     waiting: list[Synced] = []
     failed: dict[str, str] = {}
+    deferred: dict[str, float] = {}  # partition -> until (epoch seconds)
     try:
         for key, source in source_items.items():
             if source.account is None:
@@ -262,6 +267,8 @@ def atproto_records(
                 context.log.error(f"{key} failed: {failed[key]}")
                 continue
             waiting.append(synced)
+            if synced.deferred_until is not None:
+                deferred[key] = synced.deferred_until
             if config.strict and synced.items_failed:
                 failed[key] = f"{synced.items_failed} items failed (strict mode)"
             if links.pending == 0 or len(waiting) >= PARTITIONS_PER_RUN:
@@ -275,6 +282,8 @@ def atproto_records(
         raise
     finally:
         state.close()
+        if deferred:
+            record_deferred(context.instance, context.run_id, deferred)
     for key, reason in failed.items():
         # Failed, visibly: the PDS is not known to hold the partition's records.
         yield AssetCheckEvaluation(
@@ -297,6 +306,30 @@ def atproto_records(
         + "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:20]),
         metadata={"failed_partitions": MetadataValue.json(failed)},
     )
+
+
+DEFERRED_TAG = "acpipeline/deferred"  # "true" on a run that left partitions for after a rate-limit reset
+DEFERRED_UNTIL_TAG = "acpipeline/deferred_until"
+DEFERRED_KEY = "acpipeline/deferred/"  # + run id: the run's deferred partitions, in Dagster's key-value store
+
+
+def record_deferred(instance: DagsterInstance, run_id: str, deferred: dict[str, float]) -> None:
+    """The partitions the run left for after the PDS's rate-limit window, where the sensor finds them: the
+    map in the key-value store under the run's id, and tags on the run (the sensor's one query, the UI)."""
+    kv_set(instance, {DEFERRED_KEY + run_id: json.dumps(deferred, sort_keys=True)})
+    latest = datetime.fromtimestamp(max(deferred.values()), UTC).isoformat(timespec="seconds")
+    instance.add_run_tags(run_id, {DEFERRED_TAG: "true", DEFERRED_UNTIL_TAG: latest})
+
+
+def deferred_of_runs(instance: DagsterInstance, run_ids: list[str]) -> dict[str, float]:
+    """The partitions those runs deferred, each with the latest time it must wait for."""
+    stored = kv_get(instance, {DEFERRED_KEY + run_id for run_id in run_ids})
+    out: dict[str, float] = {}
+    for value in stored.values():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            for key, until in json.loads(value).items():
+                out[key] = max(out.get(key, 0.0), float(until))
+    return out
 
 
 def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool):
@@ -336,6 +369,7 @@ class Synced:
     events: list[AssetMaterialization | AssetObservation | AssetCheckEvaluation]
     items_failed: int
     mark: tuple[str, str, str, Mark] | None = None  # (did, rev, media, mark)
+    deferred_until: float | None = None  # the PDS's rate limit stopped it until then (epoch seconds)
 
 
 def _settle(links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
@@ -382,6 +416,8 @@ def _sync_partition(
     metadata.update(_blob_metadata(derived))
     metadata["source_fingerprint"] = source.fingerprint
     metadata["proven_converged"] = False
+    if report.deferred_until is not None:
+        return _deferred(context, source, report, metadata, config.dry_run)
     check, rev = holds_desired(context, client, sync, source.key)
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
@@ -395,6 +431,36 @@ def _sync_partition(
     else:
         state.unmark(account.did, source.media)
     return synced
+
+
+def _deferred(
+    context: AssetExecutionContext,
+    source: PartitionSource,
+    report: SyncReport,
+    metadata: dict[str, Any],
+    dry_run: bool,
+) -> Synced:
+    """The PDS's rate limit stopped the partition: what was written is linked, the rest waits until the
+    window resets. Materialized with `status: deferred` (its history says how far it got) and a failed check
+    that names the time, without asking the PDS again; no convergence mark, so the next run plans it, and
+    the run is tagged for the sensor to request it again after that time."""
+    until = datetime.fromtimestamp(report.deferred_until or 0, UTC).isoformat(timespec="seconds")
+    metadata.update(status="deferred", deferred_until=until, deferred_writes=report.deferred_writes)
+    context.log.warning(
+        f"{source.key}: the PDS's rate limit defers {report.deferred_writes or 'its'} writes until {until}"
+    )
+    kind = AssetObservation if dry_run else AssetMaterialization
+    event = kind(asset_key=context.asset_key, partition=source.key, metadata=metadata)
+    check = AssetCheckEvaluation(
+        asset_key=context.asset_key,
+        check_name=CHECK.name,
+        passed=False,
+        partition=source.key,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"deferred_until": until, "deferred_writes": report.deferred_writes},
+    )
+    until_s = None if dry_run else report.deferred_until
+    return Synced([event, check], len(report.failed), deferred_until=until_s)
 
 
 def holds_desired(

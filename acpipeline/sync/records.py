@@ -18,7 +18,7 @@ from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.link_fields import link_set, link_unset
 from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
-from acpipeline.resources.pds import PdsClient, PdsError, Session, TransientWriteError
+from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
 from acpipeline.sync.converged import latest_commit
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
@@ -46,6 +46,10 @@ class SyncReport:
     mongo_updates: int = 0
     planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's writes, with reasons
     replans: int = 0
+    # The PDS's rate limit stopped the run before these writes, until then (epoch seconds); the next run
+    # after it plans them again from the PDS.
+    deferred_until: float | None = None
+    deferred_writes: int = 0
 
 
 def build_desired(
@@ -128,6 +132,13 @@ class RecordSync:
         return plan, existing
 
     def run(self, dry_run: bool = False) -> SyncReport:
+        try:
+            return self._run(dry_run)
+        except RateLimited as exc:  # before any write: the listing or the login
+            self.report.deferred_until = exc.until
+            return self.report
+
+    def _run(self, dry_run: bool) -> SyncReport:
         plan, existing = self.plan()
         self.report.planned = [w.as_dict() for w in plan.writes]
         if dry_run:
@@ -146,6 +157,12 @@ class RecordSync:
             session = session or self.client.session(self.account.did, self.account.password)
             try:
                 self._apply(session, plan, existing, results, applied)
+                break
+            except RateLimited as exc:
+                # What was written stays and is linked (`_apply` wrote its links); the rest waits for a run
+                # after the PDS's window resets.
+                self.report.deferred_until = exc.until
+                self.report.deferred_writes = len(_not_applied(plan, applied))
                 break
             except TransientWriteError as exc:
                 # The batch may or may not have applied: never retry it blind, plan again from the PDS.
@@ -196,7 +213,9 @@ class RecordSync:
         self.report.created = sum(1 for w in applied if w.action == "create")
         self.report.updated = sum(1 for w in applied if w.action == "update")
         self.report.deleted = sum(1 for w in applied if w.action == "delete")
-        self.report.unchanged = len(self.desired) - self.report.created - self.report.updated
+        written = self.report.created + self.report.updated
+        pending = [w for w in _not_applied(plan, applied) if w.action != "delete"]
+        self.report.unchanged = len(self.desired) - written - len(pending)
 
     def _apply(
         self,
@@ -217,6 +236,7 @@ class RecordSync:
             try:
                 for batch in batch_writes(self.rules.nsid, plan.writes):
                     held = set().union(*on_pds.values())
+                    self.client.wait_to_write(session)  # no upload for a write the PDS would refuse
                     self._upload_blobs(session, batch, held)
                     ops = [write_op(self.rules.nsid, w) for w in batch]
                     self._in_flight = batch
@@ -334,6 +354,11 @@ class RecordSync:
     def _write_back(self, ops: list[UpdateOne]) -> None:
         self.links.add(self.rules.collection, ops)
         self.report.mongo_updates += len(ops)
+
+
+def _not_applied(plan: Plan, applied: list[Write]) -> list[Write]:
+    done = {w.rkey for w in applied}
+    return [w for w in plan.writes if w.rkey not in done]
 
 
 def _mongo_id(ref: str) -> Any:

@@ -68,7 +68,13 @@ class PartitionResult:
             "run_id": self.run_id,
             "skipped": self.skipped,
             "proven_converged": bool(self.metadata.get("proven_converged")),
+            "deferred_until": self.metadata.get("deferred_until"),
         }
+
+    @property
+    def deferred(self) -> bool:
+        """The PDS's rate limit stopped it until `deferred_until`; the rest waits for a later run."""
+        return bool(self.metadata.get("deferred_until"))
 
     @property
     def clean(self) -> bool:

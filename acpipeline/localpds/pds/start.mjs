@@ -17,6 +17,8 @@ const network = await TestNetworkNoAppView.create({
         }
       : {}),
     ...(process.env.PDS_ADMIN_PASSWORD ? { adminPassword: process.env.PDS_ADMIN_PASSWORD } : {}),
+    // the PDS's own rate limits (per IP, and write points per account), off by default in dev mode
+    ...(process.env.ACPIPELINE_PDS_RATE_LIMITS ? { rateLimitsEnabled: true } : {}),
   },
   plc: { port: plcPort },
 })
