@@ -114,7 +114,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from acpipeline.sync.runner import partition_status
+    from acpipeline.operations.status import partition_status
 
     rows = partition_status(_load_defs(), args.handle)
     if not rows:

@@ -733,10 +733,10 @@ def run_ceiling(
 def run_derive(db, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """The blob stage alone over every wanted painting and tape of every account (see the module)."""
     from acpipeline.definitions import build_definitions
+    from acpipeline.resources import resolved
     from acpipeline.sync.blobs import derive_blobs
     from acpipeline.sync.cache import DerivedCache
     from acpipeline.sync.extract import extract_owners, find_accounts
-    from acpipeline.sync.runner import resolved
 
     owners = [account.owner for account in find_accounts(db).by_handle.values()]
     cache = DerivedCache(cache_dir)

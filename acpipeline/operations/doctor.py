@@ -27,11 +27,11 @@ from acpipeline.core.tape import ffmpeg_exe
 from acpipeline.dagster_compat import daemon_heartbeats
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
+from acpipeline.resources import resolved
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsClient, PdsError, _safe_url
 from acpipeline.resources.storage import FetchProblem, StorageResource
 from acpipeline.sync.extract import Account, Accounts, find_accounts, owner_filter
-from acpipeline.sync.runner import resolved
 
 DEFAULT_SAMPLE = 3
 PDS_BUDGET_S = 20.0  # retries of one PDS call: a doctor answers in seconds, not the sync's two minutes

@@ -23,9 +23,9 @@ from acpipeline.core.lexicon_publish import (
     plan_schemas,
 )
 from acpipeline.errors import OperatorError
+from acpipeline.resources import resolved
 from acpipeline.resources.pds import PdsClient, PdsError, TransientWriteError
 from acpipeline.sync.extract import find_account
-from acpipeline.sync.runner import resolved
 
 
 @dataclass

@@ -8,9 +8,8 @@ import multiprocessing
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -21,17 +20,17 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
-    EnvVar,
     RunsFilter,
     TableMetadataValue,
 )
 
-from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.dagster_compat import free_pool_slots
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance, open_instance
+from acpipeline.resources import resolved
 from acpipeline.sync.converged import Proof, prove_selection
-from acpipeline.sync.extract import extract_items, find_accounts
+from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import (
     FULL_TAG,
     PartitionRange,
@@ -116,22 +115,6 @@ def run_partitions(
         return _run_partitions(
             defs, instance, mongo, pds, handles, media, dry_run, strict, full, progress or _no_progress
         )
-
-
-@contextmanager
-def resolved(defs: Definitions, name: str) -> Iterator[Any]:
-    """A resource of the definitions with its EnvVars read from the environment, used as a plain object
-    (as Dagster allows outside runs): initialising it through Dagster would open an ephemeral instance,
-    which takes most of a no-op sync's time."""
-    configured = defs.resources[name]
-    fields = {key: getattr(configured, key) for key in type(configured).model_fields}
-    resource = type(configured)(
-        **{key: value.get_value() if isinstance(value, EnvVar) else value for key, value in fields.items()}
-    )
-    try:
-        yield resource
-    finally:
-        resource.teardown_after_execution(None)  # our resources' teardowns need no context
 
 
 def _run_partitions(
@@ -343,26 +326,3 @@ def _root_cause(info: Any) -> str:
     while info.cause is not None and info.cls_name.startswith("Dagster"):
         info = info.cause
     return info.message.strip().splitlines()[0]
-
-
-def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
-    """Per partition: items MongoDB wants synced vs records on the PDS."""
-    with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
-        return _status(mongo.db(), pds.client(), handles)
-
-
-def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, Any]]:
-    client.describe_server()  # a PDS that does not answer is named even when there is nothing to count
-    accounts = find_accounts(db)
-    rows = []
-    unknown = [h for h in handles or [] if h not in accounts.by_handle]
-    if unknown:
-        raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
-    for handle in handles or sorted(accounts.by_handle):
-        account = accounts.by_handle[handle]
-        for name, rules in MEDIA.items():
-            items = extract_items(db, rules, account.owner)
-            desired = sum(1 for i in items if i.wanted and i.problem is None)
-            on_pds = len(client.list_records(account.did, rules.nsid))
-            rows.append({"handle": handle, "media": name, "desired": desired, "on_pds": on_pds})
-    return rows

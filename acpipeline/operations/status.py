@@ -1,0 +1,35 @@
+"""`acpipeline status`: per partition, the items MongoDB wants synced against the records on the PDS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import Definitions
+
+from acpipeline.core.media import MEDIA
+from acpipeline.errors import OperatorError
+from acpipeline.resources import resolved
+from acpipeline.sync.extract import extract_items, find_accounts
+
+
+def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
+    """Per partition: items MongoDB wants synced vs records on the PDS."""
+    with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
+        return _status(mongo.db(), pds.client(), handles)
+
+
+def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, Any]]:
+    client.describe_server()  # a PDS that does not answer is named even when there is nothing to count
+    accounts = find_accounts(db)
+    rows = []
+    unknown = [h for h in handles or [] if h not in accounts.by_handle]
+    if unknown:
+        raise OperatorError(f"no user with an ATProto account has the handle {', '.join(unknown)}")
+    for handle in handles or sorted(accounts.by_handle):
+        account = accounts.by_handle[handle]
+        for name, rules in MEDIA.items():
+            items = extract_items(db, rules, account.owner)
+            desired = sum(1 for i in items if i.wanted and i.problem is None)
+            on_pds = len(client.list_records(account.did, rules.nsid))
+            rows.append({"handle": handle, "media": name, "desired": desired, "on_pds": on_pds})
+    return rows
