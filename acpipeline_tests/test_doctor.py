@@ -21,7 +21,7 @@ from acpipeline.sync.extract import find_accounts
 
 from .test_cli import cli
 
-CHECKS = ["mongodb", "pds", "accounts", "storage", "ffmpeg", "dagster"]
+CHECKS = ["mongodb", "pds", "state", "accounts", "storage", "ffmpeg", "dagster"]
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
@@ -49,15 +49,16 @@ def test_a_healthy_world_passes_every_check(seeded):
     result = cli("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_by_check(result)
-    for check in ("mongodb", "pds", "accounts", "storage", "ffmpeg"):
+    for check in ("mongodb", "pds", "accounts", "storage", "state", "ffmpeg"):
         assert lines[check].startswith("ok "), lines[check]
+    assert "under ACPIPELINE_HOME (this machine only)" in lines["state"]
     assert "7 of 7 collections" in lines["mongodb"] and "users with accounts" in lines["mongodb"]
     assert seeded.pds_url in lines["pds"] and "blobUploadLimit 5,242,880 bytes" in lines["pds"]
     assert "3 of " in lines["accounts"] and ART_HANDLE in lines["accounts"]
     assert "painting image, anonymous painting image and tape ZIP answer" in lines["storage"]
     # No daemon runs here: a warning, not a failure.
     assert lines["dagster"].startswith("WARN ") and "SQLite" in lines["dagster"]
-    assert result.stdout.strip().splitlines()[-1] == "all 6 checks passed (1 with a warning)"
+    assert result.stdout.strip().splitlines()[-1] == "all 7 checks passed (1 with a warning)"
     assert not any(password in result.stdout + result.stderr for password in passwords(seeded))
 
     as_json = cli("doctor", "--json", "--sample", "1")
@@ -65,7 +66,22 @@ def test_a_healthy_world_passes_every_check(seeded):
     results = json.loads(as_json.stdout)
     assert [r["check"] for r in results] == CHECKS
     assert all(set(r) == {"check", "ok", "status", "detail"} and r["ok"] for r in results)
-    assert results[2]["detail"].startswith("1 of ") and ART_HANDLE in results[2]["detail"]
+    assert results[3]["detail"].startswith("1 of ") and ART_HANDLE in results[3]["detail"]
+
+
+def test_shared_state_in_mongodb_and_a_cache_dir_that_cannot_be_written(seeded, tmp_path):
+    shared = cli("doctor", env={"ACPIPELINE_SHARED_STATE": "mongodb", "ACPIPELINE_CACHE_DIR": str(tmp_path)})
+    state = lines_by_check(shared)["state"]
+    assert shared.returncode == 0 and state.startswith("ok ") and "in MongoDB" in state, state
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    broken = cli("doctor", env={"ACPIPELINE_CACHE_DIR": str(not_a_folder / "cache")})
+    state = lines_by_check(broken)["state"]
+    assert broken.returncode == 1 and state.startswith("FAIL ") and "ACPIPELINE_CACHE_DIR" in state, state
+    wrong = cli("doctor", env={"ACPIPELINE_SHARED_STATE": "postgres"})
+    lines = lines_by_check(wrong)
+    assert wrong.returncode == 1 and "'mongodb' or 'local'" in lines["state"], wrong.stdout
+    assert lines["accounts"].startswith("skip ")
 
 
 def test_a_pds_url_that_does_not_answer(seeded):

@@ -27,7 +27,7 @@ from acpipeline.core.tape import ffmpeg_exe
 from acpipeline.dagster_compat import daemon_heartbeats
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
-from acpipeline.resources import resolved
+from acpipeline.resources import resolved, shared_state
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsClient, PdsError, _safe_url
 from acpipeline.resources.storage import FetchProblem, StorageResource
@@ -339,11 +339,50 @@ def check_dagster() -> CheckResult:
     return CheckResult("dagster", "ok", f"{detail}; daemon running (heartbeat {_ago(silent)} ago)")
 
 
+def check_state(doctor: Doctor) -> CheckResult:
+    """Where the state runs share lives (acpipeline.resources.shared_state), and that it is reachable: the
+    MongoDB collections with `ACPIPELINE_SHARED_STATE=mongodb`, a writable `ACPIPELINE_CACHE_DIR`."""
+    try:
+        in_mongodb = shared_state.in_mongodb()
+    except OperatorError as exc:
+        return CheckResult("state", "fail", str(exc))
+    facts = []
+    if in_mongodb:
+        try:
+            sessions = shared_state.collection(shared_state.SESSIONS).count_documents({})
+        except PyMongoError as exc:
+            return CheckResult(
+                "state", "fail", f"MongoDB refused the shared state ({type(exc).__name__}): check MongoDB"
+            )
+        facts.append(f"sessions, throttle and marks in MongoDB ({sessions} sessions saved)")
+    else:
+        facts.append("sessions, throttle and marks under ACPIPELINE_HOME (this machine only)")
+    cache = shared_state.cache_dir()
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            probe = cache / f".doctor-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return CheckResult(
+                "state",
+                "fail",
+                f"{shared_state.CACHE_DIR_ENV} {cache} is not writable ({exc.strerror}): mount the shared "
+                "volume there, or unset it",
+            )
+        facts.append(f"derived-blob cache in {cache}")
+    else:
+        facts.append("derived-blob cache under ACPIPELINE_HOME")
+    return CheckResult("state", "ok", "; ".join(facts))
+
+
 # The checks in order, each with the checks it needs to have passed.
 CHECKS: tuple[tuple[str, Callable[[Doctor], CheckResult], tuple[str, ...]], ...] = (
     ("mongodb", check_mongodb, ()),
     ("pds", check_pds, ()),
-    ("accounts", check_accounts, ("mongodb", "pds")),
+    ("state", check_state, ("mongodb",)),
+    ("accounts", check_accounts, ("mongodb", "pds", "state")),
     ("storage", check_storage, ("mongodb",)),
     ("ffmpeg", lambda _: check_ffmpeg(), ()),
     ("dagster", lambda _: check_dagster(), ()),
