@@ -59,9 +59,12 @@ def test_bandwidth_limits_the_bytes_per_second(tmp_path):
 def test_writes_are_counted_and_requests_summarized(pds_url):
     with CountingProxy(pds_url, rtt_ms=20) as proxy, httpx.Client(base_url=proxy.url) as http:
         assert http.get("/xrpc/com.atproto.server.describeServer").status_code == 200
-        assert http.post("/xrpc/com.atproto.repo.applyWrites", json={}).status_code in (400, 401)
+        body = {"repo": "did:plc:x", "writes": [{"collection": "computer.aesthetic.kidlisp"}]}
+        assert http.post("/xrpc/com.atproto.repo.applyWrites", json=body).status_code in (400, 401)
         assert proxy.writes() == 1
-        summary = summarize(proxy.take())
+        exchanges = proxy.take()
+        summary = summarize(exchanges)
+    assert [e.collection for e in exchanges] == ["", "computer.aesthetic.kidlisp"]
     assert summary["requests"] == 2 and summary["new_connections"] == 1
     assert set(summary["methods"]) == {"com.atproto.server.describeServer", "com.atproto.repo.applyWrites"}
 

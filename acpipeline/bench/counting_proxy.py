@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import re
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from acpipeline.bench.proxying import ProxyServer, end_to_end, read_body, send_answer
 
@@ -32,6 +33,7 @@ WRITE_METHODS = (
     "com.atproto.repo.deleteRecord",
     "com.atproto.repo.uploadBlob",
 )
+_COLLECTION = re.compile(rb'"collection"\s*:\s*"([^"]{1,200})"')
 UPSTREAM_IDLE_S = 30.0  # an upstream connection idle longer is replaced (the PDS keeps them 90 s)
 
 
@@ -67,12 +69,22 @@ class Exchange:
     sent: int
     received: int
     status: int
+    collection: str = ""  # the collection a listing or a write names, when it names one
 
 
 def _sleep_until(moment: float) -> None:
     wait = moment - time.perf_counter()
     if wait > 0:
         time.sleep(wait)
+
+
+def _collection(path: str, body: bytes) -> str:
+    """The collection a request names: its `collection` parameter, or the first one in a JSON body."""
+    named = parse_qs(urlsplit(path).query).get("collection")
+    if named:
+        return named[0]
+    found = _COLLECTION.search(body[:4096]) if body[:1] == b"{" else None
+    return found.group(1).decode(errors="replace") if found else ""
 
 
 def _head_size(first_line: str, headers: list[tuple[str, str]]) -> int:
@@ -206,6 +218,7 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                     len(body),
                     len(data),
                     status,
+                    _collection(self.path, body),
                 )
             )
             self.served += 1
