@@ -91,9 +91,17 @@ def test_bench_with_rtt_runs_and_reports_its_keys(pds_url, tmp_path, monkeypatch
     written = json.loads(out.read_text())
     assert set(KEYS) | set(NETWORK_KEYS) <= set(written)
     assert written["rtt_ms"] == 20 and written["bandwidth_mbit"] is None
-    assert written["records"] > 0 and written["noop_writes"] == 0
+    assert written["records"] > 0 and written["noop_writes"] == 0 and written["ceiling_overlapped_s"] > 0
     requests = written["requests"]
-    assert set(requests) == {"full_sync", "noop_sync", "noop_full", "ceiling", "seed_strategy", "tapes"}
+    assert set(requests) == {
+        "full_sync",
+        "noop_sync",
+        "noop_full",
+        "ceiling",
+        "ceiling_overlapped",
+        "seed_strategy",
+        "tapes",
+    }
     full = requests["full_sync"]["methods"]
     assert "com.atproto.repo.applyWrites" in full and "com.atproto.repo.uploadBlob" in full
     assert any(method.startswith("storage:GET") for method in full)  # the storage is behind the network too
