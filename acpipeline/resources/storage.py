@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -23,6 +24,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from acpipeline.core.items import Item, ItemProblem
+from acpipeline.resources.retry import Attempts, exponential
 from acpipeline.resources.tls import tls_context
 from acpipeline.settings import DEFAULT_BLOBS_URL, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
 
@@ -153,19 +155,20 @@ class StorageResource(ConfigurableResource):
         with open(path, "wb") as fh:
             self._stream(url, max_bytes or self.max_zip_bytes, fh.write)
 
-    def _stream(self, url: str, limit: int, sink: Any) -> None:
-        failures: list[str] = []
-        for attempt in range(self.retries + 1):
+    def _attempts(self) -> Attempts:
+        return Attempts(exponential(self.retry_wait_s), limit=self.retries + 1)
+
+    def _stream(self, url: str, limit: int, sink: Callable[[bytes], Any]) -> None:
+        attempts = self._attempts()
+        for _ in attempts:
             try:
                 self._stream_once(url, limit, sink)
                 return
             except _Retryable as exc:
-                failures.append(str(exc))
-                if attempt < self.retries:
-                    time.sleep(self.retry_wait_s * 2**attempt)
-        raise StorageUnavailable(_failure(failures))
+                attempts.failed(str(exc))
+        raise StorageUnavailable(_failure(attempts))
 
-    def _stream_once(self, url: str, limit: int, sink: Any) -> None:
+    def _stream_once(self, url: str, limit: int, sink: Callable[[bytes], Any]) -> None:
         """One GET into `sink`. Retryable only while nothing reached the sink: a retry never appends a
         second copy of the first bytes."""
         started = time.monotonic()
@@ -200,8 +203,8 @@ class StorageResource(ConfigurableResource):
 
     def exists(self, url: str) -> bool:
         """HEAD answering 200 means the object exists; 403/404 mean it does not; other answers fail."""
-        failures: list[str] = []
-        for attempt in range(self.retries + 1):
+        attempts = self._attempts()
+        for _ in attempts:
             try:
                 response = self.http().head(url)
             except httpx.TimeoutException:
@@ -209,7 +212,7 @@ class StorageResource(ConfigurableResource):
                     f"storage too slow for HEAD {_short(url)} (nothing for {self.timeout_s:g} s)"
                 ) from None
             except httpx.TransportError as exc:
-                failures.append(f"storage unreachable for {_short(url)} ({type(exc).__name__})")
+                attempts.failed(f"storage unreachable for {_short(url)} ({type(exc).__name__})")
             else:
                 if response.status_code == 200:
                     return True
@@ -218,18 +221,17 @@ class StorageResource(ConfigurableResource):
                 failure = f"storage answered {response.status_code} to HEAD {_short(url)}"
                 if response.status_code < 500:
                     raise FetchProblem(failure)
-                failures.append(failure)
-            if attempt < self.retries:
-                time.sleep(self.retry_wait_s * 2**attempt)
-        raise FetchProblem(_failure(failures))
+                attempts.failed(failure)
+        raise FetchProblem(_failure(attempts))
 
 
 class _Retryable(Exception):
     """A storage failure worth another attempt: a 5xx, or a connection refused or dropped before any byte."""
 
 
-def _failure(failures: list[str]) -> str:
-    return failures[-1] + (f" ({len(failures)} attempts)" if len(failures) > 1 else "")
+def _failure(attempts: Attempts) -> str:
+    """The last failure, and how many attempts failed."""
+    return attempts.tried[-1] + (f" ({len(attempts.tried)} attempts)" if len(attempts.tried) > 1 else "")
 
 
 def _short(url: str) -> str:
