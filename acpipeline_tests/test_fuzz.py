@@ -1,4 +1,4 @@
-"""Fuzzed bytes for the decoders of untrusted media: the tape ZIP (core/tape.py), the painting PNG and its
+"""Fuzzed bytes for the decoders of untrusted media: the tape ZIP (core/tape_video/), the painting PNG and its
 thumbnail (core/thumbnail.py), the platform's MP4s and poster JPEGs (core/mp4.py), and ffmpeg's reading of
 them. Real inputs (a tape ZIP as the platform exports it, a PNG from Pillow, an MP4 from ffmpeg) are
 mutated and truncated, byte by byte or structure-aware (valid CRCs, so the damage reaches the decoders).
@@ -31,7 +31,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from acpipeline.core.mp4 import check_jpeg, check_mp4, mp4_facts
-from acpipeline.core.tape import TapeError, check_decodes, encode_tape, ffmpeg_exe, zip_thumbnail
+from acpipeline.core.tape_video.encode import check_decodes, encode_tape, ffmpeg_exe
+from acpipeline.core.tape_video.limits import TapeError
+from acpipeline.core.tape_video.poster import zip_thumbnail
 from acpipeline.core.thumbnail import ImageProblem, painting_thumbnail
 from acpipeline.demo.dataset import build_tape_zip
 

@@ -19,7 +19,8 @@ from acpipeline.core.batches import encode_body
 from acpipeline.core.cid import blob_cid
 from acpipeline.core.items import ItemProblem
 from acpipeline.core.mp4 import check_mp4
-from acpipeline.core.tape import TapeError, ffmpeg_exe
+from acpipeline.core.tape_video.encode import ffmpeg_exe
+from acpipeline.core.tape_video.limits import TapeError
 from acpipeline.demo.media_server import BLOBS_BUCKET
 from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import DEFAULT_BLOBS_URL

@@ -1,4 +1,4 @@
-"""acpipeline.core.tape: real tape ZIPs in, checked MP4s and poster frames out; hostile ZIPs refused."""
+"""acpipeline.core.tape_video: real tape ZIPs in, checked MP4s and poster frames out; hostile ZIPs refused."""
 
 from __future__ import annotations
 
@@ -19,16 +19,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from acpipeline.core import tape as tape_module
-from acpipeline.core.tape import (
-    EncodedTape,
-    TapeError,
-    TapeLimits,
-    encode_tape,
-    ffmpeg_exe,
-    tape_content_key,
-    timing_fps,
-)
+from acpipeline.core.tape_video import poster, zip_reading
+from acpipeline.core.tape_video.encode import EncodedTape, encode_tape, ffmpeg_exe
+from acpipeline.core.tape_video.limits import TapeError, TapeLimits
+from acpipeline.core.tape_video.timing import timing_fps
+from acpipeline.core.tape_video.zip_reading import tape_content_key
 
 BIG = 50 * 1024 * 1024
 
@@ -428,11 +423,11 @@ def test_inflated_bytes_are_counted_while_streaming(tmp_path: Path) -> None:
     with zipfile.ZipFile(zip_path) as zf:
         info = zf.infolist()[0]
         with pytest.raises(TapeError, match=r"inflates beyond 1000 bytes"):
-            tape_module._copy_entry(zf, info, io.BytesIO(), 1000, tape_module._Budget(10**9))
+            zip_reading._copy_entry(zf, info, io.BytesIO(), 1000, zip_reading._Budget(10**9))
         with pytest.raises(TapeError, match=r"uncompressed size exceeds 1000 bytes"):
-            tape_module._copy_entry(zf, info, io.BytesIO(), 10**9, tape_module._Budget(1000))
+            zip_reading._copy_entry(zf, info, io.BytesIO(), 10**9, zip_reading._Budget(1000))
         out = io.BytesIO()
-        tape_module._copy_entry(zf, info, out, 5000, tape_module._Budget(5000))
+        zip_reading._copy_entry(zf, info, out, 5000, zip_reading._Budget(5000))
         assert len(out.getvalue()) == 5000
 
 
@@ -532,7 +527,7 @@ def test_work_folder_is_removed_after_a_failure(
         assert sorted(p.name for p in frame.parent.iterdir()) == [f"frame-0000{n}.png" for n in range(3)]
         raise TapeError(f"{name} cannot be decoded (simulated)")
 
-    monkeypatch.setattr(tape_module, "_thumbnail", failing_thumbnail)
+    monkeypatch.setattr(poster, "poster_jpeg", failing_thumbnail)
     zip_path = write_zip(tmp_path / "tape.zip", tape_entries(16, 16, 3, timing=None))
     assert refused(zip_path) == "frame-00001.png cannot be decoded (simulated)"
     assert seen and seen[0].parent == private_tempdir

@@ -5,7 +5,7 @@ Pure core: bytes in, facts or a `TapeError` with one line out. The MP4 is read a
 14496-12): the top level must be `ftyp` first, boxes that tile the file exactly, and `moov` before the
 first `mdat` (faststart, so a player can start before the whole file arrived); inside `moov`, the video
 track's sample entry names its codec (`avc1`/`avc3`: H.264). Whether the stream really decodes is ffmpeg's
-question (`core/tape.py` `check_decodes`).
+question (`core/tape_video/encode.py` `check_decodes`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from acpipeline.core.tape import TapeError
+from acpipeline.core.tape_video.limits import TapeError
 
 H264_ENTRIES = frozenset({"avc1", "avc3"})
 MAX_BOXES = 4096  # per level: a real MP4 has a handful; a file of tiny boxes is not worth walking

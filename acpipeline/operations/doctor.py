@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 
 from acpipeline.core.items import Item, ItemProblem
 from acpipeline.core.media import MEDIA
-from acpipeline.core.tape import ffmpeg_exe
+from acpipeline.core.tape_video.encode import ffmpeg_exe
 from acpipeline.dagster_compat import daemon_heartbeats
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
@@ -38,7 +38,7 @@ PDS_BUDGET_S = 20.0  # retries of one PDS call: a doctor answers in seconds, not
 STORAGE_TRIES = 3  # documents tried per kind of media URL before calling the template wrong
 DOCUMENTS_READ = 20  # documents read per kind to find those tries among (some are nuked or broken)
 DAEMON_SILENT_S = 120.0  # four of Dagster's 30 s heartbeat intervals without one: the daemon is not running
-ENCODERS = ("libx264", "aac")  # what tape videos are encoded with (core/tape.py)
+ENCODERS = ("libx264", "aac")  # what tape videos are encoded with (core/tape_video/encode.py)
 WORDS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
 
 

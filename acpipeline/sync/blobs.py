@@ -14,17 +14,16 @@ from typing import Any
 from acpipeline.core.items import Blob, Derived, Item, ItemProblem
 from acpipeline.core.media.tape import OVEN_COMPLETE
 from acpipeline.core.mp4 import H264_ENTRIES, check_jpeg, check_mp4, mp4_facts
-from acpipeline.core.tape import (
-    THUMBNAIL_MIME,
+from acpipeline.core.tape_video.encode import (
     VIDEO_MIME,
-    TapeError,
     check_decodes,
     encode_tape,
     remux_faststart,
-    tape_content_key,
     transcode_mp4,
-    zip_thumbnail,
 )
+from acpipeline.core.tape_video.limits import TapeError
+from acpipeline.core.tape_video.poster import THUMBNAIL_MIME, zip_thumbnail
+from acpipeline.core.tape_video.zip_reading import tape_content_key
 from acpipeline.core.thumbnail import ImageProblem, painting_thumbnail
 from acpipeline.resources.storage import StorageResource, StorageUnavailable
 from acpipeline.sync.cache import DerivedCache
