@@ -1,7 +1,8 @@
 """Everything that runs ffmpeg: a tape's frames encoded into an MP4, and the checks and fixes of MP4s made
 elsewhere (the oven's bakes, ac-native recordings).
 
-Not pure: each step runs ffmpeg as a subprocess, with a time limit (`run_ffmpeg`).
+Not pure: each step runs ffmpeg as a subprocess, with a time limit. The commands are ffmpeg-python graphs,
+compiled to argument lists and run by `run_ffmpeg` (ffmpeg-python's own `run` has no time limit).
 
 The encode follows the platform's converter (`tape-to-mp4.mjs`): frames at a constant frame rate,
 3x nearest-neighbour, even dimensions, H.264 (libx264) in yuv420p, AAC 128k when there is a
@@ -18,6 +19,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import ffmpeg  # ffmpeg-python: no type hints, so its graphs are `Any` here
 
 from acpipeline.core.tape_video.limits import DEFAULT_LIMITS, UPSCALE, TapeError, TapeLimits, shown_name
 from acpipeline.core.tape_video.poster import middle_frame_poster
@@ -31,6 +35,10 @@ CRF_STEPS = (23, 28, 33, 38)  # tried in order at the largest scale; smaller sca
 PRESET = "superfast"
 X264_PARAMS = "mbtree=1:rc-lookahead=10"
 AUDIO_BITRATE = "128k"
+_QUIET = ("-hide_banner", "-nostdin", "-loglevel", "error")  # errors only; stderr's last line is the reason
+_H264 = {"c:v": "libx264", "preset": PRESET, "x264-params": X264_PARAMS, "pix_fmt": "yuv420p"}
+_AAC = {"c:a": "aac", "b:a": AUDIO_BITRATE}
+_FASTSTART = {"movflags": "+faststart"}
 
 
 @dataclass(frozen=True)
@@ -120,25 +128,20 @@ def encode_tape(
 def tape_command(
     work: Path, tape: ExtractedTape, fps: int, scale: int, crf: int, threads: int | None, out: Path
 ) -> list[str]:
-    """The platform's command, with the scale to even dimensions done in one nearest-neighbour pass
-    (same size as its `scale=iw*3:ih*3,scale=trunc(iw/2)*2:trunc(ih/2)*2`, ~5x cheaper)."""
+    """The platform's encode of the frames in `work`, with its two scales (`scale=iw*3:ih*3`, then
+    `scale=trunc(iw/2)*2:trunc(ih/2)*2`, both nearest) done as one of the same size, ~5x cheaper."""
     width, height = _even_dims(tape.width, tape.height, scale)
-    limit = [] if threads is None else ["-threads", str(threads)]
     pattern = str(work).replace("%", "%%") + "/" + FRAME_PATTERN  # a literal % in the folder must not count
-    args = [*limit, "-start_number", "0", "-r", str(fps), *_input("image2", pattern)]
+    frames = _local_input(pattern, "image2", start_number=0, r=fps, **_threads(threads))
+    streams = [frames["v:0"].filter("scale", width, height, flags="neighbor")]
+    audio: dict[str, object] = {}
     if tape.soundtrack is not None:
-        args += _input(tape.soundtrack.format, tape.soundtrack.path)
-    args += ["-map", "0:v:0"]
-    if tape.soundtrack is not None:
-        args += ["-map", "1:a:0"]
-    if threads is not None:
-        args += ["-filter_threads", str(threads)]
-    args += ["-vf", f"scale={width}:{height}:flags=neighbor"]
-    args += ["-c:v", "libx264", "-preset", PRESET, "-x264-params", X264_PARAMS]
-    args += ["-crf", str(crf), "-pix_fmt", "yuv420p", *limit]
-    if tape.soundtrack is not None:
-        args += ["-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest"]
-    return [*args, "-movflags", "+faststart", "-y", str(out)]
+        streams.append(_local_input(tape.soundtrack.path, tape.soundtrack.format)["a:0"])
+        audio = {**_AAC, "shortest": None}
+    graph = ffmpeg.output(*streams, str(out), crf=crf, **_H264, **_threads(threads), **audio, **_FASTSTART)
+    if threads is not None:  # the scale is a filter graph's (-filter_complex), not a -vf's (-filter_threads)
+        graph = graph.global_args("-filter_complex_threads", str(threads))
+    return _compile(graph, overwrite=True)
 
 
 def audio_seconds(soundtrack: Soundtrack, limits: TapeLimits) -> float:
@@ -148,11 +151,9 @@ def audio_seconds(soundtrack: Soundtrack, limits: TapeLimits) -> float:
         seconds = wav_seconds(soundtrack.path)
         if seconds is not None:
             return seconds
-    args = [
-        *_input(soundtrack.format, soundtrack.path),
-        *("-map", "0:a:0", "-f", "null", "-", "-progress", "pipe:1", "-nostats"),
-    ]
-    progress = run_ffmpeg(args, limits.max_encode_s).stdout.decode("ascii", "replace")
+    graph = _local_input(soundtrack.path, soundtrack.format)["a:0"].output("-", format="null")
+    command = _compile(graph.global_args("-progress", "pipe:1", "-nostats"))
+    progress = run_ffmpeg(command, limits.max_encode_s).stdout.decode("ascii", "replace")
     stamps = re.findall(r"^out_time_us=(\d+)$", progress, re.MULTILINE)
     seconds = int(stamps[-1]) / 1e6 if stamps else 0.0
     if seconds <= 0:
@@ -166,14 +167,16 @@ def audio_seconds(soundtrack: Soundtrack, limits: TapeLimits) -> float:
 def check_decodes(mp4: Path, limits: TapeLimits = DEFAULT_LIMITS) -> None:
     """Decode the MP4's video stream to the end, failing on the first error: an MP4 whose boxes look right
     (core/mp4.py) but whose stream is damaged is not used as it is."""
-    args = ["-threads", "1", "-xerror", "-err_detect", "explode", *_input("mp4", mp4)]
-    run_ffmpeg([*args, "-map", "0:v:0", "-f", "null", "-"], limits.max_encode_s)
+    video = _local_input(mp4, "mp4", threads=1, err_detect="explode")["v:0"]
+    command = _compile(video.output("-", format="null").global_args("-xerror"))
+    run_ffmpeg(command, limits.max_encode_s)
 
 
 def remux_faststart(src: Path, out: Path, limits: TapeLimits = DEFAULT_LIMITS) -> None:
     """The same streams, copied, with `moov` moved before `mdat`."""
-    args = [*_input("mp4", src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy"]
-    run_ffmpeg([*args, "-movflags", "+faststart", "-y", str(out)], limits.max_encode_s)
+    source = _local_input(src, "mp4")
+    graph = ffmpeg.output(source["v:0"], source["a:0?"], str(out), c="copy", **_FASTSTART)
+    run_ffmpeg(_compile(graph, overwrite=True), limits.max_encode_s)
 
 
 def transcode_mp4(
@@ -182,19 +185,23 @@ def transcode_mp4(
     """Any video ffmpeg reads from an MP4 container, as the platform's H.264/yuv420p (AAC) with faststart,
     at most `limits.max_output_side` a side, re-encoded at higher CRFs until it fits `max_bytes`."""
     side = limits.max_output_side
-    scale = (
-        f"scale=w='min(iw,{side})':h='min(ih,{side})':force_original_aspect_ratio=decrease"
-        ":force_divisible_by=2:flags=neighbor"
+    source = _local_input(src, "mp4", **_threads(threads))
+    video = source["v:0"].filter(
+        "scale",
+        w=f"min(iw,{side})",
+        h=f"min(ih,{side})",
+        force_original_aspect_ratio="decrease",
+        force_divisible_by=2,
+        flags="neighbor",
     )
-    limit = [] if threads is None else ["-threads", str(threads)]
     smallest = None
     with tempfile.TemporaryDirectory(prefix="acpipeline-tape-") as tmp:
         for crf in CRF_STEPS:
             out = Path(tmp) / f"crf{crf}.mp4"
-            args = [*limit, *_input("mp4", src), "-map", "0:v:0", "-map", "0:a:0?", "-vf", scale]
-            args += ["-c:v", "libx264", "-preset", PRESET, "-x264-params", X264_PARAMS, "-crf", str(crf)]
-            args += ["-pix_fmt", "yuv420p", *limit, "-c:a", "aac", "-b:a", AUDIO_BITRATE]
-            run_ffmpeg([*args, "-movflags", "+faststart", "-y", str(out)], limits.max_encode_s)
+            graph = ffmpeg.output(
+                video, source["a:0?"], str(out), crf=crf, **_H264, **_threads(threads), **_AAC, **_FASTSTART
+            )
+            run_ffmpeg(_compile(graph, overwrite=True), limits.max_encode_s)
             size = out.stat().st_size
             if size <= max_bytes:
                 return out.read_bytes()
@@ -215,9 +222,8 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-def run_ffmpeg(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[bytes]:
-    """Run ffmpeg quietly (errors only); a failure becomes TapeError with stderr's last line."""
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+def run_ffmpeg(command: list[str], timeout_s: float) -> subprocess.CompletedProcess[bytes]:
+    """Run a compiled ffmpeg command; a failure becomes TapeError with stderr's last line."""
     try:
         done = subprocess.run(
             command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False
@@ -231,9 +237,20 @@ def run_ffmpeg(args: list[str], timeout_s: float) -> subprocess.CompletedProcess
     return done
 
 
-def _input(demuxer: str, path: str | Path) -> list[str]:
+def _compile(graph: Any, overwrite: bool = False) -> list[str]:
+    """The graph as ffmpeg's argument list, run quietly by our binary (`-y` when it writes a file)."""
+    command: list[str] = graph.compile(cmd=[ffmpeg_exe(), *_QUIET], overwrite_output=overwrite)
+    return command
+
+
+def _local_input(path: str | Path, demuxer: str, **options: object) -> Any:
     """A local-file-only input with a forced demuxer: ffmpeg never probes content into a network reader."""
-    return ["-protocol_whitelist", "file", "-f", demuxer, "-i", str(path)]
+    return ffmpeg.input(str(path), format=demuxer, protocol_whitelist="file", **options)
+
+
+def _threads(threads: int | None) -> dict[str, int]:
+    """`-threads N`, given to an input (its decoder) and to an output (its encoder); none lets ffmpeg pick."""
+    return {} if threads is None else {"threads": threads}
 
 
 def _even_dims(width: int, height: int, scale: int) -> tuple[int, int]:
