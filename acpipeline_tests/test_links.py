@@ -9,7 +9,7 @@ import pytest
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
-from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.links import LinkWriteFailed, LinkWriter
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_a_failed_write_keeps_its_links_for_the_next_flush(db, tmp_path, monkeyp
         raise PyMongoError("refused")
 
     monkeypatch.setattr(type(db["moods"]), "bulk_write", refused)
-    with pytest.raises(PyMongoError):
+    with pytest.raises(LinkWriteFailed, match="refused the links of 2 moods records"):
         writer.flush()
     assert writer.pending == 2
     monkeypatch.setattr(type(db["moods"]), "bulk_write", bulk_write)
