@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ THUMBNAIL_VERSION = "thumb-v1"  # bump when the thumbnail rules change, so cache
 TAPE_VERSION = "tape-v1"
 MADE_VERSION = "made-v1"  # verdicts on the MP4s and JPEGs the platform made: bump when their checks change
 RECORDING_RECHECK_S = 24 * 3600  # a missing recording ZIP may still be uploaded: look again daily
+PAINTING_IO_WORKERS = 32  # paintings in flight at once (their fetches and recording checks)
 LEXICON_VIDEO_MAX = 52_428_800
 LEXICON_THUMBNAIL_MAX = 1_048_576
 THUMBNAIL_RECHECK_S = (
@@ -48,12 +51,23 @@ class BlobStats:
     tapes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def derive_painting(item: Item, storage: StorageResource, cache: DerivedCache, stats: BlobStats) -> Derived:
+def derive_painting(
+    item: Item,
+    storage: StorageResource,
+    cache: DerivedCache,
+    stats: BlobStats,
+    decoding: AbstractContextManager[Any] | None = None,
+) -> Derived:
+    """The thumbnail (fetched and made, or from the cache) and whether the recording ZIP exists; `decoding`
+    bounds how many images are decoded at once."""
     image_url = storage.painting_image_url(item)
     key = f"{THUMBNAIL_VERSION}:{image_url}"
     thumb = cache.blob(cache.get(key))
     if thumb is None:
-        thumb = cache.store_blob(painting_thumbnail(storage.fetch(image_url)), "image/png")
+        png = storage.fetch(image_url)
+        with decoding or nullcontext():
+            made = painting_thumbnail(png)
+        thumb = cache.store_blob(made, "image/png")
         cache.put(key, thumb.__dict__)
         stats.derived += 1
     else:
@@ -310,10 +324,13 @@ def derive_blobs(
     cores = cores or os.cpu_count() or 1
     derive: Callable[[Item], Derived]
     if media == "painting":
-        workers = 8
+        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): many at once, while
+        # at most one decode per core holds an image in memory.
+        workers = PAINTING_IO_WORKERS
+        decoding = threading.BoundedSemaphore(cores)
 
         def derive(item: Item) -> Derived:
-            return derive_painting(item, storage, cache, stats)
+            return derive_painting(item, storage, cache, stats, decoding)
 
     elif media == "tape":
         # One ffmpeg thread per worker and one worker per core: never more encoder threads than cores.

@@ -29,6 +29,10 @@ MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the acc
 OnCommit = Callable[[str, str], None]  # (the commit a write built on, the commit it made): revs
 
 
+MAX_UPLOADS_IN_FLIGHT = 32  # the PDS client keeps 32 connections
+UPLOAD_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+
+
 @dataclass
 class SyncReport:
     handle: str
@@ -307,7 +311,11 @@ class RecordSync:
                 raise PdsError(f"uploadBlob answered CID {got}, expected {cid}")
             return blob.size
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        # Small blobs (thumbnails) are mostly a round trip each: many at once; big ones (tape videos) few,
+        # so that no more than about UPLOAD_BYTES_IN_FLIGHT are read into memory at a time.
+        largest = max(self._blob_paths[cid].size for cid in needed)
+        workers = max(1, min(MAX_UPLOADS_IN_FLIGHT, UPLOAD_BYTES_IN_FLIGHT // max(largest, 1)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             sizes = list(pool.map(upload, sorted(needed)))
         self.report.blobs_uploaded += len(sizes)
         self.report.blob_bytes_uploaded += sum(sizes)
