@@ -16,7 +16,6 @@ write, and 429 RateLimitExceeded once a batch would go over, until the window re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -27,17 +26,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from acpipeline.bench.proxying import ProxyServer, end_to_end, read_body
+
 BEFORE = ("429", "500", "502", "drop", "reset", "stall")
 AFTER = ("500_after", "502_after", "drop_after")
 KINDS = BEFORE + AFTER
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
+DECODED = ("content-encoding",)  # httpx hands the proxy bodies already decoded
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class FaultProxy:
         self._in_a_row: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._client = httpx.Client(base_url=self.upstream, timeout=120)
-        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self._server = ProxyServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
 
     # -- life ------------------------------------------------------------------------------------
@@ -226,60 +227,13 @@ class FaultProxy:
         return None
 
 
-class _Server(ThreadingHTTPServer):
-    """Tracks its open connections, so stopping it also ends kept-alive ones (as a PDS going away does)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.open: set[socket.socket] = set()
-        self.open_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.open_lock:
-            self.open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.open_lock:
-            self.open.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        self.shutdown()
-        self.server_close()
-        with self.open_lock:
-            for sock in list(self.open):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            self.open.clear()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients hanging up (or being killed) mid-request are expected here
-
-
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK wait
 
-        def _body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        self.rfile.readline()
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
-
         def _handle(self) -> None:
-            body = self._body()
+            body = read_body(self)
             nsid = urlsplit(self.path).path.removeprefix("/xrpc/")
             n = proxy._number(nsid)
             kind = proxy._hooks(Seen(nsid, n, "before", body)) or proxy._decide(nsid, n)
@@ -295,7 +249,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 proxy._count("429", nsid)
                 self._fault("429", refused)
                 return
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            headers = dict(end_to_end(self.headers.items(), drop=DECODED))
             try:
                 answer = proxy._client.request(self.command, self.path, content=body or None, headers=headers)
             except httpx.HTTPError:
@@ -317,9 +271,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if proxy.limiter and nsid == "com.atproto.repo.applyWrites":
                 extra = {**(extra or {}), **proxy.limiter.headers()}
             self.send_response(answer.status_code)
-            for key, value in answer.headers.items():
-                if key.lower() not in _HOP:
-                    self.send_header(key, value)
+            for key, value in end_to_end(answer.headers.items(), drop=DECODED):
+                self.send_header(key, value)
             for key, value in (extra or {}).items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(answer.content)))
@@ -377,7 +330,7 @@ class StubStorage:
         self.stall_s = stall_s
         self.asked: list[str] = []
         self._stop = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _storage_handler(self))
+        self._server = ProxyServer(("127.0.0.1", 0), _storage_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, name="stubstorage", daemon=True)
 
     @property
