@@ -22,6 +22,7 @@ from bson import ObjectId
 from dagster import Definitions, in_process_executor
 
 from acpipeline.core.items import Item, ItemProblem
+from acpipeline.core.media import PAINTING, TAPE
 from acpipeline.definitions import build_resources
 from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import free_port
@@ -291,6 +292,18 @@ BAD_SLUGS = [
 BAD_USERS = ["../x", "a/b", ".", "..", "%2e%2e", "x:y@evil.com", "u\\..", "a\x00", "évil", 7]
 
 
+def _image_url(storage: StorageResource, item: Item) -> str:
+    return storage.url_of(PAINTING.image_file(item))
+
+
+def _recording_url(storage: StorageResource, item: Item) -> str:
+    return storage.url_of(PAINTING.recording_file(item))
+
+
+def _tape_zip_url(storage: StorageResource, item: Item) -> str:
+    return storage.url_of(TAPE.zip_file(item))
+
+
 def _painting(bucket, slug, owner="auth0|abc") -> Item:
     return Item(
         media="painting",
@@ -313,17 +326,17 @@ def test_storage_urls_never_leave_the_storage_host(templates):
     for owner in ("auth0|abc", None):
         for bucket in BAD_BUCKETS:
             with pytest.raises(ItemProblem, match="bucket"):
-                storage.painting_image_url(_painting(bucket, "ok", owner))
+                _image_url(storage, _painting(bucket, "ok", owner))
             tried += 1
         for slug in BAD_SLUGS:
             item = _painting(USER_BUCKET, slug, owner)
-            for build in (storage.painting_image_url, storage.recording_url, storage.tape_url):
+            for build in (_image_url, _recording_url, _tape_zip_url):
                 with pytest.raises(ItemProblem, match="slug"):
-                    build(item)
+                    build(storage, item)
                 tried += 1
     for user in BAD_USERS:
         with pytest.raises(ItemProblem, match="user"):
-            storage.painting_image_url(_painting(USER_BUCKET, "ok", user))
+            _image_url(storage, _painting(USER_BUCKET, "ok", user))
         tried += 1
     # What real data looks like stays on the storage host, the user quoted into one path segment.
     for owner, slug in (
@@ -331,7 +344,7 @@ def test_storage_urls_never_leave_the_storage_host(templates):
         ("sotce-x@y.z", "a-b_c"),
         (None, "04i9I27L"),
     ):
-        url = storage.painting_image_url(_painting(USER_BUCKET, slug, owner))
+        url = _image_url(storage, _painting(USER_BUCKET, slug, owner))
         parts = urlsplit(url)
         assert parts.netloc in hosts and not parts.query and "@" not in parts.path, url
     print(f"\nFIGURES storage URL checks: {tried} hostile bucket/slug/user values refused")

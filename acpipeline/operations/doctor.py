@@ -22,7 +22,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from acpipeline.core.items import Item, ItemProblem
-from acpipeline.core.media import MEDIA
+from acpipeline.core.media import MEDIA, PAINTING, TAPE
 from acpipeline.core.tape_video.encode import ffmpeg_exe
 from acpipeline.dagster_compat import daemon_heartbeats
 from acpipeline.errors import OperatorError
@@ -192,6 +192,14 @@ def sample_accounts(accounts: Accounts, size: int) -> list[Account]:
     return ordered[:size]
 
 
+def _image_url(storage: StorageResource, item: Item) -> str:
+    return storage.url_of(PAINTING.image_file(item))
+
+
+def _tape_zip_url(storage: StorageResource, item: Item) -> str:
+    return storage.url_of(TAPE.zip_file(item))
+
+
 @dataclass(frozen=True)
 class _UrlKind:
     """One kind of media URL the storage check tries, and the setting that builds it."""
@@ -204,15 +212,9 @@ class _UrlKind:
 
 
 URL_KINDS = (
-    _UrlKind("painting image", "painting", False, "ACPIPELINE_IMAGE_URL", StorageResource.painting_image_url),
-    _UrlKind(
-        "anonymous painting image",
-        "painting",
-        True,
-        "ACPIPELINE_GUEST_IMAGE_URL",
-        StorageResource.painting_image_url,
-    ),
-    _UrlKind("tape ZIP", "tape", False, "ACPIPELINE_ZIP_URL", StorageResource.tape_url),
+    _UrlKind("painting image", "painting", False, "ACPIPELINE_IMAGE_URL", _image_url),
+    _UrlKind("anonymous painting image", "painting", True, "ACPIPELINE_GUEST_IMAGE_URL", _image_url),
+    _UrlKind("tape ZIP", "tape", False, "ACPIPELINE_ZIP_URL", _tape_zip_url),
 )
 
 

@@ -54,7 +54,7 @@ from dagster import (
 )
 
 from acpipeline.core.items import Item, ItemProblem
-from acpipeline.core.media import MEDIA_NAMES
+from acpipeline.core.media import MEDIA_NAMES, TAPE
 from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.operations.automation import default_sensor_status
 from acpipeline.operations.fingerprint import EMPTY, scan_sources
@@ -428,7 +428,7 @@ def check_tape_zips(
 
     def exists(item: Item) -> bool | None:
         try:
-            return quick.exists(quick.tape_url(item))
+            return quick.exists(quick.url_of(TAPE.zip_file(item)))
         except ItemProblem:
             return None  # unreachable, refused or not a storage URL: look again next tick
 

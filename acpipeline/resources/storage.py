@@ -23,7 +23,8 @@ import httpx
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from acpipeline.core.items import Item, ItemProblem
+from acpipeline.core.items import ItemProblem
+from acpipeline.core.media.base import StoredFile
 from acpipeline.resources.retry import Attempts, exponential
 from acpipeline.resources.tls import tls_context
 from acpipeline.settings import DEFAULT_BLOBS_URL, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
@@ -103,23 +104,17 @@ class StorageResource(ConfigurableResource):
             raise ItemProblem(f"storage URL for {slug[:40]!r} leaves the storage host")
         return url
 
-    def painting_image_url(self, item: Item) -> str:
-        if item.owner:
-            return self._url(self.image_url, item.data["bucket"], item.owner, item.data["slug"])
-        return self._url(self.guest_image_url, item.data["bucket"], None, item.data["image_slug"])
+    def url_of(self, file: StoredFile) -> str:
+        """The URL of a source file of an item (its media rules say which); raises ItemProblem when a part
+        is not a plain storage name or the URL would leave the storage host."""
+        template = {"image": self.image_url, "guest_image": self.guest_image_url, "zip": self.zip_url}
+        return self._url(template[file.template], file.bucket, file.owner, file.name)
 
-    def recording_url(self, item: Item) -> str:
-        return self._url(self.zip_url, item.data["bucket"], item.owner, item.data["recording_slug"])
-
-    def tape_url(self, item: Item) -> str:
-        return self._url(self.zip_url, item.data["bucket"], item.owner, item.data["slug"])
-
-    def oven_thumbnail_url(self, item: Item) -> str:
-        """Where the oven puts a tape's poster frame, beside its MP4 (`tapes/{code}.mp4`)."""
-        code = item.data["code"]
-        if not _SLUG_RE.match(code) or ".." in code:
-            raise ItemProblem(f"code {code[:40]!r} is not a plain storage name")
-        return self.blobs_url.format(key=f"tapes/{code}-thumb.jpg")
+    def blobs_bucket_url(self, key: str) -> str:
+        """An object of the oven's bucket (`tapes/{code}-thumb.jpg`); each path segment must be plain."""
+        if not all(_SLUG_RE.match(part) and ".." not in part for part in key.split("/")):
+            raise ItemProblem(f"{key[:60]!r} is not a plain storage name")
+        return self.blobs_url.format(key=key)
 
     def _roots(self) -> list[str]:
         """Each template's fixed start (for each configured bucket): where a document's URL may point."""

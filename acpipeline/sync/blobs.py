@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from acpipeline.core.items import Blob, Derived, Item, ItemProblem
+from acpipeline.core.media import PAINTING, TAPE
 from acpipeline.core.media.tape import OVEN_COMPLETE
 from acpipeline.core.mp4 import H264_ENTRIES, check_jpeg, check_mp4, mp4_facts
 from acpipeline.core.tape_video.encode import (
@@ -60,7 +61,7 @@ def derive_painting(
 ) -> Derived:
     """The thumbnail (fetched and made, or from the cache) and whether the recording ZIP exists; `decoding`
     bounds how many images are decoded at once."""
-    image_url = storage.painting_image_url(item)
+    image_url = storage.url_of(PAINTING.image_file(item))
     key = f"{THUMBNAIL_VERSION}:{image_url}"
     thumb = cache.blob(cache.get(key))
     if thumb is None:
@@ -73,7 +74,7 @@ def derive_painting(
     else:
         stats.cached += 1
     stats.bytes += thumb.size
-    recording_url = storage.recording_url(item)
+    recording_url = storage.url_of(PAINTING.recording_file(item))
     known = cache.get(f"recording:{recording_url}")
     if known is None or (
         not known["exists"] and cache.get(f"recording:{recording_url}", RECORDING_RECHECK_S) is None
@@ -137,7 +138,7 @@ def _zip_tape(
     fallback: str,
 ) -> Derived:
     """Our encode of the tape's ZIP, cached by the ZIP's URL and by its content."""
-    zip_url = storage.tape_url(item)
+    zip_url = storage.url_of(TAPE.zip_file(item))
     report: dict[str, Any] = {"ref": item.ref, "source": "zip", "fallback": fallback}
     entry = _earlier_encode(cache, zip_url, max_video)
     if entry:
@@ -221,7 +222,11 @@ def _oven_thumbnail(
     refused: str | None = None
     try:
         raw = item.data["thumbnail_url"]
-        url = storage.storage_url(raw, "thumbnailUrl") if raw else storage.oven_thumbnail_url(item)
+        url = (
+            storage.storage_url(raw, "thumbnailUrl")
+            if raw
+            else storage.blobs_bucket_url(TAPE.oven_thumbnail_key(item))
+        )
     except ItemProblem as problem:
         url, refused = None, str(problem)
     else:
@@ -249,7 +254,7 @@ def _oven_thumbnail(
 
 def _zip_thumbnail(item: Item, storage: StorageResource, cache: DerivedCache, max_video: int) -> Blob:
     """Our poster frame from the tape's ZIP: the one of an earlier encode when there was one."""
-    zip_url = storage.tape_url(item)
+    zip_url = storage.url_of(TAPE.zip_file(item))
     encoded = _earlier_encode(cache, zip_url, max_video)
     known = cache.get(f"{TAPE_VERSION}:thumbnail:{zip_url}")
     thumbnail = cache.blob((encoded and encoded["thumbnail"]) or (known and known["thumbnail"]))

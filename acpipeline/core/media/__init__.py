@@ -8,10 +8,10 @@ from acpipeline.core.media.painting import PaintingRules
 from acpipeline.core.media.piece import PieceRules
 from acpipeline.core.media.tape import TapeRules
 
+PAINTING, TAPE = PaintingRules(), TapeRules()  # typed: the blob stage asks them where their files lie
 MEDIA: dict[str, MediaRules] = {
-    rules.name: rules
-    for rules in (PaintingRules(), MoodRules(), PieceRules(), KidlispRules(), TapeRules(), NewsRules())
+    rules.name: rules for rules in (PAINTING, MoodRules(), PieceRules(), KidlispRules(), TAPE, NewsRules())
 }
 MEDIA_NAMES: list[str] = list(MEDIA)
 
-__all__ = ["MEDIA", "MEDIA_NAMES", "MediaRules", "record_ref"]
+__all__ = ["MEDIA", "MEDIA_NAMES", "PAINTING", "TAPE", "MediaRules", "record_ref"]

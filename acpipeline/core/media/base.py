@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from bson import ObjectId
 
@@ -11,6 +12,18 @@ from acpipeline.core.items import Derived, Item, ItemProblem, normalise_when
 from acpipeline.core.link_fields import link_of
 
 AC = "https://aesthetic.computer"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where one of an item's source files lies in the platform's buckets, as the storage templates need it:
+    `template` names the URL template (a user's painting image, an anonymous one, a ZIP), then the bucket,
+    the owner (None: anonymous) and the file's name. The storage resource checks every part."""
+
+    template: Literal["image", "guest_image", "zip"]
+    bucket: str
+    owner: str | None
+    name: str
 
 
 class MediaRules(ABC):

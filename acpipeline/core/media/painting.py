@@ -6,7 +6,7 @@ from typing import Any
 
 from acpipeline.core.cid import blob_ref
 from acpipeline.core.items import Derived, Item, iso_when, required_text
-from acpipeline.core.media.base import AC, MediaRules
+from acpipeline.core.media.base import AC, MediaRules, StoredFile
 
 
 class PaintingRules(MediaRules):
@@ -44,6 +44,16 @@ class PaintingRules(MediaRules):
         if thumb:
             value["thumbnail"] = blob_ref(thumb.cid, thumb.mime_type, thumb.size)
         return value
+
+    def image_file(self, item: Item) -> StoredFile:
+        """The painting's PNG: a user's under their folder by its full slug, a guest's by its image slug."""
+        if item.owner:
+            return StoredFile("image", item.data["bucket"], item.owner, item.data["slug"])
+        return StoredFile("guest_image", item.data["bucket"], None, item.data["image_slug"])
+
+    def recording_file(self, item: Item) -> StoredFile:
+        """The recording ZIP, which may or may not exist (the part of the slug after `:`, or all of it)."""
+        return StoredFile("zip", item.data["bucket"], item.owner, item.data["recording_slug"])
 
     def natural_key(self, value: dict[str, Any]) -> str | None:
         return value.get("code") if isinstance(value.get("code"), str) else None

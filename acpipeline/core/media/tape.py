@@ -11,7 +11,7 @@ from typing import Any
 
 from acpipeline.core.cid import blob_ref
 from acpipeline.core.items import Derived, Item, ItemProblem, iso_when, required_text
-from acpipeline.core.media.base import AC, MediaRules
+from acpipeline.core.media.base import AC, MediaRules, StoredFile
 
 NATIVE_KIND = "mp4"  # `kind` of a tape uploaded as an MP4 (ac-native): no ZIP, the MP4 is the source
 OVEN_COMPLETE = "complete"  # `mp4Status` once the oven's MP4 is uploaded
@@ -64,6 +64,14 @@ class TapeRules(MediaRules):
             if blob:
                 value[name] = blob_ref(blob.cid, blob.mime_type, blob.size)
         return value
+
+    def zip_file(self, item: Item) -> StoredFile:
+        """The tape's ZIP of frames (none for an ac-native tape)."""
+        return StoredFile("zip", item.data["bucket"], item.owner, item.data["slug"])
+
+    def oven_thumbnail_key(self, item: Item) -> str:
+        """Where the oven puts the poster frame in its bucket, beside the MP4 (`tapes/{code}.mp4`)."""
+        return f"tapes/{item.data['code']}-thumb.jpg"
 
     def natural_key(self, value: dict[str, Any]) -> str | None:
         return value.get("slug") if isinstance(value.get("slug"), str) else None
