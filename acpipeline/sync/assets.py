@@ -283,7 +283,7 @@ def atproto_records(
     finally:
         state.close()
         if deferred:
-            record_deferred(context.instance, context.run_id, deferred)
+            record_deferred(context.instance, context.run.run_id, deferred)
     for key, reason in failed.items():
         # Failed, visibly: the PDS is not known to hold the partition's records.
         yield AssetCheckEvaluation(
