@@ -29,13 +29,13 @@ from acpipeline.core.tape_video.poster import THUMBNAIL_MIME, zip_thumbnail
 from acpipeline.core.tape_video.zip_reading import tape_content_key
 from acpipeline.core.thumbnail import ImageProblem, painting_thumbnail
 from acpipeline.resources.storage import StorageResource, StorageUnavailable
+from acpipeline.settings import network_concurrency
 from acpipeline.sync.cache import DerivedCache
 
 THUMBNAIL_VERSION = "thumb-v1"  # bump when the thumbnail rules change, so cached thumbnails are remade
 TAPE_VERSION = "tape-v1"
 MADE_VERSION = "made-v1"  # verdicts on the MP4s and JPEGs the platform made: bump when their checks change
 RECORDING_RECHECK_S = 24 * 3600  # a missing recording ZIP may still be uploaded: look again daily
-PAINTING_IO_WORKERS = 32  # paintings in flight at once (their fetches and recording checks)
 LEXICON_VIDEO_MAX = 52_428_800
 LEXICON_THUMBNAIL_MAX = 1_048_576
 THUMBNAIL_RECHECK_S = (
@@ -329,9 +329,9 @@ def derive_blobs(
     cores = cores or os.cpu_count() or 1
     derive: Callable[[Item], Derived]
     if media == "painting":
-        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): many at once, while
-        # at most one decode per core holds an image in memory.
-        workers = PAINTING_IO_WORKERS
+        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): several at once
+        # (ACPIPELINE_NETWORK_CONCURRENCY), while at most one decode per core holds an image in memory.
+        workers = network_concurrency()
         decoding = threading.BoundedSemaphore(cores)
 
         def derive(item: Item) -> Derived:

@@ -19,6 +19,7 @@ from acpipeline.core.link_fields import link_set, link_unset
 from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
+from acpipeline.settings import network_concurrency
 from acpipeline.sync.converged import latest_commit
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
@@ -29,7 +30,6 @@ MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the acc
 OnCommit = Callable[[str, str], None]  # (the commit a write built on, the commit it made): revs
 
 
-MAX_UPLOADS_IN_FLIGHT = 32  # the PDS client keeps 32 connections
 UPLOAD_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 
 
@@ -311,10 +311,10 @@ class RecordSync:
                 raise PdsError(f"uploadBlob answered CID {got}, expected {cid}")
             return blob.size
 
-        # Small blobs (thumbnails) are mostly a round trip each: many at once; big ones (tape videos) few,
-        # so that no more than about UPLOAD_BYTES_IN_FLIGHT are read into memory at a time.
+        # Small blobs (thumbnails) are mostly a round trip each: several at once (ACPIPELINE_NETWORK_
+        # CONCURRENCY); big ones (tape videos) fewer, so no more than ~UPLOAD_BYTES_IN_FLIGHT are in memory.
         largest = max(self._blob_paths[cid].size for cid in needed)
-        workers = max(1, min(MAX_UPLOADS_IN_FLIGHT, UPLOAD_BYTES_IN_FLIGHT // max(largest, 1)))
+        workers = max(1, min(network_concurrency(), UPLOAD_BYTES_IN_FLIGHT // max(largest, 1)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             sizes = list(pool.map(upload, sorted(needed)))
         self.report.blobs_uploaded += len(sizes)
