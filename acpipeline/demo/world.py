@@ -32,9 +32,9 @@ from acpipeline.settings import acpipeline_home
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
+BRING_BACK = "'acpipeline demo up' starts them again and re-seeds the demo data"
 NOT_RUNNING = (
-    "the demo's PDS and media server are not running (stopped, or the machine restarted): "
-    "'acpipeline demo up' starts them again and re-seeds the demo data"
+    f"the demo's PDS and media server are not running (stopped, or the machine restarted): {BRING_BACK}"
 )
 
 
@@ -187,7 +187,7 @@ def status_lines(world: SavedWorld | None) -> tuple[bool, list[str]]:
         counts = world.dataset.get("counts") or {}
         seeded = ", ".join(f"{n} {c}" for c, n in counts.items()) if isinstance(counts, dict) else ""
         lines.append(f"dataset: {world.dataset.get('size')} ({seeded}) in {acpipeline_home() / 'mongo'}")
-    lines.append("'acpipeline demo down' stops it" if running else NOT_RUNNING.split(": ", 1)[1].capitalize())
+    lines.append("'acpipeline demo down' stops it" if running else BRING_BACK)
     return running, lines
 
 

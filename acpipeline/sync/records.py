@@ -166,7 +166,6 @@ class RecordSync:
                 # What was written stays and is linked (`_apply` wrote its links); the rest waits for a run
                 # after the PDS's window resets.
                 self.report.deferred_until = exc.until
-                self.report.deferred_writes = len(_not_applied(plan, applied))
                 break
             except TransientWriteError as exc:
                 # The batch may or may not have applied: never retry it blind, plan again from the PDS.
@@ -217,9 +216,11 @@ class RecordSync:
         self.report.created = sum(1 for w in applied if w.action == "create")
         self.report.updated = sum(1 for w in applied if w.action == "update")
         self.report.deleted = sum(1 for w in applied if w.action == "delete")
+        pending = _not_applied(plan, applied)  # none, unless the PDS's rate limit deferred them
+        if self.report.deferred_until is not None:
+            self.report.deferred_writes = len(pending)
         written = self.report.created + self.report.updated
-        pending = [w for w in _not_applied(plan, applied) if w.action != "delete"]
-        self.report.unchanged = len(self.desired) - written - len(pending)
+        self.report.unchanged = len(self.desired) - written - sum(w.action != "delete" for w in pending)
 
     def _apply(
         self,
