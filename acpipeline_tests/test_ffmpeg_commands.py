@@ -50,7 +50,8 @@ def test_tape_encode_without_soundtrack() -> None:
     ]
 
 
-def test_tape_encode_with_soundtrack_and_threads() -> None:
+def test_tape_encode_with_soundtrack_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encode, "ffmpeg_major_version", lambda exe: 7)
     soundtrack = Soundtrack(WORK / "soundtrack", "soundtrack.flac", "flac")
     command = encode.tape_command(WORK, tape(soundtrack), 24, 3, 23, 2, WORK / "out.mp4")
     assert command == [
@@ -61,9 +62,32 @@ def test_tape_encode_with_soundtrack_and_threads() -> None:
         *("-filter_complex", "[0:v:0]scale=482:362:flags=neighbor[s0]", "-map", "[s0]", "-map", "1:a:0"),
         *("-b:a", "128k", "-c:a", "aac"),
         *H264,
-        *("-shortest", "-threads", "2", "-x264-params", "mbtree=1:rc-lookahead=10"),
+        # -shortest holds back at most a quarter of a second of frames (ffmpeg's default, 10 s, could take
+        # hundreds of MB when the encoder fell behind)
+        *("-shortest", "-shortest_buf_duration", "0.25", "-threads", "2"),
+        *("-x264-params", "mbtree=1:rc-lookahead=10"),
         *("/work/100%/out.mp4", "-filter_complex_threads", "2", "-y"),
     ]
+
+
+def test_an_ffmpeg_before_6_gets_no_shortest_buffer_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ffmpeg 5 (Debian 12's) has no -shortest_buf_duration and would refuse the command; it needs none."""
+    monkeypatch.setattr(encode, "ffmpeg_major_version", lambda exe: 5)
+    soundtrack = Soundtrack(WORK / "soundtrack", "soundtrack.flac", "flac")
+    command = encode.tape_command(WORK, tape(soundtrack), 24, 3, 23, None, WORK / "out.mp4")
+    assert "-shortest" in command
+    assert "-shortest_buf_duration" not in command
+
+
+def test_ffmpeg_major_version_of_the_bundled_binary_and_of_banners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FFMPEG_BINARY")
+    assert (encode.ffmpeg_major_version(encode.ffmpeg_exe()) or 0) >= 6
+    assert encode.ffmpeg_major_version(str(tmp_path / "missing")) is None
+    assert encode.major_version_of("ffmpeg version 5.1.6-0+deb12u1 Copyright (c) 2000-2024") == 5
+    assert encode.major_version_of("ffmpeg version n9.0.2-17-g2a571b6068-20260930 Copyright") == 9
+    assert encode.major_version_of("ffmpeg version N-112345-gabcdef Copyright") is None
 
 
 def test_commands_for_mp4s_made_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
