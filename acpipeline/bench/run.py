@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import subprocess
@@ -51,16 +52,24 @@ NETWORK_KEYS = ("rtt_ms", "bandwidth_mbit", "requests")  # with --rtt or --bandw
 def tree_memory(root: psutil.Process) -> int:
     """Resident bytes of a process tree, pages shared between its processes (the forked partition
     workers share most of theirs with their parent) counted once: the sum of each process's PSS."""
-    total = 0
+    return sum(tree_memory_by_process(root).values())
+
+
+def tree_memory_by_process(root: psutil.Process) -> dict[str, int]:
+    """Each process's PSS in the tree, by `pid name` (the root, its forked workers, ffmpeg)."""
+    found: dict[str, int] = {}
     with contextlib.suppress(psutil.Error):
         for process in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += process.memory_full_info().pss
-    return total
+                found[f"{process.pid} {process.name()}"] = process.memory_full_info().pss
+    return found
 
 
-def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak resident MB of the process tree, stdout) of a command."""
+def run_measured(
+    args: list[str], env: dict[str, str], at_peak: dict[str, float] | None = None
+) -> tuple[float, float, str]:
+    """(wall seconds, peak resident MB of the process tree, stdout) of a command; `at_peak` gets each
+    process's MB at that peak and when it came (`seconds`)."""
     started = time.perf_counter()
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -70,7 +79,13 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, st
         nonlocal peak
         root = psutil.Process(process.pid)
         while not done.is_set():
-            peak = max(peak, tree_memory(root))
+            sizes = tree_memory_by_process(root)
+            if sum(sizes.values()) > peak:
+                peak = sum(sizes.values())
+                if at_peak is not None:
+                    at_peak.clear()
+                    at_peak.update({name: round(size / 1e6, 1) for name, size in sizes.items()})
+                    at_peak["seconds"] = round(time.perf_counter() - started, 2)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -82,6 +97,23 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, st
     if process.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(args[2:])} exited {process.returncode}: {err.strip()[-2000:]}")
     return elapsed, peak / 1e6, out
+
+
+def _cpu_seconds(pds_pid: int) -> dict[str, float]:
+    """CPU seconds so far: of the ended children (each sync, with the workers and ffmpeg it waited for),
+    of the PDS, and of this process."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        times = psutil.Process(pds_pid).cpu_times()
+        pds = times.user + times.system
+    except psutil.Error:
+        pds = 0.0
+    return {
+        "syncs": children.ru_utime + children.ru_stime,
+        "pds": pds,
+        "bench": me.ru_utime + me.ru_stime,
+    }
 
 
 def _prepared(client, did: str, home: Path) -> list[PreparedRecord]:
@@ -150,14 +182,19 @@ def run_bench(
     pds_proxy = CountingProxy(pds.url, rtt_ms or 0.0, bandwidth_mbit, name="pds").start()
     media_proxy = CountingProxy(media.url, rtt_ms or 0.0, bandwidth_mbit, name="storage").start()
     phases: dict[str, tuple[float, list[Exchange]]] = {}
+    cpu: dict[str, dict[str, float]] = {}
 
     def phase(name: str, measure: Callable[[], _T]) -> _T:
-        """`measure()`, the requests both proxies saw meanwhile kept as phase `name`."""
+        """`measure()`, the requests both proxies saw meanwhile kept as phase `name`, and the CPU seconds
+        spent meanwhile by the syncs' process trees, the PDS and this process (proxies, media server,
+        reference writers)."""
         pds_proxy.take()
         media_proxy.take()
+        before = _cpu_seconds(pds.process.pid)
         started = time.perf_counter()
         result = measure()
         phases[name] = (started, sorted(pds_proxy.take() + media_proxy.take(), key=lambda e: e.start))
+        cpu[name] = {k: round(v - before[k], 2) for k, v in _cpu_seconds(pds.process.pid).items()}
         return result
 
     try:
@@ -187,7 +224,11 @@ def run_bench(
                 sync_env[f"ACPIPELINE_{name.upper()}"] = template.replace(media.url, media_proxy.url)
 
         log("full sync of the heavy user through Dagster ...")
-        full_s, rss_full, out = phase("full_sync", lambda: run_measured([*sync, "--handle", HEAVY], sync_env))
+        syncs = ("full_sync", "noop_sync", "noop_full", "tapes")
+        peaks: dict[str, dict[str, float]] = {name: {} for name in syncs}
+        full_s, rss_full, out = phase(
+            "full_sync", lambda: run_measured([*sync, "--handle", HEAVY], sync_env, peaks["full_sync"])
+        )
         rows = json.loads(out)["partitions"]
         if not all(r["ok"] for r in rows):
             raise RuntimeError(f"the full sync failed: {[r['error'] for r in rows if not r['ok']]}")
@@ -195,9 +236,12 @@ def run_bench(
 
         log("no-op syncs (through a counting proxy): the default one, then --full ...")
         noop_env = dict(sync_env, PDS_URL=pds_proxy.url)
-        noop_s, rss_noop, _ = phase("noop_sync", lambda: run_measured([*sync, "--handle", HEAVY], noop_env))
+        noop_s, rss_noop, _ = phase(
+            "noop_sync", lambda: run_measured([*sync, "--handle", HEAVY], noop_env, peaks["noop_sync"])
+        )
         noop_full_s, rss_noop_full, _ = phase(
-            "noop_full", lambda: run_measured([*sync, "--handle", HEAVY, "--full"], noop_env)
+            "noop_full",
+            lambda: run_measured([*sync, "--handle", HEAVY, "--full"], noop_env, peaks["noop_full"]),
         )
         noop_writes = sum(
             e.method in WRITE_METHODS for name in ("noop_sync", "noop_full") for e in phases[name][1]
@@ -219,7 +263,7 @@ def run_bench(
 
         log("tapes: the 32 anonymous tapes ...")
         _, rss_tapes, _ = phase(
-            "tapes", lambda: run_measured([*sync, "--handle", ART, "--tapes-only"], sync_env)
+            "tapes", lambda: run_measured([*sync, "--handle", ART, "--tapes-only"], sync_env, peaks["tapes"])
         )
         video_s, encode_s, tapes = _tape_stage(ART)
 
@@ -234,6 +278,9 @@ def run_bench(
             "seed_strategy_s": round(seed_s, 2),
             "tape_realtime_factor": round(video_s / encode_s, 2) if encode_s else 0.0,
             "peak_rss_mb": round(max(rss_full, rss_noop, rss_noop_full, rss_tapes), 1),
+            # Each sync's peak, and each process's share of it (the variance between runs: see the README).
+            "peak_rss_mb_by_sync": peaks,
+            "cpu_s": cpu,
             "tapes": tapes,
             "tape_video_s": round(video_s, 2),
             "tape_encode_s": round(encode_s, 2),
