@@ -49,8 +49,8 @@ def network_concurrency() -> int:
     """Requests a run keeps in flight to storage (paintings' fetches and recording checks) and to the PDS
     (small blob uploads): `ACPIPELINE_NETWORK_CONCURRENCY`, default 8, at most 32 (the PDS client's
     connections). Raise it where storage and the PDS are far away: at 50 ms round trips, 32 took the heavy
-    user's sync from 15.3-15.9 s to 12.8 s; on one machine, where CPU and memory are the limit, it made the
-    platform's pass slower (209 -> 240 s) and bigger (1,452 -> 1,712 MB)."""
+    user's sync from 15.3-15.9 s to 12.8 s; on one machine it took the platform pass's peak memory from
+    1,452 to 1,712 MB, over its 1,536 MB target."""
     value = os.environ.get("ACPIPELINE_NETWORK_CONCURRENCY") or "8"
     try:
         return max(1, min(32, int(value)))

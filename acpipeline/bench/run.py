@@ -49,14 +49,10 @@ OVERLAPPED_UPLOADS = 32  # the sync's own connection limit to the PDS
 NETWORK_KEYS = ("rtt_ms", "bandwidth_mbit", "requests")  # with --rtt or --bandwidth
 
 
-def tree_memory(root: psutil.Process) -> int:
-    """Resident bytes of a process tree, pages shared between its processes (the forked partition
-    workers share most of theirs with their parent) counted once: the sum of each process's PSS."""
-    return sum(tree_memory_by_process(root).values())
-
-
 def tree_memory_by_process(root: psutil.Process) -> dict[str, int]:
-    """Each process's PSS in the tree, by `pid name` (the root, its forked workers, ffmpeg)."""
+    """Each process's PSS in the tree, by `pid name` (the root, its forked workers, ffmpeg). Their sum is the
+    tree's resident bytes with the pages its processes share (the forked partition workers share most of
+    theirs with their parent) counted once."""
     found: dict[str, int] = {}
     with contextlib.suppress(psutil.Error):
         for process in [root, *root.children(recursive=True)]:
