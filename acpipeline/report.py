@@ -16,7 +16,10 @@ from rich.progress import Progress as RichProgress
 if TYPE_CHECKING:  # the command line imports this module before it needs Dagster
     from acpipeline.sync.runner import PartitionResult
 
-COLUMNS = ["handle", "media", "desired", "created", "updated", "deleted", "unchanged", "failed", "duration_s"]
+COLUMNS = [
+    "handle", "media", "desired", "created", "updated", "deleted", "unchanged", "not_in_mongodb", "failed",
+    "duration_s",
+]  # fmt: skip
 # Seconds between the plain progress lines when the output is not a terminal.
 PLAIN_EVERY_S = float(os.environ.get("ACPIPELINE_PROGRESS_SECONDS", "30"))
 
@@ -62,6 +65,7 @@ class Totals:
     created: int = 0
     updated: int = 0
     deleted: int = 0
+    not_in_mongodb: int = 0  # records kept that stand for no MongoDB document (KidLisp's own store has them)
     failed_items: int = 0
     failed_partitions: int = 0
     deferred: int = 0  # stopped by the PDS's rate limit until `deferred_until` (ISO)
@@ -79,6 +83,7 @@ class Totals:
             totals.created += meta.get("created") or 0
             totals.updated += meta.get("updated") or 0
             totals.deleted += meta.get("deleted") or 0
+            totals.not_in_mongodb += meta.get("not_in_mongodb") or 0
             totals.failed_items += meta.get("failed") or 0
             totals.failed_partitions += not result.ok
             if meta.get("deferred_until"):
@@ -100,10 +105,11 @@ class Totals:
         parts = [f"{self.run} run"]
         parts += [f"{self.skipped} unchanged since the last sync"] if self.skipped else []
         parts += [f"{self.empty} with nothing to sync"] if self.empty else []
+        kept = f", {self.not_in_mongodb} kept that MongoDB does not have" if self.not_in_mongodb else ""
         return (
             f"{_n(self.accounts, 'account')}, {_n(self.partitions, 'partition')} "
             f"({', '.join(parts)}): "
-            f"{self.created} created, {self.updated} updated, {self.deleted} deleted, "
+            f"{self.created} created, {self.updated} updated, {self.deleted} deleted{kept}, "
             f"{_n(self.failed_items, 'failed item')}{failed}, in {elapsed_s:.1f} s"
         )
 
@@ -201,20 +207,24 @@ class SyncProgress:
 
 
 def print_status(rows: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
-    """Per partition, then per account, then one line over all: items MongoDB wants vs records on the PDS."""
-    print(table(rows, ["handle", "media", "desired", "on_pds"]), file=out)
-    accounts: dict[str, list[int]] = {}
+    """Per partition, then per account, then one line over all: items MongoDB wants vs records on the PDS
+    (of which `not_in_mongodb` are kept though MongoDB has no document for them)."""
+    columns = ["desired", "on_pds", "not_in_mongodb"]
+    print(table(rows, ["handle", "media", *columns]), file=out)
+    accounts: dict[str, dict[str, int]] = {}
     for row in rows:
-        desired_on_pds = accounts.setdefault(row["handle"], [0, 0])
-        desired_on_pds[0] += row["desired"]
-        desired_on_pds[1] += row["on_pds"]
+        sums = accounts.setdefault(row["handle"], dict.fromkeys(columns, 0))
+        for column in columns:
+            sums[column] += row[column]
     print("\nper account:", file=out)
-    per_account = [{"handle": h, "desired": d, "on_pds": p} for h, (d, p) in accounts.items()]
-    print(table(per_account, ["handle", "desired", "on_pds"]), file=out)
-    differ = [r for r in rows if r["desired"] != r["on_pds"]]
+    print(table([{"handle": h, **sums} for h, sums in accounts.items()], ["handle", *columns]), file=out)
+    differ = [r for r in rows if r["desired"] != r["on_pds"] - r["not_in_mongodb"]]
+    kept = sum(r["not_in_mongodb"] for r in rows)
     print(
         f"{_n(len(accounts), 'account')}: {sum(r['desired'] for r in rows)} items to mirror, "
-        f"{sum(r['on_pds'] for r in rows)} records on the PDS; {len(differ)} of {len(rows)} partitions differ"
+        f"{sum(r['on_pds'] for r in rows)} records on the PDS"
+        + (f" ({kept} kept that MongoDB does not have)" if kept else "")
+        + f"; {len(differ)} of {len(rows)} partitions differ"
         + (" (acpipeline sync brings them in step)" if differ else ""),
         file=out,
     )

@@ -375,6 +375,7 @@ def test_projection_holds_every_field_records_are_built_from(world):
         assert len(projected) == len(full) > 0
         for doc in projected:
             assert rules.normalise(doc) == rules.normalise(full[doc["_id"]]), (media, doc["_id"])
+            assert rules.is_item(doc) == rules.is_item(full[doc["_id"]]), (media, doc["_id"])
 
 
 # -- the reconcile schedule -------------------------------------------------------------------------------

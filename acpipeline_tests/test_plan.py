@@ -7,6 +7,7 @@ from bson import ObjectId
 from acpipeline.core.batches import batch_writes, encode_body, write_op
 from acpipeline.core.items import Blob, Derived
 from acpipeline.core.media import MEDIA
+from acpipeline.core.media.base import AC
 from acpipeline.core.plan import Desired, Existing, Write, differences, plan_writes
 from acpipeline.core.tid import decode_tid, encode_tid, is_tid, micros_of
 
@@ -188,3 +189,89 @@ def test_a_record_lacking_only_fields_we_add_is_adopted_as_it_is():
         assert (write.action, write.reason) == ("update", f"differs: {field}")
     # the planner's rule is the check's: moods add nothing, so a missing field there is a difference
     assert differences(MOOD, {"mood": "x", "when": "w"}, {"mood": "x"}) == ["when"]
+
+
+# -- where MongoDB is not the whole truth (KidLisp's own store) -------------------------------------------
+
+KIDLISP = MEDIA["kidlisp"]
+
+
+def kidlisp_doc(i: int, **extra):
+    """A row as the platform's projection writes it: no `hits`, no `atproto`."""
+    source = f"(wipe {i})"
+    when = T0 + timedelta(minutes=i)
+    return {
+        "_id": ObjectId(f"{i:024x}"),
+        "code": f"k{i}",
+        "source": source,
+        "hash": "h",
+        "when": when,
+        **extra,
+    }
+
+
+def platform_kidlisp(code: str, source: str, when: str) -> dict:
+    """A record the platform wrote from its own store: no `ref`."""
+    return {"$type": KIDLISP.nsid, "code": code, "source": source, "acUrl": f"{AC}/${code}", "when": when}
+
+
+def test_every_type_declares_whether_mongodb_is_its_whole_truth():
+    kept = sorted(name for name, rules in MEDIA.items() if not rules.mongodb_is_whole_truth)
+    assert kept == ["kidlisp"]
+
+
+def test_kidlisp_records_mongodb_lacks_are_kept_and_counted_and_only_nuked_rows_delete():
+    rows = [kidlisp_doc(0), kidlisp_doc(1, nuked=True)]
+    items = [KIDLISP.normalise(d) for d in rows]
+    desired = [Desired(i, KIDLISP.value(i, Derived())) for i in items if i.wanted]
+    theirs = platform_kidlisp("zz9", "(ink red)", "2024-02-01T00:00:00.000Z")  # in the store only
+    gone = {**KIDLISP.value(KIDLISP.normalise(kidlisp_doc(7)), Derived())}  # ours once, its row is gone
+    existing = [
+        listed(random_tid(1), desired[0].value),
+        listed(
+            random_tid(2),
+            KIDLISP.value(items[1].__class__(**{**items[1].__dict__, "removed": None}), Derived()),
+        ),
+        listed(random_tid(3), theirs),
+        listed(random_tid(4), gone),
+    ]
+    plan = plan_writes(KIDLISP, desired, existing, items)
+    assert [(w.action, w.rkey, w.reason) for w in plan.writes] == [("delete", random_tid(2), "item nuked")]
+    assert sorted(plan.not_in_mongodb) == [random_tid(3), random_tid(4)]
+    # The same listing for a type whose MongoDB is the whole truth deletes both orphans.
+    whole = type("WholeKidlisp", (type(KIDLISP),), {"mongodb_is_whole_truth": True})()
+    deleted = {w.rkey for w in plan_writes(whole, desired, existing, items).writes}
+    assert deleted == {random_tid(2), random_tid(3), random_tid(4)}
+
+
+def test_a_platform_kidlisp_record_of_a_projection_row_is_adopted_by_its_code():
+    row = kidlisp_doc(0)
+    items = [KIDLISP.normalise(row)]
+    desired = [Desired(items[0], KIDLISP.value(items[0], Derived()))]
+    value = desired[0].value
+    theirs = platform_kidlisp(value["code"], value["source"], value["when"])
+    plan = plan_writes(KIDLISP, desired, [listed(random_tid(9), theirs)], items)
+    # One record, the platform's rkey kept: `ref` (which the platform's lexicon requires) is written in.
+    assert [(w.action, w.rkey, w.reason) for w in plan.writes] == [("update", random_tid(9), "differs: ref")]
+    assert plan.kept == {items[0].ref: random_tid(9)} and not plan.not_in_mongodb
+
+
+def test_a_tape_linked_only_under_at_as_the_platform_links_it_is_claimed_by_that_link():
+    tape = MEDIA["tape"]
+    rkey = random_tid(4)
+    link = {"rkey": rkey, "uri": f"at://did:plc:x/{tape.nsid}/{rkey}", "cid": "bafy"}
+    doc = {"_id": ObjectId(), "code": "t1", "slug": "s1", "bucket": "b", "when": T0, "at": link}
+    item = tape.normalise(doc)
+    assert item.link is not None and (item.link.rkey, item.link.uri, item.link.cid) == (
+        rkey,
+        link["uri"],
+        "bafy",
+    )
+    # `atproto` wins where both are set; a type whose link is not mirrored never reads `at`.
+    assert tape.normalise({**doc, "atproto": {"rkey": random_tid(5)}}).link.rkey == random_tid(5)
+    assert MOOD.normalise({**mood_doc(0), "at": link}).link is None
+    # Claimed by it: a record under that rkey that lacks `ref` and has another slug is not a second one.
+    desired = [Desired(item, tape.value(item, Derived()))]
+    theirs = {k: v for k, v in desired[0].value.items() if k not in ("ref", "slug")} | {"slug": "other"}
+    plan = plan_writes(tape, desired, [listed(rkey, theirs)], [item])
+    assert [(w.action, w.rkey) for w in plan.writes] == [("update", rkey)] and plan.kept == {item.ref: rkey}

@@ -28,7 +28,7 @@ from acpipeline.core.cid import blob_cid
 from acpipeline.core.items import Blob, Derived, Item, Link
 from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MEDIA, MediaRules, record_ref
-from acpipeline.core.plan import Desired, Existing, Plan, plan_writes
+from acpipeline.core.plan import Desired, Existing, Plan, not_in_mongodb, plan_writes
 from acpipeline.core.tid import clock_id_for, decode_tid, encode_tid, is_tid, item_tid, micros_of
 from acpipeline.sync.extract import extract_owners
 from acpipeline.sync.records import build_desired
@@ -383,12 +383,24 @@ def test_the_plan_applies_and_converges(
             if record_ref(value) == item.ref:
                 assert after.get(rkey) == value, (item.ref, rkey)
 
-    # Nothing else is left: every other record is one a live failed item may own, untouched.
+    # Nothing else is left: every other record is one a live failed item may own, or (where MongoDB is not
+    # the type's whole truth) one that stands for no item, which the plan keeps and counts; both untouched.
+    kept = set(plan.not_in_mongodb)
+    assert not kept or not rules.mongodb_is_whole_truth
+    assert {r.rkey for r in not_in_mongodb(rules, existing, items)} >= kept
     for rkey, value in after.items():
         if record_ref(value) in wanted:
             continue
         assert listed.get(rkey) == value, rkey
-        assert any(could_be_of(rules, i, rkey, value, refs) for i in live_failed), (rkey, value)
+        assert rkey in kept or any(could_be_of(rules, i, rkey, value, refs) for i in live_failed), (
+            rkey,
+            value,
+        )
+    # Where MongoDB is not the whole truth, only a removed item or a duplicate deletes a record.
+    if not rules.mongodb_is_whole_truth:
+        for write in plan.writes:
+            if write.action == "delete":
+                assert write.reason.startswith(("item ", "duplicate of")), write
 
     # No create for an item that already has a record.
     for write in plan.writes:

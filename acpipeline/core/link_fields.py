@@ -14,15 +14,17 @@ LINK, LINK_FIELDS = "atproto", ("rkey", "uri", "cid", "syncedAt")
 MIRROR, MIRROR_FIELDS = "at", ("rkey", "uri", "cid")
 
 
-def link_of(doc: dict[str, Any]) -> Link | None:
-    """The record MongoDB says the document became, if any."""
-    atproto = doc.get(LINK)
-    if isinstance(atproto, dict) and isinstance(atproto.get("rkey"), str):
-        # A `uri` or `cid` that is no string (a damaged document) is unknown, as a missing one is.
-        uri, cid = atproto.get("uri"), atproto.get("cid")
-        return Link(
-            atproto["rkey"], uri if isinstance(uri, str) else None, cid if isinstance(cid, str) else None
-        )
+def link_of(doc: dict[str, Any], mirrored: bool = False) -> Link | None:
+    """The record MongoDB says the document became, if any: `atproto`, else (for a type whose link is
+    mirrored) `at`, the only link the platform's own tape code writes."""
+    for name in (LINK, MIRROR) if mirrored else (LINK,):
+        atproto = doc.get(name)
+        if isinstance(atproto, dict) and isinstance(atproto.get("rkey"), str):
+            # A `uri` or `cid` that is no string (a damaged document) is unknown, as a missing one is.
+            uri, cid = atproto.get("uri"), atproto.get("cid")
+            return Link(
+                atproto["rkey"], uri if isinstance(uri, str) else None, cid if isinstance(cid, str) else None
+            )
     return None
 
 

@@ -51,6 +51,8 @@ class Plan:
     writes: list[Write] = field(default_factory=list)
     unchanged: dict[str, Existing] = field(default_factory=dict)  # ref -> the record kept as it is
     kept: dict[str, str] = field(default_factory=dict)  # ref -> rkey of every wanted item after the plan
+    # Records that stand for no MongoDB document, kept because MongoDB is not the type's whole truth.
+    not_in_mongodb: list[str] = field(default_factory=list)
 
     def count(self, action: Action) -> int:
         return sum(1 for w in self.writes if w.action == action)
@@ -75,27 +77,19 @@ def differences(rules: MediaRules, want: dict[str, Any], have: dict[str, Any]) -
     )
 
 
-def plan_writes(
-    rules: MediaRules,
-    desired: list[Desired],
-    existing: list[Existing],
-    items: list[Item],
-) -> Plan:
-    """Creates, updates and deletes that make `existing` equal `desired`.
-
-    `items` are all the partition's items (also removed ones and ones that failed): a record whose item
-    failed this run is left alone, never deleted for it.
-    """
-    plan = Plan(collection=rules.nsid)
-    by_ref: dict[str, Item] = {item.ref: item for item in items}
+def claim_records(
+    rules: MediaRules, existing: list[Existing], items: list[Item]
+) -> tuple[dict[str, list[Existing]], list[Existing]]:
+    """Which item each listed record stands for: its `ref`/`mongoId`, else MongoDB's link to its rkey, else
+    the rules' natural key; a record none of these names is unclaimed. A record may claim a ref that no
+    item of `items` has (its document is gone)."""
+    by_ref = {item.ref for item in items}
     by_link: dict[str, str] = {item.link.rkey: item.ref for item in items if item.link}
     by_natural: dict[str, str] = {}
     for item in items:
         key = rules.item_natural_key(item) if item.problem is None else None
         if key is not None:
             by_natural.setdefault(key, item.ref)
-
-    # Claim each listed record for an item: its `ref`/`mongoId`, else MongoDB's link, else a natural key.
     claimed: dict[str, list[Existing]] = {}
     unclaimed: list[Existing] = []
     for record in existing:
@@ -110,7 +104,32 @@ def plan_writes(
             unclaimed.append(record)
         else:
             claimed.setdefault(ref, []).append(record)
+    return claimed, unclaimed
 
+
+def not_in_mongodb(rules: MediaRules, existing: list[Existing], items: list[Item]) -> list[Existing]:
+    """The listed records that stand for no document of `items`: orphans, which the sync deletes where
+    MongoDB is the whole truth and keeps where it is not."""
+    claimed, unclaimed = claim_records(rules, existing, items)
+    known = {item.ref for item in items}
+    return unclaimed + [r for ref, records in claimed.items() if ref not in known for r in records]
+
+
+def plan_writes(
+    rules: MediaRules,
+    desired: list[Desired],
+    existing: list[Existing],
+    items: list[Item],
+) -> Plan:
+    """Creates, updates and deletes that make `existing` equal `desired`.
+
+    `items` are all the partition's items (also removed ones and ones that failed): a record whose item
+    failed this run is left alone, never deleted for it. A record that stands for no item is deleted only
+    where MongoDB is the type's whole truth (`rules.mongodb_is_whole_truth`); elsewhere it is kept.
+    """
+    plan = Plan(collection=rules.nsid)
+    by_ref: dict[str, Item] = {item.ref: item for item in items}
+    claimed, unclaimed = claim_records(rules, existing, items)
     taken = {record.rkey for record in existing}
     wanted = {d.item.ref: d for d in desired}
 
@@ -133,13 +152,18 @@ def plan_writes(
             # A live item that could not be built this run (bad document, failed blob, invalid record)
             # keeps its record as it is: it is reported as failed, and stale content beats lost content.
             continue
+        elif claimed_item is None and not rules.mongodb_is_whole_truth:
+            plan.not_in_mongodb.extend(record.rkey for record in records)
         else:
             reason = "not in MongoDB" if claimed_item is None else f"item {claimed_item.removed}"
             for record in records:
                 plan.writes.append(Write("delete", record.rkey, reason, ref))
 
     for record in unclaimed:
-        plan.writes.append(Write("delete", record.rkey, "record names no MongoDB item", None))
+        if rules.mongodb_is_whole_truth:
+            plan.writes.append(Write("delete", record.rkey, "record names no MongoDB item", None))
+        else:
+            plan.not_in_mongodb.append(record.rkey)
 
     for ref, new in sorted(wanted.items(), key=lambda kv: (kv[1].item.when, kv[0])):
         if ref in plan.kept:

@@ -16,7 +16,7 @@ from typing import Any
 
 from acpipeline.core.fingerprint import EMPTY, combine, item_digest
 from acpipeline.core.items import Item
-from acpipeline.core.link_fields import LINK
+from acpipeline.core.link_fields import LINK, MIRROR
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.sync.extract import Account, read_all
 
@@ -24,8 +24,9 @@ from acpipeline.sync.extract import Account, read_all
 def projection(media: str) -> dict[str, int]:
     """What a digest reads of a document: the rules' `source_fields` and what every item carries."""
     rules = MEDIA[media]
-    fields = ("_id", "user", "when", rules.removed_flag, f"{LINK}.rkey", f"{LINK}.uri", *rules.source_fields)
-    return dict.fromkeys(fields, 1)
+    links = (LINK, MIRROR) if rules.mirrors_link else (LINK,)
+    fields = ("_id", "user", "when", rules.removed_flag, *rules.source_fields)
+    return dict.fromkeys((*fields, *(f"{link}.{name}" for link in links for name in ("rkey", "uri"))), 1)
 
 
 @dataclass
@@ -55,7 +56,7 @@ def scan_sources(db: Any, accounts: Iterable[Account]) -> SourceScan:
             # Exactly `owner_filter`'s grouping: a missing or null `user` is anonymous (the art account).
             owner = doc.get("user") or None
             handle = handle_by_owner.get(owner) if isinstance(owner, str | None) else None
-            if handle is None or (owner is None and not rules.may_be_anonymous) or not rules.ours(doc):
+            if handle is None or (owner is None and not rules.may_be_anonymous) or not rules.is_item(doc):
                 continue
             item = rules.normalise(doc)
             grouped.setdefault(handle, []).append(item_digest(item))

@@ -7,13 +7,17 @@ from typing import Any
 from dagster import Definitions
 
 from acpipeline.core.media import MEDIA
+from acpipeline.core.plan import not_in_mongodb
 from acpipeline.errors import OperatorError
 from acpipeline.resources import resolved
 from acpipeline.sync.extract import extract_items, find_accounts
+from acpipeline.sync.records import list_existing
 
 
 def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
-    """Per partition: items MongoDB wants synced vs records on the PDS."""
+    """Per partition: items MongoDB wants synced vs records on the PDS, and of those the records the sync
+    keeps though they stand for no MongoDB document (`not_in_mongodb`: where MongoDB is not the type's
+    whole truth; elsewhere such a record is a difference the next sync deletes)."""
     with resolved(defs, "mongo") as mongo, resolved(defs, "pds") as pds:
         return _status(mongo.db(), pds.client(), handles)
 
@@ -30,6 +34,15 @@ def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, A
         for name, rules in MEDIA.items():
             items = extract_items(db, rules, account.owner)
             desired = sum(1 for i in items if i.wanted and i.problem is None)
-            on_pds = len(client.list_records(account.did, rules.nsid))
-            rows.append({"handle": handle, "media": name, "desired": desired, "on_pds": on_pds})
+            existing = list_existing(client, account.did, rules.nsid)
+            kept = 0 if rules.mongodb_is_whole_truth else len(not_in_mongodb(rules, existing, items))
+            rows.append(
+                {
+                    "handle": handle,
+                    "media": name,
+                    "desired": desired,
+                    "on_pds": len(existing),
+                    "not_in_mongodb": kept,
+                }
+            )
     return rows

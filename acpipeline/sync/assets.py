@@ -344,7 +344,7 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
         partition=source.key,
         metadata={
             "desired": n, "created": 0, "updated": 0, "deleted": 0, "unchanged": n, "failed": 0,
-            "proven_converged": True,
+            "not_in_mongodb": proof.not_in_mongodb, "proven_converged": True,
             "proof": "empty on both sides" if proof.empty else "source unchanged since its last clean sync, "
             "no commit to the collection since",
             "repo_rev": proof.rev,
@@ -358,7 +358,13 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
         passed=True,
         partition=source.key,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"desired": n, "on_pds": n, "proven_converged": True, "repo_rev": proof.rev},
+        metadata={
+            "desired": n,
+            "on_pds": n + proof.not_in_mongodb,
+            "not_in_mongodb": proof.not_in_mongodb,
+            "proven_converged": True,
+            "repo_rev": proof.rev,
+        },
     )
 
 
@@ -427,7 +433,8 @@ def _sync_partition(
     event = AssetMaterialization(asset_key=context.asset_key, partition=source.key, metadata=metadata)
     synced = Synced([event, check], len(report.failed))
     if check.passed and not report.failed:
-        synced.mark = (account.did, rev, source.media, Mark(source.fingerprint, report.desired))
+        mark = Mark(source.fingerprint, report.desired, report.not_in_mongodb)
+        synced.mark = (account.did, rev, source.media, mark)
     else:
         state.unmark(account.did, source.media)
     return synced
@@ -476,15 +483,19 @@ def holds_desired(
     by_ref: dict[str | None, list] = {}
     for record in listed:
         by_ref.setdefault(record_ref(record.value), []).append(record)
+    expected = {d.item.ref for d in sync.desired} | {ref for ref, _ in sync.report.failed}
     missing = [d.item.ref for d in sync.desired if d.item.ref not in by_ref]
-    duplicated = [ref for ref, records in by_ref.items() if len(records) > 1]
     differing = [
         d.item.ref
         for d in sync.desired
         if d.item.ref in by_ref and differences(sync.rules, d.value, by_ref[d.item.ref][0].value)
     ]
-    expected = {d.item.ref for d in sync.desired} | {ref for ref, _ in sync.report.failed}
-    extra = [ref for ref in by_ref if ref not in expected]
+    # Where MongoDB is not the type's whole truth, a record that names none of our items is kept, not
+    # unexpected (KidLisp records of the platform's own store; the sync counts them as `not_in_mongodb`).
+    strict = sync.rules.mongodb_is_whole_truth
+    duplicated = [ref for ref, records in by_ref.items() if len(records) > 1 and (strict or ref in expected)]
+    unclaimed = sum(len(records) for ref, records in by_ref.items() if ref not in expected)
+    extra = [ref for ref in by_ref if ref not in expected] if strict else []
     passed = not (missing or duplicated or differing or extra)
     evaluation = AssetCheckEvaluation(
         asset_key=context.asset_key,
@@ -499,6 +510,7 @@ def holds_desired(
             "duplicated": len(duplicated),
             "differing": len(differing),
             "unexpected": len(extra),
+            "not_in_mongodb": 0 if strict else unclaimed,
             "examples": MetadataValue.json((missing + duplicated + differing + extra)[:10]),
         },
     )
@@ -520,6 +532,7 @@ def report_metadata(report: SyncReport, pds_url: str, duration_s: float) -> dict
         "updated": report.updated,
         "deleted": report.deleted,
         "unchanged": report.unchanged,
+        "not_in_mongodb": report.not_in_mongodb,
         "failed": len(report.failed),
         "blobs_uploaded": report.blobs_uploaded,
         "blob_bytes_uploaded": report.blob_bytes_uploaded,

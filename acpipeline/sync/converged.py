@@ -108,6 +108,7 @@ def repo_collections(client: Any, did: str) -> set[str]:
 class Mark:
     fingerprint: str
     desired: int  # records the partition held when it was marked
+    not_in_mongodb: int = 0  # records it kept then that stand for no MongoDB document
 
 
 def _marks_collection() -> Any:
@@ -121,7 +122,7 @@ def _marks_of(stored: dict[str, Any]) -> dict[str, Mark]:
 
 
 def _plain_marks(marks: dict[str, Mark]) -> dict[str, list[Any]]:
-    return {media: [mark.fingerprint, mark.desired] for media, mark in marks.items()}
+    return {media: [mark.fingerprint, mark.desired, mark.not_in_mongodb] for media, mark in marks.items()}
 
 
 class ConvergedState:
@@ -296,6 +297,7 @@ class Proof:
     desired: int
     rev: str
     empty: bool = False
+    not_in_mongodb: int = 0
 
 
 def prove(
@@ -316,7 +318,9 @@ def prove(
         marks_rev, marks = stored.get(did, (None, {}))
         mark = marks.get(media) if marks_rev == rev else None
         if mark is not None and source_fingerprint(items) == mark.fingerprint:
-            proven[(handle, media)] = Proof(mark.fingerprint, mark.desired, rev)
+            proven[(handle, media)] = Proof(
+                mark.fingerprint, mark.desired, rev, not_in_mongodb=mark.not_in_mongodb
+            )
             continue
         if not items:
             if did not in collections:

@@ -125,7 +125,7 @@ def extract_owners(db: Database, rules: MediaRules, owners: list[str | None]) ->
         owner = doc.get("user") or None
         # A query on `user` also matches an array holding the owner (or an unhashable value): such a
         # document is nobody's item, as the embedded store's own reading (`_read_owned`) has it.
-        if isinstance(owner, str | None) and owner in found and rules.ours(doc):
+        if isinstance(owner, str | None) and owner in found and rules.is_item(doc):
             found[owner].append(rules.normalise(doc))
     for items in found.values():
         items.sort(key=lambda i: (i.when is None, i.when or 0, i.ref))

@@ -43,6 +43,7 @@ class SyncReport:
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
+    not_in_mongodb: int = 0  # records kept that stand for no MongoDB document (MongoDB not the whole truth)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
     blobs_uploaded: int = 0
     blob_bytes_uploaded: int = 0
@@ -130,6 +131,7 @@ class RecordSync:
         existing = list_existing(self.client, self.account.did, self.rules.nsid)
         self.existing = existing
         plan = plan_writes(self.rules, self.desired, existing, self.items)
+        self.report.not_in_mongodb = len(plan.not_in_mongodb)
         for write in plan.writes:
             if write.action == "create":
                 self.lexicon.check_key(write.rkey)

@@ -54,7 +54,16 @@ class PartitionResult:
     skipped: bool = False  # proven converged: no run was needed (see acpipeline.sync.converged)
 
     def row(self) -> dict[str, Any]:
-        keys = ("desired", "created", "updated", "deleted", "unchanged", "failed", "duration_s")
+        keys = (
+            "desired",
+            "created",
+            "updated",
+            "deleted",
+            "unchanged",
+            "not_in_mongodb",
+            "failed",
+            "duration_s",
+        )
         return {
             "handle": self.handle,
             "media": self.media,
@@ -182,7 +191,10 @@ def _run_partitions(
 
 def _proven_result(handle: str, media: str, proof: Proof) -> PartitionResult:
     n = proof.desired
-    metadata = {"desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
+    metadata = {
+        "desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0,
+        "not_in_mongodb": proof.not_in_mongodb,
+    }  # fmt: skip
     return PartitionResult(handle, media, True, metadata, True, skipped=True)
 
 

@@ -34,6 +34,11 @@ class MediaRules(ABC):
     collection: ClassVar[str]
     removed_flag: ClassVar[str] = "nuked"  # the document field `removed()` reads
     may_be_anonymous: ClassVar[bool] = True
+    # Whether MongoDB holds every item of the type. Where it does, a record that no document claims is an
+    # orphan (its item was hard-deleted) and goes; where it does not (KidLisp, whose pieces now live in the
+    # platform's own store), such a record is kept and counted, and only a document that positively says
+    # "removed" deletes one.
+    mongodb_is_whole_truth: ClassVar[bool] = True
     mirrors_link: ClassVar[bool] = False  # the link also under `at.` (core/link_fields.py)
     # The document fields `fields()` reads, besides `_id`, `user`, `when` and the removed flag: what change
     # detection projects (operations/fingerprint.py; a test checks a projected document normalises the same).
@@ -51,7 +56,7 @@ class MediaRules(ABC):
         ref = str(doc["_id"]) if isinstance(doc.get("_id"), ObjectId) else str(doc.get("_id"))
         owner = doc.get("user") or None
         removed = self.removed(doc)
-        link = link_of(doc)
+        link = link_of(doc, self.mirrors_link)
         if link and link.uri and f"/{self.nsid}/" not in link.uri:
             link = None  # a link to some other collection's record is not one of ours
         try:
@@ -61,9 +66,19 @@ class MediaRules(ABC):
             return Item(self.name, ref, owner, None, removed=removed, link=link, problem=str(problem))
         return Item(self.name, ref, owner, when, data, removed=removed, link=link)
 
+    def is_item(self, doc: dict[str, Any]) -> bool:
+        """Whether the document is an item at all: the platform's own content (not a copy of someone
+        else's) and finished (not work in progress). Anything else is invisible to the sync: never desired,
+        never failed, never a change the sensor sees."""
+        return self.ours(doc) and not self.in_progress(doc)
+
     def ours(self, doc: dict[str, Any]) -> bool:
         """Whether the document is the platform's own content to mirror (not a copy of someone else's)."""
         return True
+
+    def in_progress(self, doc: dict[str, Any]) -> bool:
+        """Whether the document is unfinished work its owner has not published yet."""
+        return False
 
     def removed(self, doc: dict[str, Any]) -> str | None:
         """Why the document's record must go (the owner took it down), or None while it stays."""

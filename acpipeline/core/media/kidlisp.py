@@ -1,4 +1,12 @@
-"""KidLisp: code snippets up to 50,000 characters, linked as https://aesthetic.computer/$code."""
+"""KidLisp: code snippets up to 50,000 characters, linked as https://aesthetic.computer/$code.
+
+With the platform's own KidLisp store switched on (`store-kidlisp-datomic.mjs`), a new piece is saved there
+and MongoDB's `kidlisp` gets only an identity row (`kidlisp-projection.mjs`: code, source, hash, when,
+user), some of them late (`kidlisp-backfill.mjs`). The platform writes the record itself, without `ref`, and
+keeps its rkey in its store. So MongoDB is not the whole truth: a record whose code MongoDB lacks is kept,
+and a record is deleted only for a row that says `nuked: true`. The store has no per-piece removal; it
+erases an account's pieces only when the account itself is deleted, PDS account included.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ class KidlispRules(MediaRules):
     collection = "kidlisp"
     source_fields = ("code", "source")
     removed_flag = "nuked"
+    mongodb_is_whole_truth = False
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
         # Over-long sources are rejected by the lexicon check, never truncated: a cut program is a

@@ -1,4 +1,11 @@
-"""Paintings: pixel-art PNGs, a 512x512 thumbnail blob, and a recording link when the ZIP exists."""
+"""Paintings: pixel-art PNGs, a 512x512 thumbnail blob, and a recording link when the ZIP exists.
+
+The platform's painting editor (`painting-wips.mjs`) keeps a painting in progress in `paintings` as
+`status: "wip"`, `slug: "wip/<id>"` and a `wip` sub-document (the editor's capability hash and the id of its
+saved state among them), rewritten on every save. It is not an item until "done" seals it (`status: "done"`,
+the real slug, the PNG in storage); a document without `status` is a finished painting of the classic kind.
+Nothing of `wip` is ever read: it is the editor's, not the record's.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,19 @@ from acpipeline.core.cid import blob_ref
 from acpipeline.core.items import Derived, Item, iso_when, required_text
 from acpipeline.core.media.base import AC, MediaRules, StoredFile
 
+IN_PROGRESS = "wip"  # `status` of a painting the editor has not sealed yet
+
 
 class PaintingRules(MediaRules):
     name = "painting"
     nsid = "computer.aesthetic.painting"
     collection = "paintings"
-    source_fields = ("code", "slug", "bucket")
+    source_fields = ("code", "slug", "bucket", "status")
     blob_fields = ("thumbnail",)
     work_per_item = 6.0  # a fetch, a thumbnail and an upload besides the record
+
+    def in_progress(self, doc: dict[str, Any]) -> bool:
+        return doc.get("status") == IN_PROGRESS
 
     def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
         slug = required_text(doc, "slug")
