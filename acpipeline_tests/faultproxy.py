@@ -35,7 +35,7 @@ import httpx
 
 from acpipeline.bench.proxying import ProxyServer, end_to_end, read_body
 
-BEFORE = ("429", "500", "502", "drop", "reset", "stall")
+BEFORE = ("429", "500", "502", "drop", "reset", "stall", "200_unsent")
 AFTER = ("500_after", "502_after", "drop_after")
 KINDS = BEFORE + AFTER
 DECODED = ("content-encoding",)  # httpx hands the proxy bodies already decoded
@@ -233,7 +233,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK wait
 
         def _handle(self) -> None:
-            body = read_body(self)
+            body = self._body = read_body(self)
             nsid = urlsplit(self.path).path.removeprefix("/xrpc/")
             n = proxy._number(nsid)
             kind = proxy._hooks(Seen(nsid, n, "before", body)) or proxy._decide(nsid, n)
@@ -280,6 +280,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(answer.content)
 
         def _fault(self, kind: str, rate_headers: dict[str, str] | None = None) -> None:
+            if kind == "200_unsent":
+                self._unsent(json.loads(self._body or b"{}"))
+                return
             if kind in ("drop", "reset"):
                 if kind == "reset":  # RST instead of FIN
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -312,6 +315,21 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         do_GET = do_POST = do_PUT = do_DELETE = _handle  # noqa: N815
+
+        def _unsent(self, request: dict[str, Any]) -> None:
+            """What the PDS would answer had it applied the writes (a made-up commit and CIDs)."""
+            fake_cid = "bafyreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            results = [
+                {"uri": f"at://{request.get('repo')}/{w.get('collection')}/{w.get('rkey')}", "cid": fake_cid}
+                for w in request.get("writes", [])
+                if not str(w.get("$type", "")).endswith("#delete")
+            ]
+            payload = json.dumps({"commit": {"cid": fake_cid, "rev": "3zzzzzzzzzzz2"}, "results": results})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload.encode())
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass

@@ -315,14 +315,14 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     monkeypatch.setattr(PdsClient, "apply_writes", apply_writes)
     add_moods(db, sub, ["two"])
     assert run_range(world, mood, mood).success
-    assert (len(heads_asked), refused) == (1, [])  # the plan's own read only; the commit used the turn's head
+    assert (len(heads_asked), refused) == (0, [])  # no head read by the record stage: the turn's head
 
     create_other_record(world, db, sub, did)
     heads_asked.clear()
     add_moods(db, sub, ["three"])
     assert run_range(world, mood, mood).success
     # stale: refused unapplied, then sent again on the head the PDS reports
-    assert (len(heads_asked), refused) == (2, ["InvalidSwap"])
+    assert (len(heads_asked), refused) == (1, ["InvalidSwap"])
     with state.turn(did) as turn:
         assert turn.head is not None and turn.head[1] == head(world, did)
     state.close()

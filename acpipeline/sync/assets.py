@@ -35,8 +35,8 @@ from dagster import (
 )
 
 from acpipeline.core.items import Derived, Item
-from acpipeline.core.media import MEDIA, record_ref
-from acpipeline.core.plan import differences
+from acpipeline.core.media import MEDIA
+from acpipeline.core.verdict import judge
 from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
@@ -473,45 +473,27 @@ def _deferred(
 def holds_desired(
     context: AssetExecutionContext, client: Any, sync: RecordSync, key: str
 ) -> tuple[AssetCheckEvaluation, str]:
-    """Exactly one record per synced item, with the desired value; and the repository rev it was seen at.
-    A sync that wrote nothing is checked against its own plan's listing (taken after the source was read)."""
-    if sync.wrote or sync.listed_at is None:
-        rev = latest_commit(client, sync.account.did)[1]
-        listed = list_existing(client, sync.account.did, sync.rules.nsid)
-    else:
-        rev, listed = sync.listed_at, sync.existing
-    by_ref: dict[str | None, list] = {}
-    for record in listed:
-        by_ref.setdefault(record_ref(record.value), []).append(record)
-    expected = {d.item.ref for d in sync.desired} | {ref for ref, _ in sync.report.failed}
-    missing = [d.item.ref for d in sync.desired if d.item.ref not in by_ref]
-    differing = [
-        d.item.ref
-        for d in sync.desired
-        if d.item.ref in by_ref and differences(sync.rules, d.value, by_ref[d.item.ref][0].value)
-    ]
-    # Where MongoDB is not the type's whole truth, a record that names none of our items is kept, not
-    # unexpected (KidLisp records of the platform's own store; the sync counts them as `not_in_mongodb`).
-    strict = sync.rules.mongodb_is_whole_truth
-    duplicated = [ref for ref, records in by_ref.items() if len(records) > 1 and (strict or ref in expected)]
-    unclaimed = sum(len(records) for ref, records in by_ref.items() if ref not in expected)
-    extra = [ref for ref in by_ref if ref not in expected] if strict else []
-    passed = not (missing or duplicated or differing or extra)
+    """Exactly one record per synced item, with the desired value, judged from the collection listed again
+    after the sync (`core/verdict.py`); and the repository rev it was seen at."""
+    rev = latest_commit(client, sync.account.did)[1]
+    listed = list_existing(client, sync.account.did, sync.rules.nsid)
+    desired = {d.item.ref: d.value for d in sync.desired}
+    verdict = judge(sync.rules, desired, {ref for ref, _ in sync.report.failed}, listed)
     evaluation = AssetCheckEvaluation(
         asset_key=context.asset_key,
         check_name=CHECK.name,
-        passed=passed,
+        passed=verdict.passed,
         partition=key,
         severity=AssetCheckSeverity.ERROR,
         metadata={
-            "on_pds": len(listed),
-            "desired": len(sync.desired),
-            "missing": len(missing),
-            "duplicated": len(duplicated),
-            "differing": len(differing),
-            "unexpected": len(extra),
-            "not_in_mongodb": 0 if strict else unclaimed,
-            "examples": MetadataValue.json((missing + duplicated + differing + extra)[:10]),
+            "on_pds": verdict.on_pds,
+            "desired": verdict.desired,
+            "missing": len(verdict.missing),
+            "duplicated": len(verdict.duplicated),
+            "differing": len(verdict.differing),
+            "unexpected": len(verdict.unexpected),
+            "not_in_mongodb": verdict.not_in_mongodb,
+            "problems": MetadataValue.json(verdict.problems()),
         },
     )
     return evaluation, rev

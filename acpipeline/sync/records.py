@@ -119,17 +119,12 @@ class RecordSync:
         self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
         self._linked: set[str] = set()  # refs whose link was written back during the batches
         self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
-        self.existing: list[Existing] = []  # the latest listing
-        self.listed_at: str | None = None  # the repository's rev read right before that listing
-        self.wrote = False  # whether any write of this sync may have reached the PDS
 
     def uri(self, rkey: str) -> str:
         return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
 
     def plan(self) -> tuple[Plan, list[Existing]]:
-        self.listed_at = latest_commit(self.client, self.account.did)[1]
         existing = list_existing(self.client, self.account.did, self.rules.nsid)
-        self.existing = existing
         plan = plan_writes(self.rules, self.desired, existing, self.items)
         self.report.not_in_mongodb = len(plan.not_in_mongodb)
         for write in plan.writes:
@@ -247,7 +242,6 @@ class RecordSync:
                     self._upload_blobs(session, batch, held)
                     ops = [write_op(self.rules.nsid, w) for w in batch]
                     self._in_flight = batch
-                    self.wrote = True
                     sending = sender.submit(self._commit, session, ops)
                     try:
                         self._write_back(deferred)
