@@ -10,18 +10,21 @@ import shutil
 import subprocess
 import time
 
+import httpx
 import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.instance import get_instance
-from acpipeline.operations.doctor import check_dagster, check_ffmpeg
+from acpipeline.operations.doctor import PartitionBacklog, check_dagster, check_ffmpeg, estimate_sync
+from acpipeline.resources.pds import RateLimitStatus, rate_limit_status
+from acpipeline.resources.pds.transport import RATELIMIT_BYPASS_ENV
 from acpipeline.settings import ART_GUEST_ID, ART_HANDLE
 from acpipeline.sync.extract import find_accounts
 
 from .test_cli import cli
 
-CHECKS = ["mongodb", "pds", "state", "accounts", "storage", "ffmpeg", "dagster"]
+CHECKS = ["mongodb", "pds", "state", "accounts", "limits", "storage", "ffmpeg", "dagster"]
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
@@ -49,16 +52,19 @@ def test_a_healthy_world_passes_every_check(seeded):
     result = cli("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_by_check(result)
-    for check in ("mongodb", "pds", "accounts", "storage", "state", "ffmpeg"):
+    for check in ("mongodb", "pds", "accounts", "limits", "storage", "state", "ffmpeg"):
         assert lines[check].startswith("ok "), lines[check]
     assert "under ACPIPELINE_HOME (this machine only)" in lines["state"]
     assert "7 of 7 collections" in lines["mongodb"] and "users with accounts" in lines["mongodb"]
     assert seeded.pds_url in lines["pds"] and "blobUploadLimit 5,242,880 bytes" in lines["pds"]
     assert "3 of " in lines["accounts"] and ART_HANDLE in lines["accounts"]
     assert "painting image, anonymous painting image and tape ZIP answer" in lines["storage"]
+    # The session's PDS runs without its limits (dev mode); the seeded dataset is not synced yet.
+    assert "the PDS applies no rate limits (no ratelimit-* headers on describeServer)" in lines["limits"]
+    assert "a full sync of the backlog (" in lines["limits"] and "requests) is not limited" in lines["limits"]
     # No daemon runs here: a warning, not a failure.
     assert lines["dagster"].startswith("WARN ") and "SQLite" in lines["dagster"]
-    assert result.stdout.strip().splitlines()[-1] == "all 7 checks passed (1 with a warning)"
+    assert result.stdout.strip().splitlines()[-1] == "all 8 checks passed (1 with a warning)"
     assert not any(password in result.stdout + result.stderr for password in passwords(seeded))
 
     as_json = cli("doctor", "--json", "--sample", "1")
@@ -67,6 +73,13 @@ def test_a_healthy_world_passes_every_check(seeded):
     assert [r["check"] for r in results] == CHECKS
     assert all(set(r) == {"check", "ok", "status", "detail"} and r["ok"] for r in results)
     assert results[3]["detail"].startswith("1 of ") and ART_HANDLE in results[3]["detail"]
+
+    key = f"bypass-{secrets.token_urlsafe(12)}"
+    with_key = cli("doctor", env={RATELIMIT_BYPASS_ENV: key})
+    limits = lines_by_check(with_key)["limits"]
+    assert with_key.returncode == 0 and limits.startswith("ok "), limits
+    assert f"{RATELIMIT_BYPASS_ENV} is set, with nothing to bypass" in limits
+    assert key not in with_key.stdout + with_key.stderr
 
 
 def test_shared_state_in_mongodb_and_a_cache_dir_that_cannot_be_written(seeded, tmp_path):
@@ -158,3 +171,77 @@ def test_the_daemon_is_running_while_its_heartbeats_are_recent(monkeypatch, tmp_
     instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", "daemon"))
     running = check_dagster()
     assert running.status == "ok" and "daemon running" in running.detail
+
+
+def test_rate_limit_headers_are_read_as_the_reference_pds_sends_them():
+    headers = {
+        "RateLimit-Limit": "3000",
+        "RateLimit-Remaining": "2999",
+        "RateLimit-Reset": "1796529730",
+        "RateLimit-Policy": "3000;w=300",
+    }
+    assert rate_limit_status(httpx.Headers(headers)) == RateLimitStatus(3000, 2999, 1796529730.0, 300.0)
+    assert rate_limit_status({}) is None  # not limited, or not counted (the bypass key)
+    assert rate_limit_status({"ratelimit-limit": "3000", "ratelimit-remaining": "inf"}) is None
+    assert rate_limit_status(
+        {"ratelimit-limit": "5", "ratelimit-remaining": "1", "ratelimit-policy": "5"}
+    ) == (RateLimitStatus(5, 1, 0.0, None))
+
+
+def backlog(
+    handle: str, creates: int, blobs: int = 0, linked: int = 0, media: str = "mood"
+) -> PartitionBacklog:
+    return PartitionBacklog(handle, media, creates, blobs, linked)
+
+
+@pytest.mark.parametrize(
+    ("parts", "requests", "seconds", "bound"),
+    [
+        ([], 0, 0.0, ""),
+        # The bench's heavy user: 8,601 points, more than the hour's 5,000: the second hour is waited for.
+        (
+            [backlog("heavy", 2867, linked=250)],
+            1 + 3 + 15,
+            3600.0,
+            "8,601 write points of heavy at 5,000 an hour",
+        ),
+        # 4,000 accounts of one create each: 12,000 requests, four 5-minute windows.
+        ([backlog(f"u{i}", 1) for i in range(4000)], 12_000, 900.0, "12,000 requests at 3,000 per 300 s"),
+        # 2,500 paintings, a thumbnail each: 1,000 uploads a day per IP.
+        (
+            [backlog("painter", 2500, blobs=2500, media="painting")],
+            1 + 1 + 13 + 2500,
+            2 * 86400.0,
+            "2,500 blob uploads at 1,000 a day",
+        ),
+        # 12,000 creates: 36,000 points, over the day's 35,000 (the hour's alone would be 7 hours).
+        (
+            [backlog("prolific", 12_000)],
+            1 + 1 + 60,
+            86400.0,
+            "36,000 write points of prolific at 35,000 a day",
+        ),
+        # Two partitions of one account: one session, their points added up.
+        (
+            [backlog("both", 1000), backlog("both", 1000, media="kidlisp")],
+            1 + 2 + 10,
+            3600.0,
+            "6,000 write points of both at 5,000 an hour",
+        ),
+    ],
+    ids=["nothing", "heavy-user", "many-accounts", "uploads", "day-points", "one-account-two-media"],
+)
+def test_the_estimate_of_a_full_sync_under_the_pds_limits(parts, requests, seconds, bound):
+    estimate = estimate_sync(parts, 3000, 300.0)
+    assert (estimate.writes, estimate.requests) == (sum(p.creates for p in parts), requests)
+    assert (estimate.seconds, estimate.bound) == (seconds, bound)
+    full_sync = f"a full sync of the backlog ({estimate.writes:,} writes, {requests:,} requests)"
+    takes = f"takes at least {_words(seconds)} ({bound})" if seconds else "fits within them"
+    assert estimate.line() == f"under the PDS's limits (3000 requests / 300 s per IP), {full_sync} {takes}"
+    unlimited = estimate_sync(parts, None)
+    assert (unlimited.requests, unlimited.seconds) == (requests, 0.0)
+    assert unlimited.line() == f"{full_sync} is not limited"
+
+
+def _words(seconds: float) -> str:
+    return {3600.0: "60 min", 900.0: "15 min", 86400.0: "24.0 h", 172800.0: "2.0 days"}[seconds]

@@ -84,6 +84,7 @@ class LocalPds:
     process: subprocess.Popen
     data_dir: Path
     admin_password: str
+    rate_limit_bypass_key: str | None = field(repr=False, default=None)
     _log: Path = field(repr=False, default=Path())
 
     def stop(self) -> None:
@@ -108,11 +109,14 @@ def start(
     admin_password: str = "admin-pass",
     blob_upload_limit: int | None = None,
     rate_limits: bool = False,
+    rate_limit_bypass_key: str | None = None,
     timeout_s: float = 120.0,
     log=print,
 ) -> LocalPds:
     """Start a fresh PDS (new data directory, new PLC: every start has no accounts) and wait for it.
-    `rate_limits`: the PDS's own limits on (per IP, and write points per account), off in dev mode."""
+    `rate_limits`: the PDS's own limits on (per IP, and write points per account), off in dev mode;
+    `rate_limit_bypass_key`: its PDS_RATE_LIMIT_BYPASS_KEY, which lets a request carrying it in
+    `x-ratelimit-bypass` past them."""
     install(log=log)
     port = port or free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="acpipeline-pds-"))
@@ -129,6 +133,9 @@ def start(
         env["ACPIPELINE_PDS_BLOB_LIMIT"] = str(blob_upload_limit)
     if rate_limits:
         env["ACPIPELINE_PDS_RATE_LIMITS"] = "1"
+    env.pop("PDS_RATE_LIMIT_BYPASS_KEY", None)  # only the argument sets it, never this shell's variable
+    if rate_limit_bypass_key:
+        env["PDS_RATE_LIMIT_BYPASS_KEY"] = rate_limit_bypass_key
     log_path = data_dir / "pds.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
@@ -140,7 +147,7 @@ def start(
             start_new_session=True,
         )
     url = f"http://localhost:{port}"
-    pds = LocalPds(url=url, process=process, data_dir=data_dir, admin_password=admin_password, _log=log_path)
+    pds = LocalPds(url, process, data_dir, admin_password, rate_limit_bypass_key, _log=log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

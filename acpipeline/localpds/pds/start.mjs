@@ -19,6 +19,10 @@ const network = await TestNetworkNoAppView.create({
     ...(process.env.PDS_ADMIN_PASSWORD ? { adminPassword: process.env.PDS_ADMIN_PASSWORD } : {}),
     // the PDS's own rate limits (per IP, and write points per account), off by default in dev mode
     ...(process.env.ACPIPELINE_PDS_RATE_LIMITS ? { rateLimitsEnabled: true } : {}),
+    // a request carrying `x-ratelimit-bypass: <this key>` is not limited (the PDS's PDS_RATE_LIMIT_BYPASS_KEY)
+    ...(process.env.PDS_RATE_LIMIT_BYPASS_KEY
+      ? { rateLimitBypassKey: process.env.PDS_RATE_LIMIT_BYPASS_KEY }
+      : {}),
   },
   plc: { port: plcPort },
 })

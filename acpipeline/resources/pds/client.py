@@ -59,7 +59,9 @@ class PdsClient(Sessions):
 
 class PdsResource(ConfigurableResource):
     """The platform's PDS (`PDS_URL`); `PDS_ADMIN_PASSWORD` is only needed to create accounts.
-    `retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s per call."""
+    `retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s per call. The rate-limit bypass key
+    is read by the client from `ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY` in the run's process, never through
+    Dagster's config, so it cannot reach run config, the event log or the UI."""
 
     url: str | None = None
     admin_password: str | None = None

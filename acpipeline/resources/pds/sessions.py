@@ -45,7 +45,7 @@ class Sessions(Transport):
     """The transport, and each account's session: in memory, else persisted, else a login."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        """`options`: the transport's (`timeout_s`, `retry_budget_s`, `sleep`)."""
+        """`options`: the transport's (`timeout_s`, `retry_budget_s`, `sleep`, `ratelimit_bypass_key`)."""
         super().__init__(url, **options)
         self._sessions: dict[str, Session] = {}
         self._passwords: dict[str, str] = {}

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,6 +112,37 @@ class Throttle:
             return
         now = time.time()
         self.hold(now + max(0.0, reset - now) / (remaining + 1))
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """The `ratelimit-*` headers of one answer: the tightest limit that counted the call (for most calls
+    the PDS's per-IP one). `window_s` from `ratelimit-policy` (`3000;w=300`), None when it does not say."""
+
+    limit: int
+    remaining: int
+    reset: float  # epoch seconds; 0 when not given
+    window_s: float | None
+
+
+def rate_limit_status(headers: Mapping[str, str]) -> RateLimitStatus | None:
+    """What the headers say (`httpx.Headers` ignores their case), or None when they carry no limit: the
+    PDS does not limit the call, or did not count it (a call carrying the bypass key)."""
+    limit, remaining = _number(headers.get("ratelimit-limit")), _number(headers.get("ratelimit-remaining"))
+    if limit is None or remaining is None:
+        return None
+    policy = dict(part.strip().partition("=")[::2] for part in headers.get("ratelimit-policy", "").split(";"))
+    return RateLimitStatus(
+        int(limit), int(remaining), _number(headers.get("ratelimit-reset")) or 0.0, _number(policy.get("w"))
+    )
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def rate_limit_wait(response: httpx.Response) -> float:

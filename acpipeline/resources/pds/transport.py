@@ -5,6 +5,10 @@ timeouts and dropped connections back off exponentially with jitter; all within 
 (`ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s). A write (`idempotent=False`) is never re-sent once it may have
 reached the PDS: its 5xx or dropped connection raises TransientWriteError and the caller re-plans from a
 fresh listing.
+
+With `ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY` set, every call carries it in `x-ratelimit-bypass`: the PDS (its
+`PDS_RATE_LIMIT_BYPASS_KEY`) then neither limits nor counts it. The key is a secret: it is never put in a
+message, and the header is the only place it leaves this process.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 TOKEN_ERRORS = ("ExpiredToken", "InvalidToken")
 DEFAULT_RETRY_BUDGET_S = 120.0
 RETRY_BUDGET_ENV = "ACPIPELINE_PDS_RETRY_BUDGET_S"
+RATELIMIT_BYPASS_ENV = "ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY"
+RATELIMIT_BYPASS_HEADER = "x-ratelimit-bypass"  # what the reference PDS compares (dist/rate-limits.js)
 # Calls that write to a repository: the PDS limits them per account (points per hour and per day).
 REPO_WRITES = frozenset(
     f"com.atproto.repo.{name}" for name in ("applyWrites", "createRecord", "putRecord", "deleteRecord")
@@ -83,11 +89,17 @@ class Transport(ABC):
         timeout_s: float = 60.0,
         retry_budget_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ratelimit_bypass_key: str | None = None,
     ):
+        """`retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s; `ratelimit_bypass_key` None:
+        `ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY`, else no key."""
         self.url = url.rstrip("/")
         if retry_budget_s is None:
             retry_budget_s = float(os.environ.get(RETRY_BUDGET_ENV) or DEFAULT_RETRY_BUDGET_S)
         self.retry_budget_s = retry_budget_s
+        self._bypass_key = _bypass_key(
+            os.environ.get(RATELIMIT_BYPASS_ENV) if ratelimit_bypass_key is None else ratelimit_bypass_key
+        )
         self.sleep = sleep
         self.throttle = Throttle(self.url)
         self._write_throttles: dict[str, Throttle] = {}  # did -> its writes' throttle
@@ -103,6 +115,11 @@ class Transport(ABC):
 
     def close(self) -> None:
         self.http.close()
+
+    @property
+    def has_bypass_key(self) -> bool:
+        """Whether calls carry a rate-limit bypass key (never the key itself)."""
+        return self._bypass_key is not None
 
     @abstractmethod
     def _renew(self, session: Session, stale_access: str) -> None:
@@ -125,9 +142,11 @@ class Transport(ABC):
         bearer: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         idempotent: bool = True,
+        bypass_limits: bool = True,
     ) -> httpx.Response:
         """One XRPC call with retries, answering the successful HTTP response itself (for bytes: getBlob,
-        getRepo); `session` (refreshed once on ExpiredToken/InvalidToken) or a raw `bearer` token."""
+        getRepo); `session` (refreshed once on ExpiredToken/InvalidToken) or a raw `bearer` token.
+        `bypass_limits` False: without the bypass key, as any client meets the PDS (the doctor's probe)."""
         attempts = Attempts(self.backoff, budget_s=self.retry_budget_s, sleep=self.sleep)
         refreshed = False
         # A repository write is limited per account (write points an hour), so its pressure holds that
@@ -136,6 +155,8 @@ class Transport(ABC):
         for _ in attempts:
             self._wait_for_throttle(nsid, attempts, throttle)
             headers = {"Content-Type": content_type} if body is not None else {}
+            if bypass_limits and self._bypass_key is not None:
+                headers[RATELIMIT_BYPASS_HEADER] = self._bypass_key
             token = session.access if session is not None else bearer
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
@@ -223,6 +244,20 @@ class Transport(ABC):
     def backoff(attempt: int) -> float:
         """Exponential backoff with jitter: about 0.25 s, 0.5 s, 1 s, ... at most 45 s."""
         return _BACKOFF(attempt)
+
+
+def _bypass_key(value: str | None) -> str | None:
+    """The key as a header carries it (surrounding blanks dropped; empty: no key). A key no header can
+    carry is a setting to fix, named without its value."""
+    key = (value or "").strip()
+    if not key:
+        return None
+    if not all(" " <= char <= "~" for char in key):
+        raise OperatorError(
+            f"{RATELIMIT_BYPASS_ENV} holds characters an HTTP header cannot carry: set it to the PDS's "
+            "PDS_RATE_LIMIT_BYPASS_KEY (printable ASCII)"
+        )
+    return key
 
 
 def _error_of(response: httpx.Response) -> tuple[str | None, str]:
