@@ -235,3 +235,29 @@ def test_every_call_carries_the_key_and_no_message_log_or_repr_does(monkeypatch,
     assert RATELIMIT_BYPASS_ENV in str(unusable.value) and key not in str(unusable.value)
     monkeypatch.setenv(RATELIMIT_BYPASS_ENV, "")
     assert not PdsClient("http://pds.invalid").has_bypass_key
+
+
+def test_the_upload_limit_holds_uploads_only_not_every_call(world):
+    """With its limits on, the PDS allows 1,000 uploads a day per IP: once they are spent, its 429 (reset a
+    day away) must defer the partitions that need a blob, not stop the records that need none."""
+    from acpipeline.resources.pds import RateLimited
+
+    from .faultproxy import FaultProxy
+    from .helpers import add_user
+
+    db = world.db()
+    sub, _, did = add_user(world, db, "uploader")
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    with FaultProxy(world.pds_url, retry_after=86_400) as proxy:
+        proxy.hooks.append(lambda seen: "429" if seen.nsid == "com.atproto.repo.uploadBlob" else None)
+        client = PdsClient(proxy.url, retry_budget_s=2)
+        session = client.session(did, password)
+        with pytest.raises(RateLimited):
+            client.upload_blob(session, b"\x89PNG not really", "image/png")
+        assert client.list_records(did, "computer.aesthetic.mood") == []  # not held for a day
+        body = json.dumps({"repo": did, "writes": []}).encode()
+        client.apply_writes(session, body)  # nor are the account's record writes
+        with pytest.raises(RateLimited):  # the next upload waits for the reset without asking again
+            client.upload_blob(session, b"\x89PNG not really", "image/png")
+        assert proxy.requests["com.atproto.repo.uploadBlob"] == 1
+        client.close()

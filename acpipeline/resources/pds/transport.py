@@ -37,6 +37,7 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 TOKEN_ERRORS = ("ExpiredToken", "InvalidToken")
 DEFAULT_RETRY_BUDGET_S = 120.0
 RETRY_BUDGET_ENV = "ACPIPELINE_PDS_RETRY_BUDGET_S"
+UPLOADS = "uploadBlob"  # the throttle scope of blob uploads (beside each account's writes)
 RATELIMIT_BYPASS_ENV = "ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY"
 RATELIMIT_BYPASS_HEADER = "x-ratelimit-bypass"  # what the reference PDS compares (dist/rate-limits.js)
 # Calls that write to a repository: the PDS limits them per account (points per hour and per day).
@@ -44,6 +45,7 @@ REPO_WRITES = frozenset(
     f"com.atproto.repo.{name}" for name in ("applyWrites", "createRecord", "putRecord", "deleteRecord")
 )
 APPLY_WRITES = "com.atproto.repo.applyWrites"
+UPLOAD_BLOB = "com.atproto.repo.uploadBlob"
 # Errors raised before the request left this machine: safe to retry even for a write.
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # About 0.25 s, 0.5 s, 1 s, ... at most 45 s.
@@ -150,8 +152,15 @@ class Transport(ABC):
         attempts = Attempts(self.backoff, budget_s=self.retry_budget_s, sleep=self.sleep)
         refreshed = False
         # A repository write is limited per account (write points an hour), so its pressure holds that
-        # account's writes only; any other pressure holds every call to the PDS.
-        throttle = self._write_throttle(session.did) if session and nsid in REPO_WRITES else self.throttle
+        # account's writes only; blob uploads have a limit of their own (1,000 a day per IP with the PDS's
+        # limits on), so its 429 holds uploads only, not the records that need no blob; any other pressure
+        # holds every call to the PDS.
+        if session and nsid in REPO_WRITES:
+            throttle = self._write_throttle(session.did)
+        elif nsid == UPLOAD_BLOB:
+            throttle = self._write_throttle(UPLOADS)
+        else:
+            throttle = self.throttle
         for _ in attempts:
             self._wait_for_throttle(nsid, attempts, throttle)
             headers = {"Content-Type": content_type} if body is not None else {}
@@ -218,6 +227,7 @@ class Transport(ABC):
         self._wait_for_throttle(APPLY_WRITES, attempts, self._write_throttle(session.did))
 
     def _write_throttle(self, did: str) -> Throttle:
+        """The throttle of one account's writes (or of the blob uploads, `UPLOADS`)."""
         with self._write_throttles_lock:
             throttle = self._write_throttles.get(did)
             if throttle is None:
