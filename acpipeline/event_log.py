@@ -10,8 +10,15 @@ check evaluation per partition): 11 of its 13 seconds. This subclass changes onl
   `DAGSTER_EVENT_BATCH_SIZE` is set (`acpipeline.settings.DAGSTER_ENV`): one transaction per shard for the
   whole batch instead of two per event.
 
-The files, tables and rows are Dagster's own: an instance can switch between this class and Dagster's in
-either direction. Production runs on Postgres (see the README), where none of this applies."""
+The files, tables and rows are Dagster's own, in Dagster's own place for the instance: an instance can
+switch between this class and Dagster's in either direction. Unless `base_dir` is configured, the files are
+`<the instance's root>/history/runs`, where Dagster's default event log keeps them: `$DAGSTER_HOME` for
+`DagsterInstance.get()`, and the temporary folder Dagster's CLI makes when `DAGSTER_HOME` is not set
+(`dagster dev`, `dagster definitions validate` in the checkout; its webserver, daemon, code servers and runs
+open the instance from its serialized ref, which names that folder). A process that opens the instance also
+gets Dagster's settings for range runs (`acpipeline.settings.apply_dagster_env`), since Dagster reads them
+from the environment of whichever process creates a run or stores its events. Production runs on Postgres
+(see the README), where none of this applies."""
 
 from __future__ import annotations
 
@@ -23,9 +30,10 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dagster import Field, StringSource
+from dagster import DagsterInstance, Field, StringSource
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.ref import _event_logs_directory
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
@@ -35,6 +43,8 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
+
+from acpipeline.settings import apply_dagster_env
 
 # Run shards whose engines stay open besides the index: a process writes one run's events at a time (the
 # CLI's workers each their own), and the webserver reads a few runs' logs at once.
@@ -49,8 +59,26 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._tables: set[str] = set()
-        super().__init__(base_dir or default_base_dir(), inst_data)
+        self._inst_data = inst_data
+        self._db_lock = threading.Lock()
+        if base_dir:
+            super().__init__(base_dir, inst_data)
+        # else: Dagster's default place for the instance this storage belongs to, once it registers
         _OPEN.add(self)
+
+    def register_instance(self, instance: DagsterInstance) -> None:
+        """Called as the instance opens (before anything reads or writes events): the files go where
+        Dagster's own event log would keep them for this instance, unless `base_dir` was configured."""
+        if not self.has_base_dir:
+            base_dir = _event_logs_directory(instance.root_directory)  # <root>/history/runs, as Dagster
+            SqliteEventLogStorage.__init__(self, base_dir, self._inst_data)
+        super().register_instance(instance)
+        apply_dagster_env()  # this process creates runs or stores their events: Dagster reads them here
+
+    @property
+    def has_base_dir(self) -> bool:
+        """False until the instance registers when `base_dir` was not configured."""
+        return hasattr(self, "_base_dir")
 
     @classmethod
     def config_type(cls) -> dict[str, Field]:
@@ -121,7 +149,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         with self._db_lock:
             self._dispose_engines()
-        super().dispose()
+        if self.has_base_dir:  # an unopened storage started no watcher
+            super().dispose()
 
     def _dispose_engines(self) -> None:
         while self._engines:
@@ -137,14 +166,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 def _batchable(event: EventLogEntry) -> bool:
     dagster_event = event.dagster_event
     return bool(dagster_event and dagster_event.event_type_value in BATCHED_TYPES and dagster_event.asset_key)
-
-
-def default_base_dir() -> str:
-    """Where Dagster keeps a SQLite instance's event log: `$DAGSTER_HOME/history/runs`."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise RuntimeError("DAGSTER_HOME is not set: the event log's place is $DAGSTER_HOME/history/runs")
-    return os.path.join(home, "history", "runs")
 
 
 def _forget_all_engines() -> None:

@@ -1,5 +1,6 @@
 """The Dagster instance the CLI records its runs in: `$DAGSTER_HOME` (default `./.dagster_home`), set up
-from the project's `dagster.yaml` on first use, so `dagster dev` shows the same history."""
+from the project's `dagster.yaml` on first use, so `make dev` (which sets the same default) shows the same
+history. A plain `dagster dev` without `DAGSTER_HOME` runs on a temporary instance of Dagster's instead."""
 
 from __future__ import annotations
 

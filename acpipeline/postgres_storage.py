@@ -14,6 +14,8 @@ from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
+from acpipeline.settings import apply_dagster_env
+
 DRIVER_SCHEME = "postgresql+psycopg2"
 PLAIN_SCHEMES = ("postgresql", "postgres")  # `postgres://` is the older spelling some providers still use
 
@@ -35,6 +37,9 @@ class PostgresStorage(DagsterPostgresStorage):
     def from_config_value(  # ty: ignore[invalid-method-override]
         cls, inst_data: ConfigurableClassData | None, config_value: PostgresStorageConfig
     ) -> PostgresStorage:
+        # Every process that opens the instance (webserver, daemon, runs) rehydrates this storage: Dagster's
+        # settings for range runs reach the ones that create runs without deploy/acpipeline.env.
+        apply_dagster_env()
         return cls(
             inst_data=inst_data,
             postgres_url=psycopg2_url(pg_url_from_config(config_value)),

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 from dagster._core.storage.event_log.base import PartitionKeyFilter
 from psycopg2 import sql
 
@@ -44,6 +51,7 @@ from acpipeline.bench.platform import (  # how the platform bench starts these s
 from acpipeline.core.media import MEDIA
 from acpipeline.localpds.server import free_port
 from acpipeline.operations.wipe import WIPE_JOB_NAME, WIPE_OP_NAME
+from acpipeline.settings import DAGSTER_ENV
 from acpipeline.sync.assets import CHECK
 from acpipeline.sync.partitions import partition_key, register_handles
 
@@ -184,7 +192,9 @@ def deployment(world, postgres: PgCluster, tmp_path, monkeypatch) -> Iterator[De
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
-    deployment = Deployment(tmp_path, dict(os.environ))
+    # Dagster's range-run settings come from the product itself (the instance's storage, the code location),
+    # not from this test process, whose conftest set them: the services start without them.
+    deployment = Deployment(tmp_path, {k: v for k, v in os.environ.items() if k not in DAGSTER_ENV})
     try:
         yield deployment
     finally:
@@ -219,6 +229,11 @@ def _backfill(deployment: Deployment, instance: DagsterInstance, keys: list[str]
     runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
     failed = [r.run_id for r in runs if r.status != DagsterRunStatus.SUCCESS]
     assert final in SUCCEEDED and not failed, (final, _run_failures(instance, failed))
+    # The daemon, started without them, still created the runs with Dagster's range-run settings (from the
+    # instance's storage): one planned event per asset and run, not one per asset and partition.
+    for run in runs:
+        planned = instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        assert len(planned) == len(SYNC_ASSETS), (run.run_id, len(planned), len(keys))
     return backfill_id
 
 
