@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import io
@@ -10,6 +11,7 @@ import re
 import time
 import wave
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ import pytest
 from bson import ObjectId
 from PIL import Image
 
+from acpipeline.core.mp4 import check_mp4
+from acpipeline.core.tape_video.encode import check_decodes
 from acpipeline.demo import (
     ART_BUCKET,
     SIZES,
@@ -73,6 +77,11 @@ def _docs(db: Any, name: str, query: dict[str, Any] | None = None) -> list[dict[
 
 def _anonymous(doc: dict[str, Any]) -> bool:
     return doc.get("user") is None
+
+
+def _wip(doc: dict[str, Any]) -> bool:
+    """A painting in progress: no item, no PNG."""
+    return doc.get("status") == "wip"
 
 
 def _frames(zf: zipfile.ZipFile) -> list[str]:
@@ -180,13 +189,15 @@ def test_small_document_shapes(small: dict[str, Any]) -> None:
             assert isinstance(doc["_id"], ObjectId)
             when = doc["when"]
             assert when.microsecond % 1000 == 0
-            assert 2023 <= when.year <= 2025
+            assert 2023 <= when.year <= 2026
             if name != "moods":
                 assert CODE.match(doc["code"].removeprefix("n") if "external" in doc else doc["code"]), doc
         if name != "moods":
             codes = [doc["code"] for doc in docs]
             assert len(set(codes)) == len(codes), f"duplicate codes in {name}"
     for doc in _docs(db, "paintings"):
+        if _wip(doc):
+            continue  # test_small_platform_shapes
         if _anonymous(doc):
             assert doc["bucket"] == ART_BUCKET
             assert all(re.fullmatch(r"[A-Za-z0-9]{8}", part) for part in doc["slug"].split(":"))
@@ -198,9 +209,11 @@ def test_small_document_shapes(small: dict[str, Any]) -> None:
     for doc in _docs(db, "tapes"):
         assert isinstance(doc["nuked"], bool)
         assert doc["bucket"] == (ART_BUCKET if _anonymous(doc) else USER_BUCKET)
+    projected = {row["_id"] for row in small["summary"].kidlisp_projection_rows}
     for doc in _docs(db, "kidlisp"):
         assert doc["hash"] == hashlib.sha256(doc["source"].encode()).hexdigest()
-        assert isinstance(doc["hits"], int) and doc["lastAccessed"] >= doc["when"]
+        if str(doc["_id"]) not in projected:
+            assert isinstance(doc["hits"], int) and doc["lastAccessed"] >= doc["when"]
     assert all("text" not in doc and isinstance(doc["mood"], str) for doc in _docs(db, "moods"))
 
 
@@ -248,6 +261,8 @@ def test_small_paintings_are_real_pngs(small: dict[str, Any]) -> None:
     sizes = set()
     missing = []
     for doc in _docs(db, "paintings"):
+        if _wip(doc):
+            continue  # its state is in GridFS: nothing in storage
         path = media / doc["bucket"] / painting_key(doc["slug"], doc.get("user"))
         if not path.exists():
             missing.append(str(doc["_id"]))
@@ -318,6 +333,152 @@ def test_small_tapes(small: dict[str, Any]) -> None:
     assert db["tapes"].count_documents({"user": {"$exists": False}, "nuked": False}) >= 2
 
 
+WIP_FIELDS = {
+    "id",
+    "editorHash",
+    "revision",
+    "steps",
+    "width",
+    "height",
+    "initialLayers",
+    "parent",
+    "snapshot",
+}
+NANOID = re.compile(r"^[A-Za-z0-9_-]{20,80}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _iso(when: Any) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _check_wip(db: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """The `wip` sub-document as painting-wips.mjs writes it; a saved one's state file in GridFS."""
+    wip = doc["wip"]
+    assert NANOID.match(wip["id"]) and HEX64.match(wip["editorHash"])
+    assert all(isinstance(wip[k], int) for k in ("revision", "steps", "width", "height", "initialLayers"))
+    assert wip["parent"] is None and wip["initialLayers"] == 1
+    if wip["revision"] == 0:
+        assert wip["snapshot"] is None and "hash" not in wip and wip["steps"] == 0
+        assert set(wip) == WIP_FIELDS | {"expiresAt"}
+    else:
+        assert isinstance(wip["snapshot"], ObjectId) and HEX64.match(wip["hash"])
+        assert set(wip) == WIP_FIELDS | {"hash"} | ({"expiresAt"} if wip["steps"] == 0 else set())
+        state = db["painting-states.files"].find_one({"_id": wip["snapshot"]})
+        assert state["filename"] == "painting-state.json.gz" and state["metadata"]["createdAt"]
+        [chunk] = _docs(db, "painting-states.chunks", {"files_id": wip["snapshot"]})
+        assert len(chunk["data"]) == state["length"]
+        assert hashlib.sha256(chunk["data"]).hexdigest() == wip["hash"]
+        assert json.loads(gzip.decompress(chunk["data"]))["width"] == wip["width"]
+    if "expiresAt" in wip:
+        assert wip["expiresAt"] - doc["when"] == timedelta(hours=1)
+    return wip
+
+
+def test_small_platform_shapes(small: dict[str, Any]) -> None:
+    """The platform's newer shapes, as its current code writes them (spec: "Since mid-2026")."""
+    db, media, summary = small["db"], small["media"], small["summary"]
+    jeffrey, art = summary.user("jeffrey"), summary.art_guest
+
+    # Paintings in progress: two of jeffrey's (one empty that expires, one saved), one of a guest; no PNG.
+    wips = [db["paintings"].find_one({"_id": ObjectId(ref["_id"])}) for ref in summary.wip_paintings]
+    assert [doc.get("user") for doc in wips] == [jeffrey.sub, jeffrey.sub, None]
+    assert _docs(db, "paintings", {"status": "wip"}) == wips
+    for doc in wips:
+        base = {"_id", "code", "slug", "status", "when", "updatedAt", "bucket", "wip"}
+        assert set(doc) == base | ({"user"} if doc.get("user") else set())
+        assert doc["bucket"] == (USER_BUCKET if doc.get("user") else ART_BUCKET)
+        wip = _check_wip(db, doc)
+        assert doc["slug"] == f"wip/{wip['id']}" and doc["updatedAt"] >= doc["when"]
+        assert not [p for p in media.rglob("*") if wip["id"] in str(p) or doc["code"] in p.name]
+    empty, saved, guest = (doc["wip"] for doc in wips)
+    assert empty["steps"] == 0 and "expiresAt" in empty and empty["snapshot"] is None
+    assert saved["steps"] > 0 and "expiresAt" not in saved and isinstance(saved["snapshot"], ObjectId)
+    assert guest["steps"] > 0 and isinstance(guest["snapshot"], ObjectId)
+    assert [ref["empty"] for ref in summary.wip_paintings] == [True, False, False]
+
+    # Sealed: "done", the real slug, `completedAt`, the `wip` kept without `expiresAt`, the PNG in storage.
+    sealed = [db["paintings"].find_one({"_id": ObjectId(ref["_id"])}) for ref in summary.sealed_paintings]
+    assert [doc.get("user") for doc in sealed] == [jeffrey.sub, None]
+    for doc, ref in zip(sealed, summary.sealed_paintings, strict=True):
+        assert doc["status"] == "done" and doc["completedAt"] == doc["updatedAt"] > doc["when"]
+        wip = _check_wip(db, doc)
+        assert "expiresAt" not in wip and wip["steps"] > 0
+        assert Image.open(media / doc["bucket"] / ref["key"]).size == (wip["width"], wip["height"])
+    assert TIMESTAMP_SLUG.match(sealed[0]["slug"]) and re.fullmatch(r"[A-Za-z0-9]{8}", sealed[1]["slug"])
+
+    # KidLisp projection rows: identity fields only, `user: null` for a guest.
+    rows = summary.kidlisp_projection_rows
+    assert [(r["user"], r["platform_record"]) for r in rows] == [
+        (jeffrey.sub, True),
+        (jeffrey.sub, True),
+        (jeffrey.sub, True),
+        (jeffrey.sub, False),
+        (None, True),
+    ]
+    docs = {str(doc["_id"]): doc for doc in _docs(db, "kidlisp")}
+    for row in rows:
+        doc = docs[row["_id"]]
+        assert list(doc) == ["_id", "code", "source", "hash", "when", "user"] and doc["source"].strip()
+    assert docs[rows[-1]["_id"]]["user"] is None
+    assert [r["backfilled"] for r in rows].count(True) == 1
+    backfilled = docs[next(r["_id"] for r in rows if r["backfilled"])]
+    assert backfilled["_id"].generation_time.replace(tzinfo=None) > backfilled["when"] + timedelta(days=1)
+
+    # The records the platform wrote: KidLisp without `ref` (one of a code MongoDB lacks), the tape.
+    records = summary.platform_records
+    assert [(r.collection, r.handle, r.did) for r in records] == [
+        ("computer.aesthetic.kidlisp", jeffrey.pds_handle, jeffrey.did),
+    ] * 3 + [
+        ("computer.aesthetic.kidlisp", art.pds_handle, art.did),
+        ("computer.aesthetic.kidlisp", jeffrey.pds_handle, jeffrey.did),
+        ("computer.aesthetic.tape", jeffrey.pds_handle, jeffrey.did),
+    ]
+    assert all(r.uri is None and r.rkey is None for r in records)  # made by whoever creates them
+    codes = {doc["code"] for doc in docs.values()}
+    for record in records[:5]:
+        value = record.value
+        assert list(value) == ["$type", "code", "source", "acUrl", "when"] and not record.blobs
+        assert value["acUrl"] == f"https://aesthetic.computer/${value['code']}"
+        if record.ref:
+            doc = docs[record.ref]
+            assert (value["code"], value["source"], value["when"]) == (
+                doc["code"],
+                doc["source"],
+                _iso(doc["when"]),
+            )
+        else:
+            assert value["code"] not in codes and record.source is None
+    [orphan] = summary.orphan_kidlisp_records
+    assert orphan == {"code": records[4].value["code"], "owner": jeffrey.sub, "handle": jeffrey.pds_handle}
+
+    # The tape the oven baked and the platform linked: its MP4 (sound, faststart) and poster frame.
+    [tape_ref] = summary.platform_tapes
+    tape = db["tapes"].find_one({"_id": ObjectId(tape_ref["_id"])})
+    code = tape["code"]
+    assert tape["mp4Status"] == "complete" and tape["mp4Url"].endswith(f"/tapes/{code}.mp4")
+    assert "at" not in tape and "atproto" not in tape  # the link is set once the record exists
+    _check_tape(media / USER_BUCKET / tape_ref["key"])
+    record = records[5]
+    assert record.value == {
+        "$type": "computer.aesthetic.tape",
+        "slug": tape["slug"],
+        "code": code,
+        "acUrl": f"https://aesthetic.computer/!{code}",
+        "when": _iso(tape["when"]),
+        "ref": str(tape["_id"]),
+    }
+    assert (record.source, record.ref, record.link) == ("tapes", str(tape["_id"]), "at")
+    mp4 = Path(record.blobs["video"]["path"])
+    assert mp4 == media / "at-blobs-aesthetic-computer" / tape_ref["mp4_key"]
+    assert record.blobs["video"]["mime_type"] == "video/mp4"
+    facts = check_mp4(mp4.read_bytes(), 50 << 20)
+    assert facts.faststart and facts.video_codecs == ("avc1",)
+    check_decodes(mp4)
+    with Image.open(mp4.with_name(f"{code}-thumb.jpg")) as poster:
+        assert poster.format == "JPEG" and poster.size == (128 * 3, 96 * 3)
+
+
 def test_summary_is_json(small: dict[str, Any]) -> None:
     summary = small["summary"]
     data = json.loads(json.dumps(summary.to_dict()))
@@ -333,15 +494,19 @@ def test_summary_is_json(small: dict[str, Any]) -> None:
     # Counted by hand from `_small`: live items of jeffrey, fifi, oldtimer (flat fields) and anonymous ones,
     # without lurker's (no account), the missing image and the missing and broken tape ZIPs.
     # News: jeffrey's live posts but the over-long body, fifi's and oldtimer's; no dead or Bluesky post.
+    # The newer shapes: two sealed paintings (the three in progress are no items), five KidLisp projection
+    # rows (their platform records are adopted, not added), the tape the platform linked.
     assert summary.records_expected == {
-        "paintings": 19,
+        "paintings": 19 + 2,
         "moods": 13,
         "pieces": 6,
-        "kidlisp": 12,
-        "tapes": 4,
+        "kidlisp": 12 + 5,
+        "tapes": 4 + 1,
         "news-posts": 5,
     }
-    assert summary.records_expected_total == 59
+    assert summary.records_expected_total == 59 + 8
+    assert summary.records_on_pds_total == 59 + 8 + 1  # and the platform's record of a piece MongoDB lacks
+    assert data["platform_records"][0]["collection"] == "computer.aesthetic.kidlisp"
     assert data["items_per_user"]["all"]["items"]["users"] == 4
 
 
@@ -599,8 +764,9 @@ def test_platform_heavy_user_and_anonymous_work(platform: dict[str, Any]) -> Non
         assert db[name].count_documents({"user": jeffrey.sub, "nuked": True}) == 0
     assert db["moods"].count_documents({"user": jeffrey.sub, "deleted": True}) == 0
 
-    anonymous = _docs(db, "paintings", {"user": None})
-    assert len(anonymous) == 1064 == summary.anonymous_counts["paintings"]
+    everything = _docs(db, "paintings", {"user": None})
+    anonymous = [doc for doc in everything if "status" not in doc]  # the classic ones
+    assert len(anonymous) == 1064 and summary.anonymous_counts["paintings"] == len(everything) == 1064 + 8 + 6
     recorded = [doc for doc in anonymous if ":" in doc["slug"]]
     assert len(recorded) == 529
     for doc in recorded:
@@ -665,8 +831,8 @@ def test_platform_bad_cases(platform: dict[str, Any]) -> None:
     sound = _check_tape(media / USER_BUCKET / summary.soundtrack_tape["key"])
     assert sound["soundtrack"] == pytest.approx(1.5, abs=0.01)
     assert all(len(doc["mood"].encode()) <= 5000 for doc in _docs(db, "moods"))
-    # Every owned painting but the missing one has its PNG (skipped users' too).
-    for doc in _docs(db, "paintings", {"user": {"$nin": [None]}}):
+    # Every owned painting but the missing one has its PNG (skipped users' too), paintings in progress none.
+    for doc in _docs(db, "paintings", {"user": {"$nin": [None]}, "status": {"$ne": "wip"}}):
         path = media / USER_BUCKET / painting_key(doc["slug"], doc["user"])
         assert path.exists() == (str(doc["_id"]) != missing["_id"]), doc["_id"]
 
@@ -674,7 +840,8 @@ def test_platform_bad_cases(platform: dict[str, Any]) -> None:
 def test_platform_records_expected(platform: dict[str, Any]) -> None:
     """records_expected, recounted from the database: live items of owners with an account, anonymous ones
     (the art account; moods and news are never anonymous), minus the missing image, the missing and broken
-    tape ZIPs and the over-long news body; no dead news post and no copy from Bluesky."""
+    tape ZIPs and the over-long news body; no dead news post, no copy from Bluesky, no painting in
+    progress."""
     db, summary = platform["db"], platform["summary"]
     accounted = {doc["_id"] for doc in _docs(db, "users") if _has_account(doc) and doc["_id"] != "art-guest"}
     failing = {
@@ -683,7 +850,12 @@ def test_platform_records_expected(platform: dict[str, Any]) -> None:
         summary.broken_zip_tape["_id"],
         summary.long_news_body["_id"],
     }
-    live = {"nuked": {"$ne": True}, "deleted": {"$ne": True}, "status": {"$ne": "dead"}, "external": None}
+    live = {
+        "nuked": {"$ne": True},
+        "deleted": {"$ne": True},
+        "status": {"$nin": ["dead", "wip"]},
+        "external": None,
+    }
     expected = {}
     for name in MEDIA:
         count = 0
@@ -697,6 +869,49 @@ def test_platform_records_expected(platform: dict[str, Any]) -> None:
     assert summary.records_expected_total == sum(expected.values())
     assert 15_000 <= summary.records_expected_total <= 25_000
     assert expected["tapes"] >= 32 and expected["paintings"] > 1064
+
+
+def test_platform_shapes(platform: dict[str, Any]) -> None:
+    """The newer shapes at the platform's scale, none of them the heavy user's (he keeps his exact counts)."""
+    db, summary = platform["db"], platform["summary"]
+    users = {doc["_id"]: doc for doc in _docs(db, "users")}
+    jeffrey = summary.user("jeffrey").sub
+    wips, sealed = summary.wip_paintings, summary.sealed_paintings
+    assert len(wips) == 36 and len(sealed) == 30
+    assert db["paintings"].count_documents({"status": "wip"}) == 36
+    assert db["paintings"].count_documents({"status": "done"}) == 30
+    for refs, guests in ((wips, 8), (sealed, 6)):
+        owners = [ref["user"] for ref in refs]
+        assert owners.count(None) == guests and jeffrey not in owners
+        assert sum(_has_account(users[o]) for o in owners if o) == len(refs) - guests - 4
+    assert 10 <= sum(ref["empty"] for ref in wips) <= 26
+    for ref in wips[:6] + sealed[:6]:
+        _check_wip(db, db["paintings"].find_one({"_id": ObjectId(ref["_id"])}))
+
+    rows = summary.kidlisp_projection_rows
+    assert len(rows) == 408 and all(row["user"] != jeffrey for row in rows)
+    assert db["kidlisp"].count_documents({"hits": {"$exists": False}}) == 408
+    owners = {row["user"] for row in rows if row["user"]}
+    assert 60 <= len(owners) <= 200
+    with_record = [row for row in rows if row["platform_record"]]
+    assert 0.7 * len(rows) <= len(with_record) <= 0.9 * len(rows)
+    assert all(row["user"] is None or _has_account(users[row["user"]]) for row in with_record)
+    assert any(row["user"] and not _has_account(users[row["user"]]) for row in rows)
+    assert 20 <= sum(row["user"] is None for row in rows) <= 60
+    assert 0.5 * len(rows) <= sum(row["backfilled"] for row in rows) <= 0.7 * len(rows)
+
+    records = summary.platform_records
+    kidlisp = [r for r in records if r.collection == "computer.aesthetic.kidlisp"]
+    assert len(kidlisp) == len(with_record) + 6 and len(summary.orphan_kidlisp_records) == 6
+    assert len(summary.platform_tapes) == 3 == len(records) - len(kidlisp)
+    codes = {doc["code"] for doc in _docs(db, "kidlisp")}
+    assert not {orphan["code"] for orphan in summary.orphan_kidlisp_records} & codes
+    assert all(r.did and "ref" not in r.value for r in kidlisp)
+    per_account: dict[str, int] = {}
+    for record in records:
+        per_account[record.handle] = per_account.get(record.handle, 0) + 1
+    assert len(per_account) >= 50 and max(per_account.values()) < 200  # one applyWrites call each
+    assert summary.records_on_pds_total == summary.records_expected_total + 6
 
 
 def test_platform_is_deterministic(tmp_path: Path) -> None:
@@ -715,6 +930,7 @@ def test_platform_is_deterministic(tmp_path: Path) -> None:
     for name in MEDIA:
         assert first.docs[name] == second.docs[name], name
     assert first.media_jobs == second.media_jobs and first.tape_jobs == second.tape_jobs
+    assert first.oven_jobs == second.oven_jobs and first.platform_records == second.platform_records
     assert [u.sub for u in first.users] == [u.sub for u in second.users]
     assert [u.pds_handle for u in first.users] == [u.pds_handle for u in second.users]
     assert [u.password for u in first.users if u.password] != [u.password for u in second.users if u.password]

@@ -4,11 +4,18 @@ Everything except account passwords is deterministic for a given seed. Accounts 
 injected callable, so this module knows nothing about the PDS client; every user, handle and password is
 decided first, then the accounts are created by a few threads at once (the PDS hashes each password, a third
 of a second of its CPU) while the media files are written by worker processes.
+
+Besides the documents, the platform's newer shapes (spec: "Since mid-2026"): paintings in progress and
+sealed ones, KidLisp projection rows, a tape the oven baked. The records the platform's own code wrote for
+some of them are only described here (`DatasetSummary.platform_records`); whoever seeds creates them on the
+PDS afterwards (`acpipeline.demo.environment.write_platform_records`), which assigns their rkeys. Baked
+tapes' `mp4Url` point into the oven's bucket as the environment configures it (ACPIPELINE_BLOBS_URL).
 """
 
 from __future__ import annotations
 
 import array
+import gzip
 import hashlib
 import io
 import json
@@ -20,6 +27,8 @@ import secrets
 import shutil
 import string
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 import wave
@@ -36,7 +45,9 @@ from bson import ObjectId
 from PIL import Image, ImageDraw
 
 from acpipeline.demo import SIZES  # defined there: the command line reads it without this module
+from acpipeline.demo.media_server import BLOBS_BUCKET
 from acpipeline.errors import OperatorError
+from acpipeline.settings import DEFAULT_BLOBS_URL
 
 CreateAccount = Callable[[str, str], str]  # (pds_handle, password) -> did
 
@@ -44,8 +55,18 @@ USER_BUCKET = "user-aesthetic-computer"
 ART_BUCKET = "art-aesthetic-computer"
 ART_GUEST_SUB = "art-guest"
 ART_GUEST_HANDLE = "art.at.aesthetic.computer"
-COLLECTIONS = ("users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts")
+# The editor's saved states of paintings in progress live in the GridFS bucket `painting-states`.
+STATE_FILES, STATE_CHUNKS = "painting-states.files", "painting-states.chunks"
+COLLECTIONS = (
+    "users", "@handles", "paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts",
+    STATE_FILES, STATE_CHUNKS,
+)  # fmt: skip
 MEDIA_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes", "news-posts")
+AC = "https://aesthetic.computer"
+KIDLISP_NSID = "computer.aesthetic.kidlisp"
+TAPE_NSID = "computer.aesthetic.tape"
+WIP_STATUS, DONE_STATUS = "wip", "done"  # `status` of a painting in progress and of one sealed ("Done")
+BLOBS_URL_ENV = "ACPIPELINE_BLOBS_URL"  # where the sync finds the oven's bucket (the demo's media server)
 NEWS_BODY_MAX = 10_000  # the news lexicon's `body` limit in UTF-8 bytes: admin posts are not capped
 KIDLISP_MAX = 50_000
 ACCOUNT_WORKERS = 8  # createAccount calls at once (the platform found 10 concurrent creates stable)
@@ -53,6 +74,14 @@ MEDIA_WORKERS = 4  # at most this many processes write media files (never more t
 
 _EPOCH_START = datetime(2023, 3, 1)
 _EPOCH_END = datetime(2025, 10, 31)
+# The platform's newer shapes (paintings in progress, KidLisp projection rows, tapes linked under `at`) date
+# from mid-2026; `kidlisp-backfill.mjs` filled the missing projection rows in later.
+_SHAPES_START = datetime(2026, 6, 1)
+_SHAPES_END = datetime(2026, 10, 31)
+_BACKFILL_START = datetime(2026, 11, 1)
+_BACKFILL_END = datetime(2026, 11, 15)
+_NANOID = string.ascii_letters + string.digits + "_-"  # the editor's ids and keys: [a-zA-Z0-9_-]
+GRIDFS_CHUNK = 261_120  # GridFS's default chunk size
 _ALNUM = string.ascii_letters + string.digits
 _CODE_ALPHABET = string.ascii_lowercase + string.digits
 _PALETTE = [
@@ -75,6 +104,32 @@ class DemoUser:
     pds_handle: str | None
     password: str | None
     did: str | None = None
+
+
+@dataclass
+class PlatformRecord:
+    """A record the platform's own code wrote on the PDS, not our sync: a KidLisp piece saved through its
+    own store (`kidlisp-projection.mjs`'s row in MongoDB, no `ref` in the record), or a tape the oven baked
+    (`tape-atproto.mjs`, linked back under `at`). This module knows no PDS client: whoever seeds creates
+    them once the documents are in MongoDB (`acpipeline.demo.environment.write_platform_records`), without
+    an rkey (the PDS assigns a TID, as `createRecord` without one does), and fills in `uri` and `cid`."""
+
+    owner: str  # the sub of the account's user (art-guest for anonymous work)
+    handle: str  # the account's PDS handle, as MongoDB names it
+    collection: str  # the record's NSID
+    value: dict[str, Any]  # the record as the platform writes it, without its blobs
+    # field -> {"path": the file to upload, "mime_type": ...}: uploaded, then set in the value
+    blobs: dict[str, dict[str, str]] = field(default_factory=dict)
+    source: str | None = None  # the MongoDB collection of `ref`
+    ref: str | None = None  # the document behind it (None: a record MongoDB has no row for)
+    link: str | None = None  # the document field the platform writes {rkey, uri, cid} into (`at`)
+    did: str | None = None  # once the account exists
+    uri: str | None = None  # once created
+    cid: str | None = None
+
+    @property
+    def rkey(self) -> str | None:
+        return self.uri.rsplit("/", 1)[1] if self.uri else None
 
 
 @dataclass
@@ -103,11 +158,25 @@ class DatasetSummary:
     long_news_body: dict[str, Any] | None = None  # over the news lexicon's body limit: a failed item
     soundtrack_tape: dict[str, Any] | None = None
     same_when_moods: list[str] = field(default_factory=list)  # two moods sharing one `when`
+    # The platform's newer shapes (refs as above). Paintings in progress (`status: "wip"`, `slug:
+    # "wip/<id>"`, a `wip` sub-document, no PNG) are no items: never a record, never a failure.
+    wip_paintings: list[dict[str, Any]] = field(default_factory=list)  # ref | {"steps", "empty"}
+    sealed_paintings: list[dict[str, Any]] = field(default_factory=list)  # "done", `wip` kept, PNG there
+    # KidLisp identity rows (`kidlisp-projection.mjs`); "platform_record": whether the platform wrote one
+    kidlisp_projection_rows: list[dict[str, Any]] = field(default_factory=list)
+    platform_tapes: list[dict[str, Any]] = field(default_factory=list)  # oven-baked, linked under `at`
+    # Records the platform wrote itself, to be created on the PDS after seeding (see PlatformRecord) ...
+    platform_records: list[PlatformRecord] = field(default_factory=list)
+    # ... of which these KidLisp ones have no row in MongoDB (code, owner, handle): the sync keeps them.
+    orphan_kidlisp_records: list[dict[str, Any]] = field(default_factory=list)
     # What a complete sync should write, computed from the documents: items not nuked or deleted, whose
     # owner has a PDS account (or that are anonymous, for the art account), minus the failing cases above
     # (missing image, missing or broken tape ZIP).
     records_expected: dict[str, int] = field(default_factory=dict)  # collection -> records
     records_expected_total: int = 0
+    # What the accounts hold after a complete sync once the platform records exist: records_expected_total
+    # plus the orphan KidLisp records (the platform's records of items in MongoDB are adopted, not added).
+    records_on_pds_total: int = 0
     # Items per user, over the platform's users (art-guest excluded): for "all" users and for those
     # "with_account", per collection and "items" (all six): users with any, median, p90, p99, max.
     items_per_user: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
@@ -478,6 +547,48 @@ class _RecordingJob:
 _MediaJob = _TapeJob | _PaintingJob | _RecordingJob
 
 
+@dataclass
+class _OvenJob:
+    """What the platform's oven makes of a tape's ZIP (once the ZIP is written): the MP4 and poster frame
+    it uploads to its bucket as `tapes/{code}.mp4` and `tapes/{code}-thumb.jpg`."""
+
+    zip_path: Path
+    mp4_path: Path
+    thumbnail_path: Path
+    fps: int
+
+    def run(self) -> None:
+        bake_oven_mp4(self.zip_path, self.mp4_path, self.thumbnail_path, self.fps)
+
+
+def bake_oven_mp4(zip_path: Path, mp4_path: Path, thumbnail_path: Path, fps: int) -> None:
+    """An MP4 of the tape's frames as the oven (`oven/baker.mjs`) makes one: 3x nearest-neighbour, even
+    sides, libx264 at its default preset, yuv420p, faststart (its bytes differ from our sync's encode);
+    and its poster frame, the middle frame 3x as a JPEG. Deterministic: one thread, no version tags."""
+    from acpipeline.core.tape_video.encode import ffmpeg_exe  # imported late: only the oven needs ffmpeg
+
+    mp4_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="acpipeline-oven-") as work, zipfile.ZipFile(zip_path) as zf:
+        frames = sorted(n for n in zf.namelist() if n.startswith("frame-") and n.endswith(".png"))
+        for name in frames:
+            Path(work, name).write_bytes(zf.read(name))
+        out = Path(work) / "tape.mp4"
+        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-framerate", str(fps)]
+        args += ["-i", str(Path(work) / "frame-%05d.png")]
+        args += ["-vf", "scale=iw*3:ih*3:flags=neighbor,scale=trunc(iw/2)*2:trunc(ih/2)*2:flags=neighbor"]
+        args += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-threads", "1", "-movflags", "+faststart"]
+        args += ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", str(out)]
+        subprocess.run(args, check=True, capture_output=True, timeout=300)
+        mp4_path.write_bytes(out.read_bytes())
+        with Image.open(io.BytesIO(zf.read(frames[len(frames) // 2]))) as frame:
+            poster = frame.convert("RGB").resize(
+                (frame.width * 3, frame.height * 3), Image.Resampling.NEAREST
+            )
+    buf = io.BytesIO()
+    poster.save(buf, format="JPEG", quality=90)
+    thumbnail_path.write_bytes(buf.getvalue())
+
+
 def _write_png(path: Path, img: Image.Image) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_png_bytes(img))
@@ -552,6 +663,7 @@ class _Builder:
         defer_media: bool = False,
         account_workers: int = ACCOUNT_WORKERS,
         progress: Callable[[str], None] | None = None,
+        blobs_url: str = DEFAULT_BLOBS_URL,
     ) -> None:
         self.rng = random.Random(seed)
         self.media_root = media_root
@@ -563,6 +675,7 @@ class _Builder:
         self.slugs: set[str] = set()
         self.whens: set[datetime] = set()
         self.users: list[DemoUser] = []
+        self.pds_handles: dict[str, str | None] = {}  # sub -> PDS handle (None: no account)
         self.recordings = 0
         self.tape_jobs: list[_TapeJob] = []
         # With defer_media, paintings and recordings are drawn later from a seed of their own (in worker
@@ -571,6 +684,16 @@ class _Builder:
         self.media_jobs: list[_PaintingJob | _RecordingJob] = []
         self.failing: set[ObjectId] = set()  # documents whose media is missing or broken on purpose
         self.extra: dict[str, Any] = {}
+        self.blobs_url = blobs_url  # the oven's bucket ({key}): where tape documents' `mp4Url` point
+        self.oven_jobs: list[_OvenJob] = []  # after the tape ZIPs: they read them
+        self.platform_records: list[PlatformRecord] = []
+        self.shapes: dict[str, list[dict[str, Any]]] = {
+            "wip_paintings": [],
+            "sealed_paintings": [],
+            "kidlisp_projection_rows": [],
+            "platform_tapes": [],
+            "orphan_kidlisp_records": [],
+        }
         self.progress = progress
         self._account_workers = max(1, account_workers)
         self._account_pool: ThreadPoolExecutor | None = None
@@ -643,6 +766,7 @@ class _Builder:
             future.add_done_callback(self._account_done)
             self._accounts.append(_PendingAccount(len(self.users), doc, pds_handle, password, flat, future))
         self.docs["users"].append(doc)
+        self.pds_handles[sub] = pds_handle
         if ac_handle:
             self.docs["@handles"].append({"_id": sub, "handle": ac_handle})
         # The DID is filled in by finish_accounts, once the PDS has answered.
@@ -705,6 +829,8 @@ class _Builder:
         for key, value in self.extra.items():
             if isinstance(value, DemoUser):
                 self.extra[key] = by_sub[value.sub]
+        for record in self.platform_records:
+            record.did = by_sub[record.owner].did
 
     def close(self) -> None:
         """Stop the account threads (waiting for the calls in flight; the others are cancelled)."""
@@ -734,8 +860,9 @@ class _Builder:
         write_image: bool = True,
         noisy: bool = False,
         null_user: bool = False,
+        when: datetime | None = None,
     ) -> dict[str, Any]:
-        when = self.when()
+        when = when or self.when()
         bucket = USER_BUCKET if user else ART_BUCKET
         if user:
             slug = self.timestamp_slug(when)
@@ -869,9 +996,10 @@ class _Builder:
         soundtrack: bool = False,
         nuked: bool = False,
         zip_state: str = "ok",
+        when: datetime | None = None,
     ) -> dict[str, Any]:
         """zip_state: "ok", "missing" (no file) or "broken" (truncated file)."""
-        when = self.when()
+        when = when or self.when()
         slug = self.random_slug()
         bucket = USER_BUCKET if user else ART_BUCKET
         doc: dict[str, Any] = {
@@ -899,6 +1027,200 @@ class _Builder:
             target.write_bytes(data[: len(data) // 3])
         return doc
 
+    # -- the platform's newer shapes (spec: "Since mid-2026")
+    def nanoid(self, low: int, high: int) -> str:
+        return "".join(self.rng.choices(_NANOID, k=self.rng.randint(low, high)))
+
+    def platform_record(
+        self, owner: str, collection: str, value: dict[str, Any], **fields: Any
+    ) -> PlatformRecord:
+        handle = self.pds_handles.get(owner)
+        assert handle, f"a platform record needs an account: {owner} has none"
+        record = PlatformRecord(owner, handle, collection, value, **fields)
+        self.platform_records.append(record)
+        return record
+
+    def _state_file(self, width: int, height: int, layers: int, saved: datetime) -> tuple[ObjectId, str]:
+        """The editor's saved state in GridFS (`painting-states`, one gzipped JSON file): its file id (what
+        `wip.snapshot` holds) and the sha256 of its bytes (`wip.hash`)."""
+        state = {
+            "version": 1,
+            "width": width,
+            "height": height,
+            "layers": [{"index": i, "pixels": self.rng.randbytes(24).hex()} for i in range(layers)],
+        }
+        data = gzip.compress(json.dumps(state).encode(), mtime=0)
+        file_id = self.object_id(saved)
+        self.docs[STATE_FILES].append(
+            {
+                "_id": file_id,
+                "length": len(data),
+                "chunkSize": GRIDFS_CHUNK,
+                "uploadDate": saved,
+                "filename": "painting-state.json.gz",
+                "metadata": {"createdAt": saved},
+            }
+        )
+        self.docs[STATE_CHUNKS].append(
+            {"_id": self.object_id(saved), "files_id": file_id, "n": 0, "data": data}
+        )
+        return file_id, hashlib.sha256(data).hexdigest()
+
+    def _wip(
+        self, when: datetime, size: tuple[int, int], saves: int, layers: int
+    ) -> tuple[dict[str, Any], datetime]:
+        """The `wip` sub-document as `painting-wips.mjs` leaves it after `saves` saves (the last with
+        `layers` layers), and the time of the last save. Each save replaces the whole sub-document:
+        revision + 1, the new state file as `snapshot` (the previous one deleted), its `hash`, `steps`
+        (layers beyond the first); `expiresAt` goes once there is a step."""
+        width, height = size
+        key = self.nanoid(43, 64)  # the editor's capability key: only its hash is stored
+        wip: dict[str, Any] = {
+            "id": self.nanoid(21, 32),
+            "editorHash": hashlib.sha256(key.encode()).hexdigest(),
+            "revision": 0,
+            "steps": 0,
+            "width": width,
+            "height": height,
+            "initialLayers": 1,
+            "parent": None,
+            "expiresAt": when + timedelta(hours=1),
+            "snapshot": None,
+        }
+        saved = when
+        if saves:
+            saved = when + timedelta(milliseconds=self.rng.randrange(60_000, 3 * 3_600_000))
+            snapshot, digest = self._state_file(width, height, layers, saved)
+            steps = max(0, layers - wip["initialLayers"])
+            wip.update(revision=saves, snapshot=snapshot, hash=digest, steps=steps)
+            if steps > 0:
+                del wip["expiresAt"]
+        return wip, saved
+
+    def add_wip_painting(
+        self, user: str | None, size: tuple[int, int], *, saves: int = 0, layers: int = 1
+    ) -> dict[str, Any]:
+        """A painting in progress as the editor inserts it (then saved `saves` times): `slug: "wip/<id>"`,
+        `status: "wip"`, no `user` for a guest, and no PNG anywhere (its state is in GridFS)."""
+        when = self.when(_SHAPES_START, _SHAPES_END)
+        wip, saved = self._wip(when, size, saves, layers)
+        doc: dict[str, Any] = {
+            "_id": self.object_id(when),
+            "code": self.code("paintings"),
+            "slug": f"wip/{wip['id']}",
+            "status": WIP_STATUS,
+            "when": when,
+            "updatedAt": saved,
+            "bucket": USER_BUCKET if user else ART_BUCKET,
+        }
+        if user:
+            doc["user"] = user
+        doc["wip"] = wip
+        self.docs["paintings"].append(doc)
+        extra = {"steps": wip["steps"], "empty": wip["steps"] == 0}
+        self.shapes["wip_paintings"].append(self.ref("paintings", doc) | extra)
+        return doc
+
+    def add_sealed_painting(self, user: str | None, size: tuple[int, int], *, layers: int) -> dict[str, Any]:
+        """A painting in progress its owner finished ("Done"): `status: "done"`, the real slug, `completedAt`,
+        the `wip` sub-document kept without `expiresAt`, the PNG in storage: a painting like any other."""
+        when = self.when(_SHAPES_START, _SHAPES_END)
+        doc = self.add_painting(user, size, when=when)  # the slug and the PNG, as every painting has them
+        wip, saved = self._wip(when, size, self.rng.randint(1, 9), layers)
+        wip.pop("expiresAt", None)
+        completed = saved + timedelta(milliseconds=self.rng.randrange(1_000, 600_000))
+        sealed = {
+            "_id": doc["_id"],
+            "code": doc["code"],
+            "slug": doc["slug"],
+            "status": DONE_STATUS,
+            "when": when,
+            "updatedAt": completed,
+            "bucket": doc["bucket"],
+            **({"user": user} if user else {}),
+            "wip": wip,
+            "completedAt": completed,
+        }
+        doc.clear()
+        doc.update(sealed)  # in place: the builder holds this dict
+        self.shapes["sealed_paintings"].append(self.ref("paintings", doc, painting_key(doc["slug"], user)))
+        return doc
+
+    def add_kidlisp_projection(
+        self, user: str | None, source: str, *, platform_record: bool, backfilled: bool = False
+    ) -> dict[str, Any]:
+        """A KidLisp identity row as `kidlisp-projection.mjs` upserts it (`user: null` for a guest; no
+        `hits`, `lastAccessed` or `atproto`), and with `platform_record` the record the platform wrote for
+        the piece (no `ref`; its rkey kept in the platform's store, never in MongoDB). A `backfilled` row came
+        from `kidlisp-backfill.mjs` later: its `_id` is of that time, its `when` the piece's."""
+        when = self.when(_SHAPES_START, _SHAPES_END)
+        inserted = when
+        if backfilled:
+            span_ms = int((_BACKFILL_END - _BACKFILL_START).total_seconds() * 1000)
+            inserted = _BACKFILL_START + timedelta(milliseconds=self.rng.randrange(span_ms))
+        source = source.strip()
+        doc: dict[str, Any] = {
+            "_id": self.object_id(inserted),
+            "code": self.code("kidlisp"),
+            "source": source,
+            "hash": hashlib.sha256(source.encode()).hexdigest(),
+            "when": when,
+            "user": user or None,
+        }
+        self.docs["kidlisp"].append(doc)
+        if platform_record:
+            value = _platform_kidlisp(doc["code"], source, when)
+            self.platform_record(
+                user or ART_GUEST_SUB, KIDLISP_NSID, value, source="kidlisp", ref=str(doc["_id"])
+            )
+        extra = {"platform_record": platform_record, "backfilled": backfilled}
+        self.shapes["kidlisp_projection_rows"].append(self.ref("kidlisp", doc) | extra)
+        return doc
+
+    def add_orphan_kidlisp_record(self, user: str) -> PlatformRecord:
+        """A record the platform wrote for a piece that exists only in its own store: no row in MongoDB has
+        its code (the code is taken here, so none ever will)."""
+        when = self.when(_SHAPES_START, _SHAPES_END)
+        code = self.code("kidlisp")
+        record = self.platform_record(
+            user, KIDLISP_NSID, _platform_kidlisp(code, make_kidlisp(self.rng), when)
+        )
+        self.shapes["orphan_kidlisp_records"].append({"code": code, "owner": user, "handle": record.handle})
+        return record
+
+    def add_platform_tape(
+        self, user: str | None, size: tuple[int, int], frames: int, *, fps: int = 30
+    ) -> dict[str, Any]:
+        """A tape the oven baked (`mp4Status: "complete"`, its MP4 and poster frame in the oven's bucket) and
+        that `tape-atproto.mjs` then linked: a record with the oven's MP4 as `video` (no thumbnail, no
+        zipUrl), the link in the document's `at` (no `atproto`), both made after seeding."""
+        doc = self.add_tape(user, size, frames, fps=fps, when=self.when(_SHAPES_START, _SHAPES_END))
+        code = doc["code"]
+        mp4_key = f"tapes/{code}.mp4"
+        doc.pop("mp4Status", None)
+        doc.update(kind="zip", mp4Status="complete", mp4Url=self.blobs_url.format(key=mp4_key))
+        mp4 = self.path(BLOBS_BUCKET, mp4_key)
+        thumbnail = self.path(BLOBS_BUCKET, f"tapes/{code}-thumb.jpg")
+        self.oven_jobs.append(
+            _OvenJob(self.path(doc["bucket"], zip_key(doc["slug"], user)), mp4, thumbnail, fps)
+        )
+        value = {
+            "$type": TAPE_NSID,
+            "slug": doc["slug"],
+            "code": code,
+            "acUrl": f"{AC}/!{code}",
+            "when": _iso(doc["when"]),
+            "ref": str(doc["_id"]),
+        }
+        blobs = {"video": {"path": str(mp4), "mime_type": "video/mp4"}}
+        owner = user or ART_GUEST_SUB
+        self.platform_record(
+            owner, TAPE_NSID, value, blobs=blobs, source="tapes", ref=str(doc["_id"]), link="at"
+        )
+        ref = self.ref("tapes", doc, zip_key(doc["slug"], user)) | {"mp4_key": mp4_key}
+        self.shapes["platform_tapes"].append(ref)
+        return doc
+
     def painting_size(self) -> tuple[int, int]:
         return self.rng.choice(
             [
@@ -919,6 +1241,23 @@ class _Builder:
 
     def tape_size(self) -> tuple[int, int]:
         return self.rng.choice([(128, 128), (160, 120), (192, 144), (200, 200), (256, 192), (320, 240)])
+
+
+def _iso(when: datetime) -> str:
+    """A naive UTC datetime as the platform's `Date.toISOString()` writes it: milliseconds and `Z`."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _platform_kidlisp(code: str, source: str, when: datetime) -> dict[str, Any]:
+    """The record the platform writes for a piece saved in its own store (`media-atproto.mjs` from the
+    store's `{code, source, hash, when, user}`, which has no `_id`: so no `ref`)."""
+    return {
+        "$type": KIDLISP_NSID,
+        "code": code,
+        "source": source,
+        "acUrl": f"{AC}/${code}",
+        "when": _iso(when),
+    }
 
 
 def _run_tape_job(job: _TapeJob) -> None:
@@ -1021,6 +1360,26 @@ def _small(b: _Builder) -> None:
     broken = b.add_tape(None, (128, 128), 30, zip_state="broken")
     b.extra["broken_zip_tape"] = b.ref("tapes", broken, zip_key(broken["slug"], None))
     _news_posts(b, jeffrey, fifi, old, lurker)
+    _small_platform_shapes(b, jeffrey)  # last: everything above stays as it was before these shapes
+
+
+def _small_platform_shapes(b: _Builder, jeffrey: DemoUser) -> None:
+    """The platform's newer shapes, each once: paintings in progress (an empty one that expires, a saved
+    one, a guest's), sealed ones (a user's and a guest's), KidLisp projection rows (three with the record
+    the platform wrote, one backfilled; one without; a guest's with its record in the art account), a
+    record of a piece MongoDB has no row for, and a tape the oven baked and the platform linked under `at`."""
+    rng = b.rng
+    b.add_wip_painting(jeffrey.sub, (128, 128))  # just started: nothing saved, expires in an hour
+    b.add_wip_painting(jeffrey.sub, (256, 256), saves=3, layers=4)
+    b.add_wip_painting(None, (64, 64), saves=1, layers=2)
+    b.add_sealed_painting(jeffrey.sub, (200, 150), layers=5)
+    b.add_sealed_painting(None, (96, 96), layers=3)
+    for i in range(3):
+        b.add_kidlisp_projection(jeffrey.sub, make_kidlisp(rng), platform_record=True, backfilled=i == 2)
+    b.add_kidlisp_projection(jeffrey.sub, make_kidlisp(rng), platform_record=False)  # its record failed
+    b.add_kidlisp_projection(None, make_kidlisp(rng), platform_record=True)
+    b.add_orphan_kidlisp_record(jeffrey.sub)
+    b.add_platform_tape(jeffrey.sub, (128, 96), 30, fps=30)
 
 
 # The platform's real scale (spec: "Scale of the real data").
@@ -1036,6 +1395,13 @@ ANONYMOUS_KIDLISP = 180
 ANONYMOUS_PIECES = 14
 PLATFORM_NEWS_AUTHORS = 40
 PLATFORM_NEWS_FROM_BLUESKY = 60
+# The newer shapes: (users with accounts, users without, guests) for paintings in progress and sealed ones
+PLATFORM_WIP_PAINTINGS = (24, 4, 8)
+PLATFORM_SEALED_PAINTINGS = (20, 4, 6)
+PLATFORM_KIDLISP_PROJECTION = 408  # "408 pieces were missing from MongoDB until a backfill"
+PLATFORM_KIDLISP_OWNERS = 140
+PLATFORM_ORPHAN_KIDLISP = 6
+PLATFORM_LINKED_TAPES = 3
 
 _HEAVY_SIZES = [
     (32, 32),
@@ -1293,6 +1659,49 @@ def _platform(b: _Builder) -> None:
     for i in range(PLATFORM_NEWS_FROM_BLUESKY):
         b.add_news(None, f"artist news {i}", from_bluesky=True)
 
+    # The platform's newer shapes, last (the heavy user keeps his exact counts: none of them are his).
+    _platform_shapes(
+        b, [u for u, account in population if account], [u for u, account in population if not account]
+    )
+
+
+def _platform_shapes(b: _Builder, accounted: list[DemoUser], unaccounted: list[DemoUser]) -> None:
+    """The newer shapes at the platform's scale: a few dozen paintings in progress and sealed ones (users
+    with and without accounts, guests), 408 KidLisp projection rows over about 140 accounts (a heavy tail;
+    most with the record the platform wrote, most backfilled), a few records of pieces MongoDB lacks, and a
+    few tapes the platform linked under `at`."""
+    rng = b.rng
+
+    def owners(with_account: int, without: int, anonymous: int) -> list[str | None]:
+        picked = rng.sample(accounted, with_account) + rng.sample(unaccounted, without)
+        return [user.sub for user in picked] + [None] * anonymous
+
+    for i, sub in enumerate(owners(*PLATFORM_WIP_PAINTINGS)):
+        saves = rng.randint(1, 12) if i % 2 else 0
+        b.add_wip_painting(sub, b.painting_size(), saves=saves, layers=rng.randint(1, 6) if saves else 1)
+    for sub in owners(*PLATFORM_SEALED_PAINTINGS):
+        b.add_sealed_painting(sub, b.painting_size(), layers=rng.randint(2, 8))
+    pool = rng.sample(accounted, PLATFORM_KIDLISP_OWNERS)
+    weights = [1 / (rank + 1) ** 0.7 for rank in range(len(pool))]
+    for _ in range(PLATFORM_KIDLISP_PROJECTION):
+        kind = rng.random()
+        if kind < 0.08:
+            user, account = None, True  # a guest's piece: the art account
+        elif kind < 0.13:
+            user, account = rng.choice(unaccounted), False
+        else:
+            user, account = rng.choices(pool, weights)[0], True
+        b.add_kidlisp_projection(
+            user.sub if user else None,
+            make_kidlisp(rng),
+            platform_record=account and rng.random() < 0.85,
+            backfilled=rng.random() < 0.6,
+        )
+    for user in rng.sample(pool, PLATFORM_ORPHAN_KIDLISP):
+        b.add_orphan_kidlisp_record(user.sub)
+    for user in rng.sample(accounted, PLATFORM_LINKED_TAPES):
+        b.add_platform_tape(user.sub, b.tape_size(), rng.randint(30, 90), fps=rng.choice((24, 30, 60)))
+
 
 def _news_posts(b: _Builder, main: DemoUser, other: DemoUser, stale: DemoUser, lurker: DemoUser) -> None:
     """News: live posts (one whose `url` is no URL), a dead one, an admin post whose body is over the
@@ -1336,6 +1745,7 @@ def seed_dataset(
     account_workers: int = ACCOUNT_WORKERS,
     media_workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    blobs_url: str | None = None,
 ) -> DatasetSummary:
     """Fill `db` (a pymongo-API Database) and `media_root` with a synthetic Aesthetic Computer dataset.
 
@@ -1349,6 +1759,11 @@ def seed_dataset(
     documents are inserted last, once every account exists: a failure leaves no users behind (and drops
     what this call inserted), so the next call does not need `reset`. `progress` receives a line per
     phase (and per 100 accounts).
+
+    `blobs_url` is the oven's bucket (a template with {key}) that baked tapes' `mp4Url` point into: default
+    ACPIPELINE_BLOBS_URL (the demo's media server), else production's. The records the platform wrote
+    itself are not created here (this module knows no PDS client): the summary's `platform_records` lists
+    them, for `acpipeline.demo.environment.write_platform_records`.
     """
     if size not in _SCENARIOS:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
@@ -1358,7 +1773,7 @@ def seed_dataset(
             raise DatasetExists("the database already has users; pass reset=True to replace the demo data")
         for name in COLLECTIONS:
             db.drop_collection(name)
-        for bucket in (USER_BUCKET, ART_BUCKET):
+        for bucket in (USER_BUCKET, ART_BUCKET, BLOBS_BUCKET):
             shutil.rmtree(Path(media_root) / bucket, ignore_errors=True)
     media_root = Path(media_root)
     media_root.mkdir(parents=True, exist_ok=True)
@@ -1370,6 +1785,7 @@ def seed_dataset(
         defer_media=size == "platform",
         account_workers=account_workers,
         progress=progress,
+        blobs_url=blobs_url or os.environ.get(BLOBS_URL_ENV) or DEFAULT_BLOBS_URL,
     )
     inserted: list[str] = []
     try:
@@ -1381,6 +1797,8 @@ def seed_dataset(
                 f"{media['tapes']} tapes ..."
             )
         _run_media_jobs([*builder.tape_jobs, *builder.media_jobs], media_workers)
+        for job in builder.oven_jobs:  # they read the tapes' ZIPs
+            job.run()
         for name in COLLECTIONS:  # the users last: they need their DIDs
             if name != "users" and builder.docs[name]:
                 inserted.append(name)
@@ -1404,6 +1822,11 @@ def _has_account(user: dict[str, Any]) -> bool:
     return all(atproto.get(key) or user.get(f"atproto_{key}") for key in ("did", "password", "handle"))
 
 
+def _in_progress(doc: dict[str, Any]) -> bool:
+    """A painting the editor has not sealed yet: no item at all."""
+    return doc.get("status") == WIP_STATUS and isinstance(doc.get("wip"), dict)
+
+
 def _removed(doc: dict[str, Any]) -> bool:
     """Taken down by its owner: nuked, deleted, or a dead news post."""
     return doc.get("nuked") is True or doc.get("deleted") is True or doc.get("status") == "dead"
@@ -1413,13 +1836,14 @@ def _records_expected(b: _Builder) -> dict[str, int]:
     """Per collection, the records a complete sync writes: live items (not nuked, deleted or dead) whose
     owner has an account (anonymous ones go to the art account; moods and news are never anonymous, and
     news copied from Bluesky is not ours) and that do not fail on purpose (missing or broken media, a news
-    body over the lexicon's limit)."""
+    body over the lexicon's limit). Paintings in progress are no items; sealed ones are paintings, KidLisp
+    projection rows are pieces (their platform records are adopted, not added)."""
     accounts = {doc["_id"] for doc in b.docs["users"] if _has_account(doc)}
     expected = {}
     for name in MEDIA_COLLECTIONS:
         count = 0
         for doc in b.docs[name]:
-            if _removed(doc) or doc["_id"] in b.failing or "external" in doc:
+            if _removed(doc) or _in_progress(doc) or doc["_id"] in b.failing or "external" in doc:
                 continue
             owner = doc.get("user") or (ART_GUEST_SUB if name not in ("moods", "news-posts") else None)
             count += owner in accounts
@@ -1498,8 +1922,15 @@ def _summarise(b: _Builder, size: str, seed: int, elapsed: float) -> DatasetSumm
         long_news_body=b.extra.get("long_news_body"),
         soundtrack_tape=b.extra.get("soundtrack_tape"),
         same_when_moods=b.extra.get("same_when_moods", []),
+        wip_paintings=b.shapes["wip_paintings"],
+        sealed_paintings=b.shapes["sealed_paintings"],
+        kidlisp_projection_rows=b.shapes["kidlisp_projection_rows"],
+        platform_tapes=b.shapes["platform_tapes"],
+        platform_records=list(b.platform_records),
+        orphan_kidlisp_records=b.shapes["orphan_kidlisp_records"],
         records_expected=expected,
         records_expected_total=sum(expected.values()),
+        records_on_pds_total=sum(expected.values()) + len(b.shapes["orphan_kidlisp_records"]),
         items_per_user=_items_per_user(b, owned),
         elapsed_seconds=round(elapsed, 3),
     )

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from acpipeline.demo.dataset import ACCOUNT_WORKERS, DatasetSummary, seed_dataset
+from bson import ObjectId
+
+from acpipeline.core.batches import MAX_BODY_BYTES, MAX_WRITES, encode_body
+from acpipeline.demo.dataset import ACCOUNT_WORKERS, DatasetSummary, PlatformRecord, seed_dataset
 from acpipeline.demo.media_server import MediaServer
 from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import LocalPds
@@ -99,15 +107,20 @@ def seed(
     The accounts are created several at a time (ACCOUNT_WORKERS threads share this one client; each
     account's session is saved under ACPIPELINE_HOME/sessions, so the sync that follows does not log in
     again). The platform-size dataset reports its progress to `log` (about a thousand accounts take
-    minutes); the small ones say nothing until the summary."""
+    minutes); the small ones say nothing until the summary.
+
+    Then the records the platform's own code wrote (`summary.platform_records`: KidLisp pieces saved in its
+    own store, tapes the oven baked) are created as the platform creates them (see write_platform_records),
+    before this returns; `summary.elapsed_seconds` includes them."""
     client = PdsClient(pds_url)
     run_tag = secrets.token_hex(3)
 
     def create_account(handle: str, password: str) -> str:
         return create_demo_account(client, handle, password, f"{handle.split('.')[0]}-{run_tag}@example.com")
 
+    progress = log if size == "platform" else None
     try:
-        return seed_dataset(
+        summary = seed_dataset(
             db,
             Path(media_root),
             create_account,
@@ -115,7 +128,85 @@ def seed(
             seed=seed_value,
             reset=True,
             account_workers=ACCOUNT_WORKERS,
-            progress=log if size == "platform" else None,
+            progress=progress,
         )
+        started = time.perf_counter()
+        write_platform_records(client, db, summary, progress=progress)
+        summary.elapsed_seconds = round(summary.elapsed_seconds + time.perf_counter() - started, 3)
+        return summary
     finally:
         client.close()
+
+
+def write_platform_records(
+    client: PdsClient,
+    db: Any,
+    summary: DatasetSummary,
+    workers: int = ACCOUNT_WORKERS,
+    progress: Callable[[str], None] | None = None,
+) -> int:
+    """Create `summary.platform_records` on the PDS as the platform's code does: its blobs uploaded, then
+    `applyWrites` creates without an rkey (the PDS assigns a TID, as the platform's `createRecord` without
+    one does), at most MAX_WRITES and MAX_BODY_BYTES a call, one account per thread (`workers` at once).
+    Each record's `uri` and `cid` are filled in; a record with a `link` (a tape) gets it in its MongoDB
+    document, `{rkey, uri, cid}` under that field (`at`), as `tape-atproto.mjs` sets it. Returns how many.
+
+    The accounts' sessions were saved when they were created, so this logs in to none of them."""
+    by_did: dict[str, list[PlatformRecord]] = defaultdict(list)
+    for record in summary.platform_records:
+        if record.did is None:
+            raise ValueError(f"the platform record's account {record.handle} has no DID")
+        by_did[record.did].append(record)
+    if not by_did:
+        return 0
+    passwords = {user.did: user.password for user in summary.users if user.did}
+    if progress and len(summary.platform_records) >= 100:
+        progress(
+            f"writing {len(summary.platform_records)} records the platform wrote itself, in "
+            f"{len(by_did)} accounts ..."
+        )
+
+    def write(did: str) -> None:
+        password = passwords[did]
+        if password is None:
+            raise ValueError(f"no password for {did}")
+        session = client.session(did, password)
+        records = by_did[did]
+        values: list[dict[str, Any]] = []
+        for record in records:
+            value = dict(record.value)
+            for name, blob in record.blobs.items():
+                data = Path(blob["path"]).read_bytes()
+                value[name] = client.upload_blob(session, data, blob["mime_type"])
+            values.append(value)
+        for start, end in _batches(values):
+            writes = [
+                {"$type": "com.atproto.repo.applyWrites#create", "collection": r.collection, "value": v}
+                for r, v in zip(records[start:end], values[start:end], strict=True)
+            ]
+            answer = client.apply_writes(session, encode_body({"repo": did, "writes": writes}))
+            for record, result in zip(records[start:end], answer["results"], strict=True):
+                record.uri, record.cid = result["uri"], result["cid"]
+
+    with ThreadPoolExecutor(max(1, min(workers, len(by_did))), thread_name_prefix="platform-records") as pool:
+        for future in [pool.submit(write, did) for did in by_did]:
+            future.result()
+    for record in summary.platform_records:  # MongoDB from this thread only, once the PDS has answered
+        if record.link and record.source and record.ref:
+            link = {"rkey": record.rkey, "uri": record.uri, "cid": record.cid}
+            db[record.source].update_one({"_id": ObjectId(record.ref)}, {"$set": {record.link: link}})
+    return len(summary.platform_records)
+
+
+def _batches(values: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(start, end) of consecutive slices within MAX_WRITES writes and MAX_BODY_BYTES a body."""
+    slices: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, value in enumerate(values):
+        op = len(encode_body(value)) + 120  # the op's envelope: its type and collection
+        if i > start and (i - start >= MAX_WRITES or size + op > MAX_BODY_BYTES):
+            slices.append((start, i))
+            start, size = i, 0
+        size += op
+    slices.append((start, len(values)))
+    return slices
