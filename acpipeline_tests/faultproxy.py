@@ -116,6 +116,42 @@ class WriteLimiter:
         }
 
 
+class HeldWindowLimiter(WriteLimiter):
+    """A `WriteLimiter` whose window ends only when the test says so (`release`), however long a run takes:
+    on a slow machine the window cannot reset on its own between two batches. Its 429s announce a reset at
+    the window's end, or `ahead_s` after the refusal when that is later (so the reset a client is asked to
+    wait for is always still ahead of it); `announced` keeps each (epoch seconds)."""
+
+    def __init__(self, points: int, window_s: float, ahead_s: float = 10.0):
+        super().__init__(points, window_s)
+        self.ahead_s = ahead_s
+        self.announced: list[float] = []
+
+    def _reset_at(self) -> float:
+        return max((self.window_start or time.time()) + self.window_s, time.time() + self.ahead_s)
+
+    def take(self, nsid: str, body: bytes) -> dict[str, str] | None:
+        if nsid != "com.atproto.repo.applyWrites":
+            return None
+        writes = json.loads(body).get("writes", [])
+        cost = sum(WRITE_POINTS.get(w.get("$type", "").rsplit("#", 1)[-1], 1) for w in writes)
+        with self._lock:
+            if self.window_start is None:
+                self.window_start, self.used = time.time(), 0
+            if self.used + cost > self.points:
+                self.refused += 1
+                headers = self.headers()
+                self.announced.append(float(headers["ratelimit-reset"]))
+                return headers
+            self.used += cost
+            return None
+
+    def release(self) -> None:
+        """The window ends now: the next write starts a new one."""
+        with self._lock:
+            self.window_start, self.used = None, 0
+
+
 class FaultProxy:
     """A threaded HTTP proxy to `upstream` injecting faults; `requests` counts requests per method and
     `faults` injected faults per (kind, method). Decisions are a function of (seed, method, n), so a test is

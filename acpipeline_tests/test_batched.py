@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import pytest
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckKey,
+    AssetCheckSpec,
+    AssetMaterialization,
     AssetRecordsFilter,
+    BackfillPolicy,
     DagsterEventType,
+    DagsterInstance,
     DagsterRunStatus,
+    Definitions,
+    Output,
     PartitionKeyRange,
+    StaticPartitionsDefinition,
+    in_process_executor,
 )
+from dagster import asset as dagster_asset
+from dagster._core.definitions.backfill_policy import BackfillPolicyType
 from dagster._core.storage.event_log.base import PartitionKeyFilter
 
 from acpipeline.core.media import MEDIA_NAMES
@@ -264,9 +275,52 @@ def test_range_runs_of_the_assets_share_one_backfill_policy():
     policies = {
         a.key.to_user_string(): a.backfill_policy for a in (source_items, media_blobs, atproto_records)
     }
-    assert len({p.max_partitions_per_run for p in policies.values()}) == 1
-    assert next(iter(policies.values())).max_partitions_per_run >= 50
-    assert DagsterEventType.ASSET_CHECK_EVALUATION  # pinned: per-partition checks are these events
+    # README: "UI backfills put up to 250 partitions of one media type in a run
+    # (`BackfillPolicy.multi_run(250)` on all three assets, so a backfill of the three puts them in one run)"
+    shapes = {name: (p.policy_type, p.max_partitions_per_run) for name, p in policies.items()}
+    assert set(shapes.values()) == {(BackfillPolicyType.MULTI_RUN, 250)}, shapes
+
+
+def test_per_partition_check_evaluations_are_events_of_their_partitions():
+    """Pinned: the record stage of a range run yields one AssetCheckEvaluation per partition, and the check's
+    output once for all. Dagster records each as an ASSET_CHECK_EVALUATION event of its partition, and the
+    instance keeps each partition's own check history (what the runner and the UI read)."""
+    partitions = StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dagster_asset(
+        partitions_def=partitions,
+        check_specs=[AssetCheckSpec(CHECK, asset="ranged")],
+        output_required=False,
+        backfill_policy=BackfillPolicy.multi_run(10),
+    )
+    def ranged(context):  # unannotated: Dagster checks the annotation, a string in this module
+        for key in context.partition_keys:
+            yield AssetMaterialization(asset_key=context.asset_key, partition=key)
+            yield AssetCheckEvaluation(
+                asset_key=context.asset_key, check_name=CHECK, passed=key != "b", partition=key
+            )
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
+
+    check_key = AssetCheckKey(ranged.key, CHECK)
+    job = Definitions(assets=[ranged], executor=in_process_executor).resolve_implicit_global_asset_job_def()
+    with DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "c"},
+        )
+        assert result.success
+        checks = {
+            event.event_specific_data.partition: event.event_specific_data.passed
+            for event in result.all_events
+            if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+        }
+        assert checks == {"a": True, "b": False, "c": True}
+        for key, status in (("a", "SUCCEEDED"), ("b", "FAILED"), ("c", "SUCCEEDED")):
+            history = instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=10, partition_filter=PartitionKeyFilter(key=key)
+            )
+            assert [h.status.value for h in history] == [status], key
 
 
 def test_a_single_partition_run_still_works(world, three_users):

@@ -2,6 +2,8 @@
 
 import multiprocessing
 
+import pytest
+
 from acpipeline.sync.cache import DerivedCache
 
 
@@ -36,15 +38,12 @@ def test_blobs_are_stored_by_content(tmp_path):
 
 def test_deferred_puts_are_written_together_at_the_end(tmp_path):
     cache, other = DerivedCache(tmp_path), DerivedCache(tmp_path)
-    try:
-        with cache.deferred():
-            cache.put("a", {"v": 1})
-            cache.put("a", {"v": 2})
-            assert cache.get("a") == {"v": 2}  # this cache sees its own puts at once
-            assert other.get("a") is None  # nothing written yet
-            raise RuntimeError("the blob stage failed")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="the blob stage failed"), cache.deferred():  # not swallowed
+        cache.put("a", {"v": 1})
+        cache.put("a", {"v": 2})
+        assert cache.get("a") == {"v": 2}  # this cache sees its own puts at once
+        assert other.get("a") is None  # nothing written yet
+        raise RuntimeError("the blob stage failed")
     assert other.get("a") == {"v": 2}  # written at the end, even after a failure
     cache.put("b", {"v": 3})  # outside: written at once
     assert other.get("b") == {"v": 3}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bson import ObjectId
 from dagster import DagsterInstance, Definitions, in_process_executor
-from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
+from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 
 from acpipeline.definitions import build_resources
 from acpipeline.demo.dataset import build_tape_zip
@@ -147,12 +147,19 @@ def test_the_sensor_and_schedule_run_through_the_daemon_as_shipped(world, tmp_pa
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def evaluated() -> list:  # ticks that ran the sensor to its end: runs requested, or nothing to request
+        return [t for t in ticks if t.status in (TickStatus.SUCCESS, TickStatus.SKIPPED)]
+
+    def failed() -> list:
+        return [t for t in ticks if t.status == TickStatus.FAILURE]
+
+    ticks: list = []
     try:
         with DagsterInstance.from_config(str(home)) as instance:
-            deadline = time.monotonic() + 120
-            ticks: list = []
+            deadline = time.monotonic() + 240  # a generous time-out: the daemon starts in ~30 s
             states: dict[str, InstigatorStatus] = {}
-            while time.monotonic() < deadline and not (ticks and len(states) == 2):
+            while time.monotonic() < deadline and not failed() and not (evaluated() and len(states) == 2):
                 time.sleep(2)
                 for state in instance.all_instigator_state():
                     states[state.name] = state.status
@@ -161,6 +168,7 @@ def test_the_sensor_and_schedule_run_through_the_daemon_as_shipped(world, tmp_pa
     finally:
         os.killpg(daemon.pid, 15)
         daemon.wait(30)
-    assert ticks, "the sensor never ticked"
+    assert not failed(), [t.error.message if t.error else t.status for t in failed()]
+    assert evaluated(), f"the sensor never completed a tick: {[t.status for t in ticks]}"
     assert states.get("new_content_sensor") == InstigatorStatus.DECLARED_IN_CODE, states
     assert states.get("reconcile_schedule") == InstigatorStatus.DECLARED_IN_CODE, states

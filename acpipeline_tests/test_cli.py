@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 
 from acpipeline.errors import OperatorError
 from acpipeline.localpds import server as localpds
+
+from .helpers import add_moods, add_user
+from .test_reliability import add_paintings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,13 +120,20 @@ def test_sync_shows_progress_totals_and_quiet_summaries(world):
     )
 
 
+def _outcome(result: subprocess.CompletedProcess) -> tuple[int, str, str]:
+    """Exit status and output, the run ids they name left out."""
+    runs = re.compile(r"\(run [0-9a-f-]{36}\)")
+    return result.returncode, runs.sub("(run)", result.stdout), runs.sub("(run)", result.stderr)
+
+
+UNREACHABLE_IMAGE_URL = "http://127.0.0.1:9/{bucket}/{user}/painting/{slug}.png"  # a valid template, no host
 BAD_SETTINGS = {
     "a PDS that does not answer": {"PDS_URL": "http://127.0.0.1:9"},
     "an unreachable MongoDB": {
         "MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
     },
     "a MongoDB port out of range": {"MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:99999/"},
-    "a storage host that does not answer": {"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"},
+    "a storage host that does not answer": {"ACPIPELINE_IMAGE_URL": UNREACHABLE_IMAGE_URL},
 }
 COMMANDS = [
     ("sync",),
@@ -136,16 +147,21 @@ COMMANDS = [
 
 def test_no_command_answers_a_bad_setting_with_a_traceback(world):
     """Every command with each wrong setting: a plain `acpipeline: ...` line (or the command's own one-line
-    report), a non-zero exit, never a Python traceback."""
+    report), never a Python traceback; a non-zero exit for the PDS and MongoDB settings, and for a storage
+    host that does not answer (which none of these commands asks for anything) the same outcome as with the
+    storage that answers."""
     world.client.create_account("nobody0.test", "pw-nobody-0", "nobody0@example.com")  # a PDS with data
+    as_configured = {command: cli(*command, timeout=120) for command in COMMANDS}
     for setting, env in BAD_SETTINGS.items():
         for command in COMMANDS:
             result = cli(*command, env=env, timeout=120)
             said = result.stdout + result.stderr
             assert "Traceback" not in said, (setting, command, said)
-            # A storage host that does not answer fails items, not the command (there is nothing to fetch
-            # here); the PDS and MongoDB settings end every command.
-            if "STORAGE" not in str(env) and "IMAGE_URL" not in str(env):
+            if "ACPIPELINE_IMAGE_URL" in env:
+                # A storage host is only asked for an item's file, and there is none here: every command
+                # ends exactly as it does with the storage that answers (see the next test for items).
+                assert _outcome(result) == _outcome(as_configured[command]), (setting, command, said)
+            else:  # the PDS and MongoDB settings end every command
                 assert result.returncode != 0, (setting, command, said)
             errors = [line for line in result.stderr.splitlines() if line.strip()]
             assert len(errors) <= 1, (setting, command, result.stderr)
@@ -158,3 +174,34 @@ def test_demo_names_a_pds_that_refuses_its_handles(world):
 
     with pytest.raises(OperatorError, match=r"does not accept handles under \.example\.org.*unset PDS_URL"):
         create_demo_account(world.client, "jeffrey.example.org", "pw-jeffrey-1", "jeffrey@example.com")
+
+
+def _painter(world) -> tuple[str, str, list[str]]:
+    """A user with two paintings (their PNGs in the world's storage) and a mood: (handle, did, their refs)."""
+    db = world.db()
+    sub, handle, did = add_user(world, db, "storehost")
+    add_moods(db, sub, ["still syncs"])
+    return handle, did, [str(ref) for ref in add_paintings(world, db, sub, 2)]
+
+
+def test_a_storage_host_that_does_not_answer_fails_the_items_not_the_command(world):
+    handle, did, paintings = _painter(world)
+    result = cli("sync", "--handle", handle, env={"ACPIPELINE_IMAGE_URL": UNREACHABLE_IMAGE_URL})
+    said = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in said, said
+    failed = [line.split() for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    assert sorted(line[3].rstrip(":") for line in failed) == sorted(paintings), result.stdout
+    for line in failed:  # each painting failed, naming the host that did not answer
+        assert line[1:3] == [handle, "painting"] and " ".join(line[4:7]) == "storage unreachable for", line
+        assert line[7].startswith("127.0.0.1:9/"), line
+    assert ": 1 created, 0 updated, 0 deleted, 2 failed items, in " in result.stdout.splitlines()[-1]
+    moods = world.client.list_records(did, "computer.aesthetic.mood")
+    paintings_on_pds = world.client.list_records(did, "computer.aesthetic.painting")
+    assert (len(moods), len(paintings_on_pds)) == (1, 0), (moods, paintings_on_pds)
+
+
+def test_a_storage_template_with_an_unknown_placeholder_is_named(world):
+    handle, _, _ = _painter(world)
+    result = cli("sync", "--handle", handle, env={"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"})
+    said = result.stdout + result.stderr
+    assert "Traceback" not in said and "ACPIPELINE_IMAGE_URL" in said, said

@@ -5,8 +5,9 @@ slot sleeps between its claims instead of spinning."""
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
-from dagster import job, op
+from dagster import DagsterRunStatus, job, op
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.test_utils import instance_for_test
@@ -14,10 +15,11 @@ from dagster._core.test_utils import instance_for_test
 from acpipeline import dagster_compat
 
 
-def _waiting_context() -> InstanceConcurrencyContext:
+def _waiting_context(timeouts: dict[str, float] | None = None) -> InstanceConcurrencyContext:
+    """Steps waiting for a pool slot, each until its back-off ends (default: one step, 5 s from now)."""
     context = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
-    context._pending_claims = {"step"}
-    context._pending_timeouts = {"step": time.time() + 5}
+    context._pending_timeouts = timeouts or {"step": time.time() + 5}
+    context._pending_claims = set(context._pending_timeouts)
     return context
 
 
@@ -26,9 +28,13 @@ def test_dagster_still_has_the_spinning_wait():
     assert dagster_compat._DAGSTERS_OWN(_waiting_context()) <= 0
 
 
-def test_the_fix_waits_until_the_next_claim():
-    wait = dagster_compat.interval_to_next_pending_claim_check(_waiting_context())
-    assert 4 < wait <= 5
+def test_the_fix_waits_until_the_next_claim(monkeypatch):
+    now = 1_700_000_000.0  # the fix's clock, stopped: the waits are exact, however busy the machine
+    monkeypatch.setattr(dagster_compat, "time", SimpleNamespace(time=lambda: now))
+    wait = dagster_compat.interval_to_next_pending_claim_check
+    assert wait(_waiting_context({"step": now + 5})) == 5.0
+    assert wait(_waiting_context({"step": now + 5, "other": now + 2.5})) == 2.5  # the first back-off to end
+    assert wait(_waiting_context({"step": now + 5, "late": now - 1})) == 0.0  # one may be tried now
     idle = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
     idle._pending_claims, idle._pending_timeouts = set(), {}
     assert dagster_compat.interval_to_next_pending_claim_check(idle) == 0
@@ -102,12 +108,37 @@ def test_daemon_heartbeats_are_read_as_the_daemon_writes_them():
 
 
 def test_the_workspace_and_backfill_entry_points_the_probe_drives(tmp_path):
+    """The scale probe's path: the project's workspace loads as the webserver loads it, a backfill launched
+    through the UI's GraphQL, and one pass of the backfill daemon turns its partitions into runs (queued:
+    no daemon dequeues them here)."""
+    from dagster import RunsFilter
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    from acpipeline.bench.platform import LAUNCH
     from acpipeline.operations.scale_probe import PROJECT
 
+    queued = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
     with (
-        instance_for_test() as instance,
+        instance_for_test(overrides={"run_coordinator": queued}) as instance,
         dagster_compat.workspace_context(instance, str(PROJECT / "workspace.yaml")) as process,
     ):
         context = process.create_request_context()
-        assert [entry.origin.location_name for entry in context.get_code_location_entries().values()]
-        assert dagster_compat.backfill_iteration(process, logging.getLogger("test")) is not None
+        locations = [entry.origin.location_name for entry in context.get_code_location_entries().values()]
+        assert locations == ["acpipeline.definitions"], locations
+        instance.add_dynamic_partitions("handle", ["a.test", "b.test"])
+        keys = ["a.test|mood", "b.test|mood"]
+        assets = [{"path": [name]} for name in ("source_items", "media_blobs", "atproto_records")]
+        params = {"assetSelection": assets, "partitionNames": keys}
+        answer = execute_dagster_graphql(context, LAUNCH, {"params": params})
+        launched = answer.data["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill = {"dagster/backfill": launched["backfillId"]}
+        assert instance.get_runs(RunsFilter(tags=backfill)) == []  # launching it made no run yet
+
+        errors = [e for e in dagster_compat.backfill_iteration(process, logging.getLogger("test")) if e]
+        assert errors == []
+        runs = instance.get_runs(RunsFilter(tags=backfill))
+        assert len(runs) == 1 and runs[0].status == DagsterRunStatus.QUEUED, runs  # one range run
+        tags = runs[0].tags
+        ranged = (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"])
+        assert ranged == tuple(keys), tags

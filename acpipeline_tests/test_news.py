@@ -9,11 +9,11 @@ from pathlib import Path
 
 from bson import ObjectId
 
-from acpipeline.core.items import iso_when
 from acpipeline.core.lexicon import Lexicon
 from acpipeline.core.media import MEDIA
 
 from .helpers import T0, add_user, head, records, sync
+from .oracle import js_iso
 
 NEWS = MEDIA["news"]
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published_lexicons" / "news-lexicon" / "news.json"
@@ -44,7 +44,7 @@ def platform_record(world, db, sub: str, did: str, doc: dict) -> str:
     value = {
         "$type": NEWS.nsid,
         "headline": doc["title"],
-        "when": iso_when(doc["when"]),
+        "when": js_iso(doc["when"]),
         "ref": str(doc["_id"]),
     }
     if doc.get("text"):
@@ -92,7 +92,7 @@ def test_news_creates_adopts_edits_removes_dead_and_skips_bluesky_copies(world):
         "headline": "the oven bakes tapes now",
         "body": "MP4s for every tape.",
         "link": "https://aesthetic.computer/oven",
-        "when": iso_when(live["when"]),
+        "when": js_iso(live["when"]),
         "ref": str(live["_id"]),
     }
     assert "link" not in listed[str(bad_url["_id"])]["value"]

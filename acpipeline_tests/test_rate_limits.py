@@ -14,7 +14,7 @@ from acpipeline.localpds import server as localpds
 from acpipeline.report import status_word
 from acpipeline.resources.pds import PdsClient
 
-from .faultproxy import FaultProxy, WriteLimiter
+from .faultproxy import FaultProxy, HeldWindowLimiter
 from .helpers import add_moods, add_user, sync
 from .oracle import assert_mirrored, expected_moods, listed_over_http
 from .test_operations import SensorDriver
@@ -36,15 +36,18 @@ def test_a_limit_beyond_the_retry_budget_defers_the_partition_and_the_sensor_res
     sensor = SensorDriver(world)
     sensor.tick()  # the baseline (its run requests are made as if they succeeded)
 
-    # 1,250 points a window: the first two batches (600 points each) go through, the third is refused.
-    limiter = WriteLimiter(points=1250, window_s=20)
+    # 1,250 points a window: the first two batches (600 points each) go through, the third is refused. The
+    # window ends when the test releases it (a slow run cannot see it reset between two batches), and the 429
+    # names a reset 20 s ahead at least: still ahead when the sensor first ticks.
+    limiter = HeldWindowLimiter(points=1250, window_s=20, ahead_s=20)
     proxy_for(limiter=limiter)
     result = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
-    ended = time.time()
     meta = result.metadata
     assert result.ok and result.deferred, result.row()
+    # Deferred until the reset the 429 announced, without waiting for it: one 429 (the window is held, so any
+    # write sent after it would be refused and announced again), two batches written.
     until = datetime.fromisoformat(meta["deferred_until"]).timestamp()
-    assert ended < until <= limiter.window_start + limiter.window_s + 1  # it did not sleep the window away
+    assert len(limiter.announced) == 1 and limiter.announced[0] <= until <= limiter.announced[0] + 1
     assert (meta["created"], meta["deferred_writes"], limiter.refused) == (400, 50, 1)  # one 429, no storm
     assert status_word(result.row()).startswith("deferred until")
     assert result.check_passed is False  # the partition does not look synced
@@ -55,6 +58,7 @@ def test_a_limit_beyond_the_retry_budget_defers_the_partition_and_the_sensor_res
     # The sensor learns of it from the run, and requests it once the window has reset.
     assert sensor.tick() == {} and handle + "|mood" in sensor.state().deferred
     time.sleep(max(0.0, until - time.time()) + 0.5)
+    limiter.release()  # the window the 429 named has ended
     assert sensor.tick() == {handle + "|mood": "rate-limit-reset"}
     assert sensor.state().deferred == {}
 

@@ -26,25 +26,28 @@ from bson import ObjectId
 from dagster import Definitions, in_process_executor
 from PIL import Image
 
-from acpipeline.core.cid import blob_cid
-from acpipeline.core.items import Blob, Derived
-from acpipeline.core.lexicon import load_lexicons
 from acpipeline.core.media import MEDIA
-from acpipeline.core.thumbnail import painting_thumbnail
-from acpipeline.core.tid import decode_tid, item_tid
+from acpipeline.core.tid import clock_id_for
 from acpipeline.definitions import build_resources
 from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import free_port
 from acpipeline.resources.pds import PdsClient, PdsError, _load_session, _session_path
 from acpipeline.resources.storage import FetchProblem, StorageResource
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
-from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.links import FLUSH_AT
 from acpipeline.sync.runner import run_partitions
 
 from .faultproxy import FaultProxy, Rule, StubStorage
 from .helpers import T0, add_moods, add_user, records, sync
-from .oracle import assert_mirrored, expected_moods, expected_paintings
+from .oracle import (
+    Storage,
+    assert_mirrored,
+    blob_bytes_match_cid,
+    expected_moods,
+    expected_paintings,
+    tid_micros_and_clock,
+    when_micros,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 APPLY = "com.atproto.repo.applyWrites"
@@ -83,59 +86,50 @@ def add_paintings(world, db, sub: str, count: int, start: int = 0) -> list[Objec
     return ids
 
 
-def expected_values(world, db, owner: str | None, media: str) -> dict[str, dict[str, Any]]:
-    """What one clean run must leave on the PDS, computed independently of the sync: ref -> value."""
-    rules = MEDIA[media]
-    lexicon = load_lexicons()[rules.nsid]
-    out = {}
-    for item in extract_items(db, rules, owner):
-        if not item.wanted or item.problem:
-            continue
-        derived = Derived()
-        if media == "painting":
-            png = world.media_root / USER_BUCKET / item.owner / "painting" / f"{item.data['slug']}.png"
-            if not png.exists():
-                continue
-            thumb = painting_thumbnail(png.read_bytes())
-            derived = Derived(
-                blobs={"thumbnail": Blob(blob_cid(thumb), "image/png", len(thumb), "")},
-                facts={"recording": False},
-            )
-        value = rules.value(item, derived)
-        if not lexicon.violations(value):
-            out[item.ref] = value
-    return out
+ORACLE_MEDIA = {  # media -> (collection, NSID)
+    "mood": ("moods", "computer.aesthetic.mood"),
+    "painting": ("paintings", "computer.aesthetic.painting"),
+}
+
+
+def expected_by_oracle(world, db, sub: str, media: str) -> dict[str, dict[str, Any]]:
+    """What one clean run must leave on the PDS, by the oracle that shares no code with the sync (the
+    MongoDB documents, the spec's mapping, and storage as the media server serves it): ref -> value."""
+    if media == "mood":
+        return expected_moods(db, sub)
+    if media == "painting":
+        return expected_paintings(db, sub, Storage(world.media.url))
+    raise ValueError(f"the oracle has no {media} records")
 
 
 def assert_converged(world, db, handle: str, media: list[str]) -> Counter[str]:
     """Exactly the state of one clean run: one record per wanted item at its deterministic key with the
-    expected value, and MongoDB's links naming exactly those records. Returns duplicates found (per media)."""
-    account = find_accounts(db).by_handle[handle]
+    value the oracle expects (the whole value, every field and nothing else; a painting's thumbnail blob
+    served by the PDS, named by its bytes' CID, the painting fitted in 512x512), and MongoDB's links naming
+    exactly those records. Returns duplicates found (per media)."""
+    user = db["users"].find_one({"atproto.handle": handle})
+    sub, did = user["_id"], user["atproto"]["did"]
     duplicates: Counter[str] = Counter()
     for name in media:
-        rules = MEDIA[name]
-        listed = records(world, account.did, rules.nsid)
+        collection, nsid = ORACLE_MEDIA[name]
+        want = expected_by_oracle(world, db, sub, name)
+        listed = assert_mirrored(world.pds_url, db, did, collection, nsid, want, exact=True)
         refs = Counter(r["value"].get("ref") for r in listed)
         duplicates[name] = sum(n - 1 for n in refs.values())
-        assert duplicates[name] == 0, [ref for ref, n in refs.items() if n > 1][:5]
-        want = expected_values(world, db, account.owner, name)
-        got = {r["value"]["ref"]: r for r in listed}
-        assert set(got) == set(want), (name, len(got), len(want))
-        items = {i.ref: i for i in extract_items(db, rules, account.owner)}
-        for ref, record in got.items():
-            assert record["value"] == want[ref], (name, ref)
+        docs = {str(doc["_id"]): doc for doc in db[collection].find({"user": sub})}
+        for record in listed:
+            ref = record["value"]["ref"]
             rkey = record["uri"].rsplit("/", 1)[-1]
-            # The item's TID; or, when another item of the same instant and clock id took it (clock ids
-            # are 10 bits of a hash of the `_id`), the same clock id a few microseconds later (`taken`).
-            micros, clock_id = decode_tid(item_tid(items[ref].when, ref))
-            got_micros, got_clock_id = decode_tid(rkey)
-            assert got_clock_id == clock_id and 0 <= got_micros - micros < 10, (name, ref, rkey)
-            link = db[rules.collection].find_one({"_id": ObjectId(ref)})["atproto"]
+            # The item's TID: its `when` in microseconds (milliseconds kept) and a clock id hashed from its
+            # `_id`; or, when another item of the same instant and clock id took it (clock ids are 10 bits),
+            # the same clock id a few microseconds later.
+            got_micros, got_clock_id = tid_micros_and_clock(rkey)
+            micros = when_micros(docs[ref]["when"])
+            assert got_clock_id == clock_id_for(ref) and 0 <= got_micros - micros < 10, (name, ref, rkey)
+            link = docs[ref]["atproto"]
             assert (link["rkey"], link["uri"], link["cid"]) == (rkey, record["uri"], record["cid"]), ref
-        stray = db[rules.collection].count_documents(
-            {"user": account.owner, "atproto.rkey": {"$exists": True}}
-        )
-        assert stray == len(got), (name, stray, len(got))
+        stray = db[collection].count_documents({"user": sub, "atproto.rkey": {"$exists": True}})
+        assert stray == len(listed), (name, stray, len(listed))
     return duplicates
 
 
@@ -284,7 +278,7 @@ def test_blobs_are_uploaded_again_when_a_replan_needs_them(world, proxy_for, fau
     client = PdsClient(proxy.url)  # getBlob is retried like every other call
     for record in records(world, did, "computer.aesthetic.painting"):
         cid = record["value"]["thumbnail"]["ref"]["$link"]
-        assert blob_cid(client.get_blob(did, cid)) == cid  # the PDS holds every referenced blob
+        assert blob_bytes_match_cid(client.get_blob(did, cid), cid)  # the PDS holds every referenced blob
     assert proxy.requests[get_blob] == 6
     assert_converged(world, db, handle, ["painting"])
 

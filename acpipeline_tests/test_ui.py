@@ -38,6 +38,7 @@ from acpipeline.sync.partitions import partition_key, range_members, register_ha
 from acpipeline.sync.runner import run_partitions
 
 from .helpers import T0, add_moods
+from .oracle import js_iso
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -61,7 +62,8 @@ RECORDS = AssetKey("atproto_records")
 POOL_LIMIT = 2  # dagster.yaml: concurrency.pools.default_limit
 BACKFILL_USERS = 4
 WRITE_DELAY_S = 2.0
-MOODS_PER_USER = 800  # four applyWrites: with WRITE_DELAY_S, a record stage lasts ~8 s and runs contend
+MOODS_PER_USER = 800  # four applyWrites: with WRITE_DELAY_S, a record stage lasts ~8 s
+GATE_S = 50.0  # the longest SlowWrites holds a write at its gate: under the PDS client's 60 s read timeout
 
 
 def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -81,6 +83,7 @@ class Dagster:
     dids: dict[str, str]
     logs: Path
     pds_url: str  # the real PDS (the servers reach it through SlowWrites)
+    slow: "SlowWrites"
 
     def instance(self) -> DagsterInstance:
         return DagsterInstance.get()
@@ -91,11 +94,15 @@ class Dagster:
 
 class SlowWrites:
     """A reverse proxy in front of the real PDS that holds every applyWrites for `delay_s` first, like a
-    remote PDS would: record stages then last long enough for the runs' stages to contend for the pool."""
+    remote PDS would: record stages then last long enough for the runs' stages to contend for the pool. While
+    `gate` is clear it also holds them until it is set (at most GATE_S: a held write is still answered
+    before the client's read timeout), so a record stage keeps its pool slot as long as a test needs."""
 
     def __init__(self, target: str, delay_s: float):
         self.target, self.delay_s = target.rstrip("/"), delay_s
         self.client = httpx.Client(timeout=120)
+        self.gate = threading.Event()
+        self.gate.set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -123,6 +130,7 @@ class SlowWrites:
     def forward(self, request: BaseHTTPRequestHandler, method: str) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         if "com.atproto.repo.applyWrites" in request.path:
+            self.gate.wait(GATE_S)
             time.sleep(self.delay_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         answer = self.client.request(method, self.target + request.path, content=body, headers=headers)
@@ -244,7 +252,7 @@ def dagster(pds_url, tmp_path_factory) -> Iterator[Dagster]:
         daemon = _start([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], environment, daemon_log)
         stack.callback(_stop, daemon)  # stopped first: no run starts while the webserver goes
         _wait_until_loaded(url, webserver, web_log)
-        yield Dagster(url, home, db, handles, dids, root, pds_url)
+        yield Dagster(url, home, db, handles, dids, root, pds_url, slow)
 
 
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
@@ -289,21 +297,43 @@ def test_backfill_launched_through_graphql_syncs_its_partitions_within_the_pool(
         "partitionNames": keys,
         "title": "ui test",
     }
-    launched = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    # The PDS holds the record stages' writes until a record stage waits for a pool slot (both slots then
+    # held by stages that cannot finish): the runs contend for the pool however their start-ups fall.
+    instance = dagster.instance()
+    contended = threading.Event()
 
-    deadline = time.monotonic() + 600
-    status = None
-    while time.monotonic() < deadline:
-        status = dagster.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
-        if status in DONE:
-            break
-        time.sleep(2)
+    def open_the_gate_once_a_stage_waits() -> None:
+        give_up = time.monotonic() + 600  # then the writes go on, and the test fails on `contended`
+        while not dagster.slow.gate.is_set() and time.monotonic() < give_up:
+            pending = instance.event_log_storage.get_concurrency_info("pds_writes").pending_steps
+            if any(step.assigned_timestamp is None for step in pending):
+                contended.set()
+                dagster.slow.gate.set()
+            time.sleep(0.2)
+        dagster.slow.gate.set()
+
+    dagster.slow.gate.clear()
+    watcher = threading.Thread(target=open_the_gate_once_a_stage_waits, daemon=True)
+    watcher.start()
+    try:
+        launched = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        deadline = time.monotonic() + 900
+        status = None
+        while time.monotonic() < deadline:
+            query = dagster.graphql(BACKFILL_STATUS, {"id": backfill_id})
+            status = query["partitionBackfillOrError"]["status"]
+            if status in DONE:
+                break
+            time.sleep(2)
+    finally:
+        dagster.slow.gate.set()
+        watcher.join(10)
     logs = (dagster.logs / "daemon.log").read_text()[-3000:]
     assert status in ("COMPLETED", "COMPLETED_SUCCESS"), f"backfill {status}:\n{logs}"
 
-    instance = dagster.instance()
     runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
     # many partitions per run: Dagster groups the subset by the dimension with fewer keys (here a tie: 4
     # handles x 4 media), one run per group, each covering the whole of the other dimension
@@ -329,8 +359,9 @@ def test_backfill_launched_through_graphql_syncs_its_partitions_within_the_pool(
         if e.dagster_event and "blocked by limit for pool pds_writes" in (e.dagster_event.message or "")
     )
     print(f"record stages: at most {overlap} at once (pool limit {POOL_LIMIT}), {blocked} held back")
-    assert overlap <= POOL_LIMIT
-    assert blocked, "no record stage waited for the pool: the test did not make the runs contend"
+    assert contended.is_set(), "no record stage waited for a pool slot while the others' writes were held"
+    assert overlap == POOL_LIMIT  # both slots were in use at once, never more
+    assert blocked, "Dagster logged no record stage held back by the pool's limit"
     pool = instance.event_log_storage.get_concurrency_info("pds_writes")
     assert pool.slot_count == POOL_LIMIT and not pool.claimed_slots
 
@@ -352,9 +383,13 @@ query Ticks($selector: SensorSelector!) {
 }"""
 
 
-def test_sensor_in_the_daemon_brings_new_content_to_the_pds_within_a_minute(dagster):
-    sub = dagster.db["users"].find_one({"atproto.handle": dagster.handles[1]})["_id"]
-    did = dagster.dids[dagster.handles[1]]
+def test_sensor_in_the_daemon_brings_new_content_to_the_pds(dagster):
+    """A mood written while the daemon runs the sensor reaches the PDS through a run the sensor requested.
+    How soon is printed (the sensor ticks every 15 s; the platform benchmark measures it), not asserted:
+    the time-outs here only bound a test that would otherwise wait forever."""
+    handle = dagster.handles[1]
+    sub = dagster.db["users"].find_one({"atproto.handle": handle})["_id"]
+    did = dagster.dids[handle]
     started = dagster.graphql(START_SENSOR, {"selector": SENSOR})["startSensor"]
     assert started["__typename"] == "Sensor", started
 
@@ -362,7 +397,7 @@ def test_sensor_in_the_daemon_brings_new_content_to_the_pds_within_a_minute(dags
         found = dagster.graphql(SENSOR_TICKS, {"selector": SENSOR})["sensorOrError"]
         return found["sensorState"]["ticks"]
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not [t for t in ticks() if t["status"] in ("SUCCESS", "SKIPPED")]:
         assert time.monotonic() < deadline, ticks()
         time.sleep(1)
@@ -370,27 +405,49 @@ def test_sensor_in_the_daemon_brings_new_content_to_the_pds_within_a_minute(dags
 
     # the first tick took its baseline; a mood written now is new content
     mood = add_moods(dagster.db, sub, ["written while the daemon watches"])[0]
-    written = time.monotonic()
+    written, written_at = time.monotonic(), time.time()
     client = PdsClient(dagster.pds_url)
     try:
         while True:
-            refs = {r["value"]["ref"] for r in client.list_records(did, MEDIA["mood"].nsid)}
-            if str(mood) in refs:
+            listed = client.list_records(did, MEDIA["mood"].nsid)
+            found = [r for r in listed if r["value"]["ref"] == str(mood)]
+            if found:
                 break
-            assert time.monotonic() - written < 150, f"not on the PDS yet; ticks: {ticks()}"
+            assert time.monotonic() - written < 600, f"not on the PDS after 10 minutes; ticks: {ticks()}"
             time.sleep(2)
     finally:
         client.close()
     print(f"new mood on the PDS {time.monotonic() - written:.0f} s after it was written")
+
+    # It came through a run the sensor requested for that partition after the write, and that run succeeded.
     instance = dagster.instance()
-    wall = time.time() - (time.monotonic() - written)
-    for record in instance.get_run_records(filters=RunsFilter(tags={"acpipeline/trigger": "sensor"})):
-        if record.create_timestamp.timestamp() < wall:
-            continue
+    key = partition_key(handle, "mood")
+    deadline = time.monotonic() + 300
+    while True:
+        sensor_runs = [
+            record
+            for record in instance.get_run_records(filters=RunsFilter(tags={"acpipeline/trigger": "sensor"}))
+            if record.create_timestamp.timestamp() >= written_at - 1
+        ]
+        carried = [r.dagster_run for r in sensor_runs if key in _partitions_of(instance, r.dagster_run)]
+        if any(run.status == DagsterRunStatus.SUCCESS for run in carried):
+            break
+        runs = [(r.dagster_run.run_id, r.dagster_run.status, r.dagster_run.tags) for r in sensor_runs]
+        assert time.monotonic() < deadline, f"no sensor run of {key} succeeded: {runs}"
+        time.sleep(2)
+    doc = dagster.db["moods"].find_one({"_id": mood})
+    assert found[0]["value"] == {
+        "$type": MEDIA["mood"].nsid,
+        "mood": "written while the daemon watches",
+        "when": js_iso(doc["when"]),
+        "ref": str(mood),
+    }
+    assert doc["atproto"]["uri"] == found[0]["uri"]
+    for record in sensor_runs:
         stats = instance.get_run_stats(record.dagster_run.run_id)
-        created = record.create_timestamp.timestamp() - wall
+        created = record.create_timestamp.timestamp() - written_at
         marks = {"started": stats.start_time, "ended": stats.end_time}
-        after = ", ".join(f"{name} {at - wall:.1f} s" for name, at in marks.items() if at)
+        after = ", ".join(f"{name} {at - written_at:.1f} s" for name, at in marks.items() if at)
         print(f"  sensor run: created {created:.1f} s after the write, {after}")
     assert not [t for t in ticks() if t["status"] == "FAILURE"], ticks()
 

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from string import Formatter
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -25,6 +26,7 @@ from pydantic import PrivateAttr
 
 from acpipeline.core.items import ItemProblem
 from acpipeline.core.media.base import StoredFile
+from acpipeline.errors import OperatorError
 from acpipeline.resources.retry import Attempts, exponential
 from acpipeline.resources.tls import tls_context
 from acpipeline.settings import DEFAULT_BLOBS_URL, DEFAULT_GUEST_IMAGE_URL, DEFAULT_IMAGE_URL, DEFAULT_ZIP_URL
@@ -43,6 +45,9 @@ class FetchProblem(ItemProblem):
 class StorageUnavailable(FetchProblem):
     """Storage failed rather than answered (5xx after the retries, too slow, unreachable): a fallback chosen
     for it would be undone by the next run, so the item fails instead."""
+
+
+FILE_PLACEHOLDERS = frozenset({"bucket", "user", "user_dir", "slug"})
 
 
 class StorageResource(ConfigurableResource):
@@ -81,6 +86,24 @@ class StorageResource(ConfigurableResource):
 
     # -- URLs ------------------------------------------------------------------------------------
 
+    def _checked(self, field: str, takes: frozenset[str]) -> str:
+        """The template of `field`, once its placeholders are known ones; an unknown one is the operator's
+        setting to fix, named (it would fail every item of the type alike)."""
+        template: str = getattr(self, field)
+        try:
+            names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+        except ValueError:
+            names = {"(unbalanced braces)"}
+        unknown = sorted(names - takes)
+        if unknown:
+            setting = f"ACPIPELINE_{field.upper()}"
+            raise OperatorError(
+                f"{setting} has the placeholder {{{unknown[0]}}}, which storage URLs do not fill: it takes "
+                + ", ".join(f"{{{n}}}" for n in sorted(takes))
+                + f"; fix {setting}"
+            )
+        return template
+
     def _url(self, template: str, bucket: str, user: str | None, slug: str) -> str:
         if not isinstance(bucket, str) or bucket not in self.buckets or not _BUCKET_RE.match(bucket):
             raise ItemProblem(f"bucket {str(bucket)[:40]!r} is not a configured storage bucket")
@@ -107,14 +130,14 @@ class StorageResource(ConfigurableResource):
     def url_of(self, file: StoredFile) -> str:
         """The URL of a source file of an item (its media rules say which); raises ItemProblem when a part
         is not a plain storage name or the URL would leave the storage host."""
-        template = {"image": self.image_url, "guest_image": self.guest_image_url, "zip": self.zip_url}
-        return self._url(template[file.template], file.bucket, file.owner, file.name)
+        field = {"image": "image_url", "guest_image": "guest_image_url", "zip": "zip_url"}[file.template]
+        return self._url(self._checked(field, FILE_PLACEHOLDERS), file.bucket, file.owner, file.name)
 
     def blobs_bucket_url(self, key: str) -> str:
         """An object of the oven's bucket (`tapes/{code}-thumb.jpg`); each path segment must be plain."""
         if not all(_SLUG_RE.match(part) and ".." not in part for part in key.split("/")):
             raise ItemProblem(f"{key[:60]!r} is not a plain storage name")
-        return self.blobs_url.format(key=key)
+        return self._checked("blobs_url", frozenset({"key"})).format(key=key)
 
     def _roots(self) -> list[str]:
         """Each template's fixed start (for each configured bucket): where a document's URL may point."""
