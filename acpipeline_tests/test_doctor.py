@@ -126,7 +126,7 @@ def test_a_refused_login_names_the_handle_and_not_the_password(seeded):
     ("template", "reason"),
     [
         (CLOSED + "/{bucket}/{user}/painting/{slug}.png", "storage unreachable for 127.0.0.1:9/"),
-        (CLOSED + "/{bucket}/{key}", "is not a URL template"),
+        (CLOSED + "/{bucket}/{key}", "has the placeholder {key}, which storage URLs do not fill"),
     ],
     ids=["closed-port", "unknown-placeholder"],
 )

@@ -404,6 +404,8 @@ def _try_urls(doctor: Doctor, kind: _UrlKind) -> CheckResult:
     query = owner_filter(None) if kind.anonymous else {"user": {"$exists": True, "$nin": [None, ""]}}
     urls: list[str] = []
     for doc in doctor.db[rules.collection].find(query).limit(DOCUMENTS_READ):
+        if not rules.is_item(doc):  # a painting in progress has no file in storage yet
+            continue
         item = rules.normalise(doc)
         if item.problem or item.removed:
             continue
@@ -411,13 +413,8 @@ def _try_urls(doctor: Doctor, kind: _UrlKind) -> CheckResult:
             urls.append(kind.url(doctor.storage, item))
         except ItemProblem:  # a document storage cannot hold (a bucket not configured): not this check's
             continue
-        except (KeyError, IndexError, ValueError) as exc:  # the template itself: a placeholder unknown
-            return CheckResult(
-                kind.name,
-                "fail",
-                f"{kind.setting} is not a URL template of {{bucket}}, {{user}}, {{user_dir}} and {{slug}} "
-                f"({type(exc).__name__}: {exc})",
-            )
+        except OperatorError as exc:  # the template itself: a placeholder storage URLs do not fill
+            return CheckResult(kind.name, "fail", str(exc))
         if len(urls) == STORAGE_TRIES:
             break
     if not urls:
