@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast dev lint install node browser postgres clean
+.PHONY: demo test test-fast coverage dev lint install node browser postgres clean
 
 $(BIN)/acpipeline: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -48,10 +48,22 @@ postgres:
 	  echo "installing Debian's postgresql for the deployment tests"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
+# The suite on TEST_WORKERS pytest-xdist workers (each starts its own PDS and PostgreSQL when a test needs
+# them); a module's tests stay on one worker. Most tests wait on servers, so workers beyond the cores pay.
+TEST_WORKERS ?= 3
+
 test: install node browser postgres
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+
+# The product code's coverage (branches; the CLI, Dagster's services and the runs the tests start included):
+# the whole suite under coverage, then the report (data under .coverage/).
+coverage: install node browser postgres
+	rm -rf .coverage && mkdir -p .coverage
+	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m coverage combine -q
+	$(BIN)/python -m coverage report --precision=1 | tail -1
 
 # The tests that need no server (marked `unit` in acpipeline_tests/conftest.py): under a minute.
 test-fast: install
