@@ -26,7 +26,7 @@ _accounts = itertools.count()
 
 # Tests that need a real server (the reference PDS, PostgreSQL, or the Dagster services and their own PDS)
 # are `integration`; the rest are `unit` (seconds in all): `make test-fast` runs those.
-SERVER_FIXTURES = {"pds_url", "world", "postgres"}
+SERVER_FIXTURES = {"pds_url", "world", "postgres", "limited"}
 SERVER_MODULES = {"test_bench_platform", "test_dagster_cli", "test_demo_world", "test_deploy", "test_ui"}
 
 
