@@ -98,13 +98,19 @@ class WriteLimiter:
         cost = sum(WRITE_POINTS.get(w.get("$type", "").rsplit("#", 1)[-1], 1) for w in writes)
         with self._lock:
             now = time.time()
-            if self.window_start is None or now >= self._reset_at():
+            if self.window_start is None or self._ended(now):
                 self.window_start, self.used = now, 0
             if self.used + cost > self.points:
                 self.refused += 1
-                return self.headers()
+                return self._refusal()
             self.used += cost
             return None
+
+    def _ended(self, now: float) -> bool:
+        return now >= self._reset_at()
+
+    def _refusal(self) -> dict[str, str]:
+        return self.headers()
 
     def headers(self) -> dict[str, str]:
         reset = self._reset_at()
@@ -130,21 +136,13 @@ class HeldWindowLimiter(WriteLimiter):
     def _reset_at(self) -> float:
         return max((self.window_start or time.time()) + self.window_s, time.time() + self.ahead_s)
 
-    def take(self, nsid: str, body: bytes) -> dict[str, str] | None:
-        if nsid != "com.atproto.repo.applyWrites":
-            return None
-        writes = json.loads(body).get("writes", [])
-        cost = sum(WRITE_POINTS.get(w.get("$type", "").rsplit("#", 1)[-1], 1) for w in writes)
-        with self._lock:
-            if self.window_start is None:
-                self.window_start, self.used = time.time(), 0
-            if self.used + cost > self.points:
-                self.refused += 1
-                headers = self.headers()
-                self.announced.append(float(headers["ratelimit-reset"]))
-                return headers
-            self.used += cost
-            return None
+    def _ended(self, now: float) -> bool:
+        return False  # only `release` ends the window
+
+    def _refusal(self) -> dict[str, str]:
+        headers = self.headers()
+        self.announced.append(float(headers["ratelimit-reset"]))
+        return headers
 
     def release(self) -> None:
         """The window ends now: the next write starts a new one."""

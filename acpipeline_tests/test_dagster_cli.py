@@ -43,6 +43,8 @@ from acpipeline.operations.jobs import SYNC_JOB_NAME
 from acpipeline.settings import DAGSTER_ENV
 from acpipeline.sync.partitions import handle_partitions, partition_key
 
+from .test_deploy import LAUNCH_RUN
+
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOCATION = "acpipeline.definitions"  # workspace.yaml's python_module, which names the location
@@ -52,15 +54,6 @@ SERVER_TIMEOUT_S = 240  # two shared cores: a cold start of the webserver and it
 
 INSTANCE = """{ instance { info runQueueConfig { maxConcurrentRuns }
     poolConfig { poolGranularity defaultPoolLimit } } }"""
-LAUNCH_RUN = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}"""
 
 
 def clean_env(**settings: str) -> dict[str, str]:

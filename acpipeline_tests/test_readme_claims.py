@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bson import ObjectId
-from dagster import DagsterRunStatus, RunsFilter, build_schedule_context
+from dagster import DagsterRunStatus, RunsFilter
 
 from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH
 from acpipeline.cli import main
@@ -36,7 +36,8 @@ from .helpers import T0, add_moods, add_user, row_values, sync
 from .oracle import listed_over_http
 from .test_batched import by_partition, run_range
 from .test_cli import cli
-from .test_operations import SensorDriver
+from .test_news import post as news_post
+from .test_operations import SensorDriver, _schedule_tick
 from .test_reliability import add_paintings, proxy_for  # noqa: F401 (a fixture)
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -387,14 +388,7 @@ def test_the_schedule_runs_in_acpipeline_sync_timezone(tmp_path):
 
 def nightly_full_slice(world, instance, night: datetime) -> set[str]:
     """The handles the schedule's tick on `night` re-checks in full (its `acpipeline/full` ranges)."""
-    defs = world.defs()
-    with build_schedule_context(
-        instance=instance,
-        resources=defs.resources,
-        repository_def=defs.get_repository_def(),
-        scheduled_execution_time=night,
-    ) as context:
-        requests = reconcile_schedule.evaluate_tick(context).run_requests or []
+    requests = _schedule_tick(world, instance, night)
     order = instance.get_dynamic_partitions("handle")
     full = [r for r in requests if r.tags.get(FULL_TAG) == "true"]
     members = [m for r in full for m in range_members(order, r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG])]
@@ -470,18 +464,7 @@ def test_a_news_headline_over_300_is_a_failed_item_and_its_record_stays(world):
     db = world.db()
     sub, handle, did = add_user(world, db, "editor")
 
-    def post(n: int, title: str) -> dict:
-        when = T0 + timedelta(minutes=n)
-        return {
-            "_id": ObjectId(),
-            "code": f"n{n}",
-            "title": title,
-            "user": sub,
-            "when": when,
-            "status": "live",
-        }
-
-    fits, over = post(1, "h" * 300), post(2, "o" * 301)
+    fits, over = news_post(sub, 1, "h" * 300), news_post(sub, 2, "o" * 301)
     db["news-posts"].insert_many([fits, over])
     first = sync(world, [handle], ["news"])[(handle, "news")]
     assert first.ok and first.metadata["created"] == 1, first.row()
