@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from string import Formatter
 from typing import Any
@@ -90,11 +91,7 @@ class StorageResource(ConfigurableResource):
         """The template of `field`, once its placeholders are known ones; an unknown one is the operator's
         setting to fix, named (it would fail every item of the type alike)."""
         template: str = getattr(self, field)
-        try:
-            names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
-        except ValueError:
-            names = {"(unbalanced braces)"}
-        unknown = sorted(names - takes)
+        unknown = sorted(_placeholders(template) - takes)
         if unknown:
             setting = f"ACPIPELINE_{field.upper()}"
             raise OperatorError(
@@ -245,6 +242,15 @@ class StorageResource(ConfigurableResource):
 
 class _Retryable(Exception):
     """A storage failure worth another attempt: a 5xx, or a connection refused or dropped before any byte."""
+
+
+@lru_cache(maxsize=32)
+def _placeholders(template: str) -> frozenset[str]:
+    """The names a URL template asks for (read once per template: every item's URL is built from one)."""
+    try:
+        return frozenset(name for _, name, _, _ in Formatter().parse(template) if name is not None)
+    except ValueError:
+        return frozenset({"(unbalanced braces)"})
 
 
 def _failure(attempts: Attempts) -> str:
