@@ -16,11 +16,8 @@ from dagster import DagsterInstance
 from acpipeline.demo.media_server import MediaServer
 from acpipeline.localpds import server as localpds
 from acpipeline.resources.pds import PdsClient
-from acpipeline.settings import apply_dagster_env
 
 from .postgres import PgCluster, start_cluster
-
-apply_dagster_env()  # the tests, and the servers and runs they start, use the settings deployments use
 
 _accounts = itertools.count()
 
