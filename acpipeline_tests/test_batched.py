@@ -38,6 +38,7 @@ from acpipeline.sync.partitions import (
     register_handles,
     sync_partitions,
 )
+from acpipeline.sync.repo_reads import RepoReads
 
 from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records
 
@@ -371,10 +372,20 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     assert run_range(world, mood, mood).success
     assert (len(heads_asked), refused) == (0, [])  # no head read by the record stage: the turn's head
 
-    create_other_record(world, db, sub, did)
+    # Another writer moves the head after the plan read the repository (a read before it would show its
+    # commit: the first write builds on the newer of the turn's head and the read's).
+    original_at, moved = RepoReads.at, []
+
+    def read_then_another_writes(self, did_, rev):
+        snapshot = original_at(self, did_, rev)
+        if not moved:
+            moved.append(create_other_record(world, db, sub, did))
+        return snapshot
+
+    monkeypatch.setattr(RepoReads, "at", read_then_another_writes)
     heads_asked.clear()
     add_moods(db, sub, ["three"])
-    assert run_range(world, mood, mood).success
+    assert run_range(world, mood, mood).success and moved
     # stale: refused unapplied, then sent again on the head the PDS reports
     assert (len(heads_asked), refused) == (1, ["InvalidSwap"])
     with state.turn(did) as turn:

@@ -18,9 +18,9 @@ from .helpers import add_moods, add_user, records, sync
 from .test_reliability import proxy_for  # noqa: F401 (a fixture)
 
 MOOD = "computer.aesthetic.mood"
-LIST = "com.atproto.repo.listRecords"
 APPLY = "com.atproto.repo.applyWrites"
-HEAD = "com.atproto.sync.getLatestCommit"
+GET_REPO = "com.atproto.sync.getRepo"
+LIST = "com.atproto.repo.listRecords"
 
 
 def check_metadata(world, run_id: str) -> dict:
@@ -37,16 +37,16 @@ def write_behind(world, password: str, did: str, action: str, rkey: str, value: 
     world.client.call("POST", APPLY, body=body, session=session)
 
 
-def on_the_checks_listing(action: Callable[[], None]) -> Callable[[Seen], None]:
-    """A proxy hook that runs `action` once, right before the check's listing: the first listRecords after
-    the repository's head is read (the plan lists first, every page of it, before any head is read)."""
-    state = {"head_read": False, "done": False}
+def on_the_checks_read(action: Callable[[], None]) -> Callable[[Seen], None]:
+    """A proxy hook that runs `action` once, right before the check's read of the repository: the first
+    getRepo of a sync whose plan reads the repository kept at its revision (the run's listRepos shows the
+    revision the last check read, so the plan asks nothing; `diverge_and_check` asserts it)."""
+    done = False
 
     def hook(seen: Seen) -> None:
-        if seen.nsid == HEAD:
-            state["head_read"] = True
-        elif seen.nsid == LIST and seen.phase == "before" and state["head_read"] and not state["done"]:
-            state["done"] = True
+        nonlocal done
+        if seen.nsid == GET_REPO and seen.phase == "before" and not done:
+            done = True
             action()
 
     return hook
@@ -57,13 +57,14 @@ def diverge_and_check(world, proxy_for, action, **expected) -> dict:  # noqa: F8
     sub, handle, did = add_user(world, db, "judged")
     add_moods(db, sub, ["one", "two", "three"])
     assert sync(world, [handle], ["mood"])[(handle, "mood")].check_passed
-    # A full re-check that has nothing to write: the check must still list the PDS again, not trust the
-    # plan's listing.
+    # A full re-check that has nothing to write: the check must still read the PDS again, not trust the
+    # plan's read (here the one the first sync's check kept).
     proxy = proxy_for()
     password = db["users"].find_one({"_id": sub})["atproto"]["password"]  # the store is this thread's
-    proxy.hooks.append(on_the_checks_listing(lambda: action(world, password, did)))
+    proxy.hooks.append(on_the_checks_read(lambda: action(world, password, did)))
     result = sync(world, [handle], ["mood"])[(handle, "mood")]
     assert result.row()["created"] + result.row()["updated"] + result.row()["deleted"] == 0, result.row()
+    assert proxy.requests[GET_REPO] == 1 and proxy.requests[LIST] == 0, proxy.requests  # the check's read
     meta = check_metadata(world, result.run_id)
     assert result.ok and result.check_passed is False and meta["passed"] is False, meta
     for name, value in expected.items():

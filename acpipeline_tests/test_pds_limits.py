@@ -162,7 +162,7 @@ def test_the_doctor_says_whether_the_key_gets_past_the_limits_and_how_long_the_b
     with_key = cli("doctor", env={RATELIMIT_BYPASS_ENV: key})
     wrong = cli("doctor", env={RATELIMIT_BYPASS_ENV: wrong_key})
 
-    backlog = f"a full sync of the backlog ({MOODS:,} writes, 11 requests)"  # 1 session, 1 listing, 9 writes
+    backlog = f"a full sync of the backlog ({MOODS:,} writes, 10 requests)"  # 1 session, 9 writes
     line = limits_line(without)
     assert without.returncode == 0 and line.startswith("WARN "), line
     assert "the PDS applies rate limits (3000 requests / 300 s per IP" in line

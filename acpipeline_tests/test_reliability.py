@@ -53,6 +53,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 APPLY = "com.atproto.repo.applyWrites"
 UPLOAD = "com.atproto.repo.uploadBlob"
 LIST = "com.atproto.repo.listRecords"
+GET_REPO = "com.atproto.sync.getRepo"
 LOGIN = "com.atproto.server.createSession"
 REFRESH = "com.atproto.server.refreshSession"
 USER_BUCKET = "user-aesthetic-computer"
@@ -460,7 +461,7 @@ def _mood_writes(seen) -> bool:
 
 KILL_POINTS = {
     # name: (phase, predicate on the running count of matching requests)
-    "first listing, before anything": ("before", LIST, 1),
+    "first repository read, before anything": ("before", GET_REPO, 1),
     "blob uploaded, its record not written": ("after", UPLOAD, 2),
     "before the first mood write": ("before", "mood-writes", 1),
     "between mood batches": ("before", "mood-writes", 2),

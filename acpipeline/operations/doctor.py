@@ -59,7 +59,6 @@ CREATE_POINTS = 3
 WRITE_POINTS = ((3600.0, 5000, "an hour"), (86400.0, 35000, "a day"))
 UPLOADS_PER_DAY = 1000
 DEFAULT_WINDOW_S = 300.0  # the per-IP window, when `ratelimit-policy` does not say
-LIST_PAGE = 100  # records per listRecords call (PdsClient.list_records)
 
 
 @dataclass(frozen=True)
@@ -212,13 +211,12 @@ def check_accounts(doctor: Doctor) -> CheckResult:
 @dataclass(frozen=True)
 class PartitionBacklog:
     """One sync partition's share of the backlog: `creates` items MongoDB wants that have no record link yet,
-    their `blobs`, and the `linked` ones whose records the partition's listing pages through."""
+    and their `blobs`."""
 
     handle: str
     media: str
     creates: int
     blobs: int
-    linked: int
 
 
 @dataclass(frozen=True)
@@ -246,8 +244,9 @@ class SyncEstimate:
 def estimate_sync(
     backlog: Sequence[PartitionBacklog], limit: int | None, window_s: float = DEFAULT_WINDOW_S
 ) -> SyncEstimate:
-    """The requests a full sync of the backlog makes (per partition: its listing pages, one applyWrites per
-    200 creates, one upload per blob; one session per account) and, under a per-IP `limit` of requests per
+    """The requests a full sync of the backlog makes that the PDS counts (per partition: one applyWrites per
+    200 creates, one upload per blob; one session per account; the reads of the repositories are getRepo,
+    which the PDS does not count) and, under a per-IP `limit` of requests per
     `window_s` (None: not limited), the least time the reference PDS's limits allow: each spent allowance
     waits out its window (fixed windows, from the first call) before the next one opens."""
     writes = sum(part.creates for part in backlog)
@@ -255,10 +254,7 @@ def estimate_sync(
     points: dict[str, int] = {}
     for part in backlog:
         points[part.handle] = points.get(part.handle, 0) + CREATE_POINTS * part.creates
-    requests = len(points) + sum(
-        max(1, math.ceil(part.linked / LIST_PAGE)) + math.ceil(part.creates / MAX_WRITES) + part.blobs
-        for part in backlog
-    )
+    requests = len(points) + sum(math.ceil(part.creates / MAX_WRITES) + part.blobs for part in backlog)
     if limit is None:
         return SyncEstimate(writes, requests, None, window_s)
     bounds = [
@@ -285,19 +281,17 @@ def read_backlog(db: Database[Any], accounts: Accounts) -> list[PartitionBacklog
     handle_by_owner = {account.owner: account.handle for account in accounts.by_handle.values()}
     backlog = []
     for media, rules in MEDIA.items():
-        counts: dict[str, list[int]] = {}  # handle -> [unlinked, linked]
+        unlinked: dict[str, int] = {}  # handle -> items with no record link yet
         for doc in read_all(db[rules.collection], {}, projection(media)):
             owner = doc.get("user") or None
             handle = handle_by_owner.get(owner) if isinstance(owner, str | None) else None
             if handle is None or (owner is None and not rules.may_be_anonymous) or not rules.is_item(doc):
                 continue
             item = rules.normalise(doc)
-            if item.wanted and item.problem is None:
-                counts.setdefault(handle, [0, 0])[item.link is not None] += 1
-        for handle, (unlinked, linked) in sorted(counts.items()):
-            if unlinked:
-                blobs = unlinked * len(rules.blob_fields)
-                backlog.append(PartitionBacklog(handle, media, unlinked, blobs, linked))
+            if item.wanted and item.problem is None and item.link is None:
+                unlinked[handle] = unlinked.get(handle, 0) + 1
+        for handle, creates in sorted(unlinked.items()):
+            backlog.append(PartitionBacklog(handle, media, creates, creates * len(rules.blob_fields)))
     return backlog
 
 

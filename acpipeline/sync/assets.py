@@ -45,11 +45,12 @@ from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
-from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_commit, prove, source_fingerprint
+from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_revs, prove, source_fingerprint
 from acpipeline.sync.extract import Account, extract_owners, find_accounts
 from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
-from acpipeline.sync.records import RecordSync, SyncReport, list_existing
+from acpipeline.sync.records import RecordSync, SyncReport
+from acpipeline.sync.repo_reads import RepoReads, existing_in
 
 # BackfillPolicy is beta in Dagster 1.13.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
@@ -71,6 +72,7 @@ class PartitionSource:
     items: list[Item]
     fingerprint: str
     proof: Proof | None = None
+    rev: str | None = None  # the account's latest repository revision as this run read it (listRepos)
 
     @property
     def key(self) -> str:
@@ -119,17 +121,27 @@ def source_items(
             items = found[account.owner] if account else []
             source = PartitionSource(handle, media, account, items, source_fingerprint(items))
             sources[source.key] = source
-    if context.run.tags.get(FULL_TAG) != "true":
-        known = {s.key: s for s in sources.values() if s.account}
-        state = ConvergedState(acpipeline_home())
-        try:
-            proofs = prove(
-                pds.client(), state, {(s.handle, s.media): (s.account.did, s.items) for s in known.values()}
-            )
-        finally:
-            state.close()
-        for (handle, media), proof in proofs.items():
-            sources[f"{handle}|{media}"].proof = proof
+    known = {s.key: s for s in sources.values() if s.account}
+    if known:
+        client = pds.client()
+        revs = latest_revs(client, {s.account.did for s in known.values() if s.account})
+        for source in known.values():
+            source.rev = revs.get(source.account.did) if source.account else None
+        if context.run.tags.get(FULL_TAG) != "true":
+            state, reads = ConvergedState(acpipeline_home()), RepoReads(client, acpipeline_home())
+            try:
+                proofs = prove(
+                    client,
+                    state,
+                    {(s.handle, s.media): (s.account.did, s.items) for s in known.values() if s.account},
+                    revs,
+                    reads.collections_at,
+                )
+            finally:
+                state.close()
+                reads.close()
+            for (handle, media), proof in proofs.items():
+                sources[f"{handle}|{media}"].proof = proof
     metadata = _run_metadata(sources)
     proven = metadata["proven_converged_in_run"]
     context.log.info(f"{len(sources)} partitions read, {proven} proven converged")
@@ -243,6 +255,7 @@ def atproto_records(
     # The partitions' MongoDB links are gathered and written a few thousand at a time (see sync/links.py);
     # a partition's events and convergence mark wait until its links are written.
     links = LinkWriter(db, lock_dir=acpipeline_home() / "locks" if mongo.is_embedded else None)
+    reads = RepoReads(client, acpipeline_home())
     waiting: list[Synced] = []
     failed: dict[str, str] = {}
     deferred: dict[str, float] = {}  # partition -> until (epoch seconds)
@@ -259,7 +272,7 @@ def atproto_records(
                     state.mark(source.account.did, source.proof.rev, source.media, mark)
                 continue
             try:
-                synced = _sync_partition(context, config, client, state, source, media_blobs[key], links)
+                synced = _sync_partition(context, config, reads, state, source, media_blobs[key], links)
             except OperatorError:
                 raise
             except Exception as exc:  # this partition fails; the others of the run go on
@@ -282,6 +295,7 @@ def atproto_records(
         raise
     finally:
         state.close()
+        reads.close()
         if deferred:
             record_deferred(context.instance, context.run.run_id, deferred)
     for key, reason in failed.items():
@@ -391,7 +405,7 @@ def _settle(links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
 def _sync_partition(
     context: AssetExecutionContext,
     config: SyncConfig,
-    client: Any,
+    reads: RepoReads,
     state: ConvergedState,
     source: PartitionSource,
     derived: dict[str, Derived],
@@ -406,6 +420,7 @@ def _sync_partition(
     def advanced(previous: str, new: str) -> None:
         state.advance(account.did, previous, new, source.media)
 
+    client = reads.client
     sync = RecordSync(
         client,
         MEDIA[source.media],
@@ -415,6 +430,8 @@ def _sync_partition(
         on_commit=advanced,
         turns=lambda: state.turn(account.did),
         links=links,
+        reads=reads,
+        rev=source.rev,
     )
     report = sync.run(dry_run=config.dry_run)
     metadata = report_metadata(report, client.url, time.monotonic() - started)
@@ -424,7 +441,7 @@ def _sync_partition(
     metadata["proven_converged"] = False
     if report.deferred_until is not None:
         return _deferred(context, source, report, metadata, config.dry_run)
-    check, rev = holds_desired(context, client, sync, source.key)
+    check, rev = holds_desired(context, reads, sync, source.key)
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
         context.log.info(f"dry run of {source.key}: {len(report.planned)} writes planned")
@@ -471,12 +488,12 @@ def _deferred(
 
 
 def holds_desired(
-    context: AssetExecutionContext, client: Any, sync: RecordSync, key: str
+    context: AssetExecutionContext, reads: RepoReads, sync: RecordSync, key: str
 ) -> tuple[AssetCheckEvaluation, str]:
-    """Exactly one record per synced item, with the desired value, judged from the collection listed again
-    after the sync (`core/verdict.py`); and the repository rev it was seen at."""
-    rev = latest_commit(client, sync.account.did)[1]
-    listed = list_existing(client, sync.account.did, sync.rules.nsid)
+    """Exactly one record per synced item, with the desired value, judged from the repository read again
+    after the sync (`core/verdict.py`); and the revision it was read at."""
+    after = reads.now(sync.account.did)
+    rev, listed = after.rev, existing_in(after, sync.rules.nsid)
     desired = {d.item.ref: d.value for d in sync.desired}
     verdict = judge(sync.rules, desired, {ref for ref, _ in sync.report.failed}, listed)
     evaluation = AssetCheckEvaluation(

@@ -43,6 +43,7 @@ from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
 from acpipeline.sync.extract import Accounts, extract_owners
+from acpipeline.sync.repo_reads import RepoReads, latest_commit, repo_collections
 
 FINGERPRINT_VERSION = "fp-v2"
 LIST_REPOS_PAGE = 1000
@@ -65,12 +66,6 @@ def source_fingerprint(items: list[Item]) -> str:
     global _RULES_VERSION
     _RULES_VERSION = _RULES_VERSION or _rules_version()
     return f"{_RULES_VERSION}:{combine(item_digest(item) for item in items)}"
-
-
-def latest_commit(client: Any, did: str) -> tuple[str, str]:
-    """(cid, rev) of the account's latest commit."""
-    answer = client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})
-    return answer["cid"], answer["rev"]
 
 
 def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
@@ -97,11 +92,6 @@ def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
         except PdsError:  # no such repository (any more): nothing to prove; its sync says what is wrong
             continue
     return revs
-
-
-def repo_collections(client: Any, did: str) -> set[str]:
-    """The collections that hold records in the account's repository."""
-    return set(client.call("GET", "com.atproto.repo.describeRepo", params={"repo": did})["collections"])
 
 
 @dataclass(frozen=True)
@@ -304,10 +294,15 @@ def prove(
     client: Any,
     state: ConvergedState,
     partitions: dict[tuple[str, str], tuple[str, list[Item]]],
+    revs: dict[str, str] | None = None,
+    collections_at: Callable[[str, str], set[str]] | None = None,
 ) -> dict[tuple[str, str], Proof]:
-    """The partitions proven converged. `partitions`: (handle, media) -> (did, its items). One `listRepos`
-    for the revs; `describeRepo` only for an account with an unmarked partition that has no document."""
-    revs = latest_revs(client, {did for did, _ in partitions.values()})
+    """The partitions proven converged. `partitions`: (handle, media) -> (did, its items); `revs`: the
+    accounts' latest revisions if already read, else one `listRepos`. For an account with an unmarked
+    partition that has no document, `collections_at(did, rev)` says which collections hold records (by
+    default `describeRepo`)."""
+    if revs is None:
+        revs = latest_revs(client, {did for did, _ in partitions.values()})
     stored = state.load_many(revs)
     collections: dict[str, set[str]] = {}
     proven: dict[tuple[str, str], Proof] = {}
@@ -324,7 +319,9 @@ def prove(
             continue
         if not items:
             if did not in collections:
-                collections[did] = repo_collections(client, did)
+                collections[did] = (
+                    collections_at(did, rev) if collections_at else repo_collections(client, did)
+                )
             if MEDIA[media].nsid not in collections[did]:
                 proven[(handle, media)] = Proof(source_fingerprint([]), 0, rev, empty=True)
     return proven
@@ -345,8 +342,9 @@ def prove_selection(
     work = {key: len(items) * MEDIA[key[1]].work_per_item for key, (_, items) in partitions.items()}
     if full:
         return work, {}
-    state = ConvergedState(acpipeline_home())
+    state, reads = ConvergedState(acpipeline_home()), RepoReads(client, acpipeline_home())
     try:
-        return work, prove(client, state, partitions)
+        return work, prove(client, state, partitions, collections_at=reads.collections_at)
     finally:
         state.close()
+        reads.close()

@@ -1,5 +1,5 @@
-"""The record stage: plan from a fresh listing, upload missing blobs, applyWrites in batches, write the
-links back to MongoDB in bulk."""
+"""The record stage: plan from the account's repository as the PDS holds it (`sync/repo_reads.py`), upload
+missing blobs, applyWrites in batches, write the links back to MongoDB in bulk."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
 from acpipeline.settings import network_concurrency
-from acpipeline.sync.converged import latest_commit
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.repo_reads import RepoReads, existing_in, latest_commit
 
 MAX_REPLANS = 3
 MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the account's next commit
@@ -103,9 +103,12 @@ class RecordSync:
         turns: Callable[[], AbstractContextManager[Any]] = nullcontext,
         *,
         links: LinkWriter,
+        reads: RepoReads,
+        rev: str | None = None,
     ):
         """`links`: where the MongoDB link updates go, gathered with other partitions' by the caller, who
-        flushes them before counting this partition done."""
+        flushes them before counting this partition done. `reads`: the account's repository; `rev`: its
+        latest revision as the run saw it (a read kept at it serves the first plan)."""
         self.client, self.rules, self.account = client, rules, account
         self.on_commit, self.turns, self.links = on_commit, turns, links
         self.items = items
@@ -119,12 +122,18 @@ class RecordSync:
         self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
         self._linked: set[str] = set()  # refs whose link was written back during the batches
         self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
+        self.reads, self._rev = reads, rev
+        self._read_head: tuple[str, str] | None = None  # (cid, rev) of the commit the last plan read
 
     def uri(self, rkey: str) -> str:
         return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
 
-    def plan(self) -> tuple[Plan, list[Existing]]:
-        existing = list_existing(self.client, self.account.did, self.rules.nsid)
+    def plan(self, fresh: bool = False) -> tuple[Plan, list[Existing]]:
+        """From the repository at the run's revision (a kept read, or one now); `fresh`: read now."""
+        did = self.account.did
+        snapshot = self.reads.now(did) if fresh else self.reads.at(did, self._rev)
+        self._read_head = (snapshot.commit_cid, snapshot.rev)
+        existing = existing_in(snapshot, self.rules.nsid)
         plan = plan_writes(self.rules, self.desired, existing, self.items)
         self.report.not_in_mongodb = len(plan.not_in_mongodb)
         for write in plan.writes:
@@ -179,7 +188,7 @@ class RecordSync:
                     ) from None
                 self.report.replans += 1
                 self.client.sleep(self.client.backoff(failures + 2))
-                plan, existing = self.plan()
+                plan, existing = self.plan(fresh=True)
                 self._settle(plan, existing, results, applied)
         self._count(plan, applied)
         self._write_back_final(plan, existing, results)
@@ -268,9 +277,12 @@ class RecordSync:
         came between, so the account's convergence marks of other collections carry over (`on_commit`).
         Our own writers to the account take turns (`turns`), each starting from the head the one before made
         (no getLatestCommit per batch); another writer's commit in between makes the PDS refuse the write
-        unapplied (InvalidSwap), and it is sent again on the head the PDS reports."""
+        unapplied (InvalidSwap), and it is sent again on the head the PDS reports. The first write builds on
+        the newer of that head and the commit the plan read (no getLatestCommit either)."""
         with self.turns() as turn:
-            head = turn.head if turn else None
+            known = [h for h in (turn.head if turn else None, self._read_head) if h]
+            head = max(known, key=lambda h: h[1]) if known else None
+            self._read_head = None  # our commit moves the head on: later batches follow the turn
             for attempt in range(MAX_SWAP_RETRIES + 1):
                 head_cid, head_rev = head or latest_commit(self.client, self.account.did)
                 body = encode_body({"repo": self.account.did, "writes": ops, "swapCommit": head_cid})

@@ -8,6 +8,8 @@
   repository writes) shared in this process and with every other one (concurrent Dagster runs).
 - `sessions`: sessions persisted and refreshed in place, never a login per record.
 - `client`: the calls (`PdsClient`), and the Dagster resource (`PdsResource`).
+- `repo`: a whole repository from one getRepo CAR (`RepoSnapshot`), bounded (`RepoLimits`) and checked
+  (`RepoError`).
 
 With `ACPIPELINE_SHARED_STATE=mongodb` (runs on several machines, or in containers with an empty
 ACPIPELINE_HOME each) sessions and throttle live in MongoDB instead of files under ACPIPELINE_HOME:
@@ -16,6 +18,7 @@ at most once a second per process).
 """
 
 from acpipeline.resources.pds.client import PdsClient, PdsResource
+from acpipeline.resources.pds.repo import RepoError, RepoLimits, RepoRecord, RepoSnapshot, parse_repo
 from acpipeline.resources.pds.sessions import Session, _load_session, _save_session, _session_path
 from acpipeline.resources.pds.throttle import RateLimitStatus, Throttle, rate_limit_status
 from acpipeline.resources.pds.transport import PdsError, RateLimited, TransientWriteError, _safe_url
@@ -26,6 +29,10 @@ __all__ = [
     "PdsResource",
     "RateLimitStatus",
     "RateLimited",
+    "RepoError",
+    "RepoLimits",
+    "RepoRecord",
+    "RepoSnapshot",
     "Session",
     "Throttle",
     "TransientWriteError",
@@ -33,5 +40,6 @@ __all__ = [
     "_safe_url",
     "_save_session",
     "_session_path",
+    "parse_repo",
     "rate_limit_status",
 ]

@@ -9,8 +9,9 @@ from pydantic import PrivateAttr
 
 from acpipeline.core.batches import encode_body
 from acpipeline.errors import OperatorError
+from acpipeline.resources.pds.repo import DEFAULT_REPO_LIMITS, RepoError, RepoLimits, RepoSnapshot, parse_repo
 from acpipeline.resources.pds.sessions import Session, Sessions, _save_session
-from acpipeline.resources.pds.transport import APPLY_WRITES
+from acpipeline.resources.pds.transport import APPLY_WRITES, BodyTooLarge
 
 
 class PdsClient(Sessions):
@@ -32,6 +33,18 @@ class PdsClient(Sessions):
             cursor = page.get("cursor")
             if not cursor or not page.get("records"):
                 return records
+
+    def get_repo(self, did: str, limits: RepoLimits | None = None) -> RepoSnapshot:
+        """Every record of the account at its latest commit, from one getRepo CAR: streamed and refused
+        past `limits.max_bytes`, then checked (`parse_repo`). RepoError for a CAR that is refused."""
+        limits = limits or DEFAULT_REPO_LIMITS
+        try:
+            response = self.send(
+                "GET", "com.atproto.sync.getRepo", params={"did": did}, max_bytes=limits.max_bytes
+            )
+        except BodyTooLarge as exc:
+            raise RepoError(f"repository of {did}: {exc}", exc.status) from None
+        return parse_repo(response.content, did, limits)
 
     def get_blob(self, did: str, cid: str) -> bytes:
         return self.send("GET", "com.atproto.sync.getBlob", params={"did": did, "cid": cid}).content

@@ -75,6 +75,10 @@ class RateLimited(PdsError):
         self.until = until
 
 
+class BodyTooLarge(PdsError):
+    """An answer longer than the caller allows (`send`'s `max_bytes`): not read past that bound."""
+
+
 def _safe_url(url: str) -> str:
     """The URL without any `user:password@` part, for messages."""
     parts = urlsplit(url)
@@ -145,10 +149,13 @@ class Transport(ABC):
         basic_auth: tuple[str, str] | None = None,
         idempotent: bool = True,
         bypass_limits: bool = True,
+        max_bytes: int | None = None,
     ) -> httpx.Response:
         """One XRPC call with retries, answering the successful HTTP response itself (for bytes: getBlob,
         getRepo); `session` (refreshed once on ExpiredToken/InvalidToken) or a raw `bearer` token.
-        `bypass_limits` False: without the bypass key, as any client meets the PDS (the doctor's probe)."""
+        `bypass_limits` False: without the bypass key, as any client meets the PDS (the doctor's probe).
+        `max_bytes`: the answer is streamed uncompressed and refused past that many bytes (BodyTooLarge,
+        not retried), so an untrusted answer never takes more memory than that."""
         attempts = Attempts(self.backoff, budget_s=self.retry_budget_s, sleep=self.sleep)
         refreshed = False
         # A repository write is limited per account (write points an hour), so its pressure holds that
@@ -169,10 +176,15 @@ class Transport(ABC):
             token = session.access if session is not None else bearer
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
+            if max_bytes is not None:
+                headers["Accept-Encoding"] = "identity"  # a compressed answer could inflate past any bound
             try:
-                response = self.http.request(
-                    method, f"/xrpc/{nsid}", params=params, content=body, headers=headers, auth=basic_auth
+                request = self.http.build_request(
+                    method, f"/xrpc/{nsid}", params=params, content=body, headers=headers
                 )
+                response = self.http.send(request, auth=basic_auth, stream=max_bytes is not None)
+                if max_bytes is not None:
+                    response = _read_within(response, max_bytes, nsid)
             except httpx.TransportError as exc:
                 outcome = type(exc).__name__
                 if isinstance(exc, httpx.UnsupportedProtocol):
@@ -268,6 +280,34 @@ def _bypass_key(value: str | None) -> str | None:
             "PDS_RATE_LIMIT_BYPASS_KEY (printable ASCII)"
         )
     return key
+
+
+def _read_within(response: httpx.Response, max_bytes: int, nsid: str) -> httpx.Response:
+    """The streamed `response` read and closed, as a response holding its body; BodyTooLarge as soon as
+    it is known to be longer than `max_bytes` (its Content-Length, or the bytes read so far)."""
+    try:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise PdsError(f"{nsid}: answered in Content-Encoding {encoding!r}, not the identity asked for")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise BodyTooLarge(
+                f"{nsid}: the answer is {int(declared):,} bytes, over the {max_bytes:,} allowed",
+                response.status_code,
+            )
+        body = bytearray()
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) > max_bytes:
+                raise BodyTooLarge(
+                    f"{nsid}: the answer is over the {max_bytes:,} bytes allowed (stopped reading there)",
+                    response.status_code,
+                )
+    finally:
+        response.close()
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=bytes(body), request=response.request
+    )
 
 
 def _error_of(response: httpx.Response) -> tuple[str | None, str]:
