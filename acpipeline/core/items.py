@@ -61,6 +61,9 @@ class Derived:
     blobs: dict[str, Blob] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    # The blobs the blob stage already uploaded (`sync/pre_upload.py`): CID -> (the account's DID, epoch
+    # seconds the upload started), for the record stage to skip while the PDS surely keeps them. No bytes.
+    uploaded: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def normalise_when(value: Any, now: datetime | None = None) -> datetime:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,7 @@ from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_revs, 
 from acpipeline.sync.extract import Account, extract_owners, find_accounts
 from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
+from acpipeline.sync.pre_upload import PreUploader, PreUploadStats, never_linked, not_wanted_in
 from acpipeline.sync.records import RecordSync, SyncReport
 from acpipeline.sync.repo_reads import RepoReads, existing_in
 
@@ -177,27 +178,52 @@ def media_blobs(
     derived: dict[str, dict[str, Derived]] = {s.key: {} for s in source_items.values()}
     metadata = _run_metadata(source_items)
     cache = DerivedCache(acpipeline_home())
-    for media in dict.fromkeys(s.media for s in todo):
-        group = [s for s in todo if s.media == media]
-        max_video = LEXICON_VIDEO_MAX
-        if media == "tape" and any(i.wanted for s in group for i in s.items):
-            limit = pds.client().describe_server().get("blobUploadLimit")
-            max_video = min(LEXICON_VIDEO_MAX, int(limit)) if limit else LEXICON_VIDEO_MAX
-        # All the run's partitions of a media type at once: the derive threads stay busy across owners.
-        started = time.monotonic()
-        items = [i for s in group for i in s.items]
-        everything, stats = derive_blobs(items, media, storage, cache, max_video)
-        seconds = time.monotonic() - started
-        context.log.info(
-            f"{media}: {stats.derived} derived, {stats.cached} from cache, {stats.failed} failed "
-            f"in {seconds:.2f} s"
-        )
-        for name, value in (("derived", stats.derived), ("from_cache", stats.cached), ("seconds", seconds)):
-            metadata[f"{name}_in_run"] = round(metadata.get(f"{name}_in_run", 0) + value, 2)
-        for source in group:
-            derived[source.key] = {i.ref: everything[i.ref] for i in source.items if i.ref in everything}
-        if stats.tapes:
-            metadata.update(_tape_metadata(stats.tapes))
+    # New items' blobs go to the PDS as soon as they are derived, outside the record stage's pool
+    # (`sync/pre_upload.py`); never in a dry run.
+    skipped = not_wanted_in(context.run)
+    uploader = None
+    with_blobs = [(s.account, s.items) for s in todo if MEDIA[s.media].blob_fields]
+    if skipped is None and (eligible := never_linked(with_blobs)):
+        uploader = PreUploader(pds.client(), eligible)
+    try:
+        for media in dict.fromkeys(s.media for s in todo):
+            group = [s for s in todo if s.media == media]
+            max_video = LEXICON_VIDEO_MAX
+            if media == "tape" and any(i.wanted for s in group for i in s.items):
+                limit = pds.client().describe_server().get("blobUploadLimit")
+                max_video = min(LEXICON_VIDEO_MAX, int(limit)) if limit else LEXICON_VIDEO_MAX
+            # All the run's partitions of a media type at once: the derive threads stay busy across owners.
+            started = time.monotonic()
+            items = [i for s in group for i in s.items]
+            on_derived = uploader.submit if uploader else None
+            everything, stats = derive_blobs(items, media, storage, cache, max_video, on_derived=on_derived)
+            seconds = time.monotonic() - started
+            context.log.info(
+                f"{media}: {stats.derived} derived, {stats.cached} from cache, {stats.failed} failed "
+                f"in {seconds:.2f} s"
+            )
+            figures = (("derived", stats.derived), ("from_cache", stats.cached), ("seconds", seconds))
+            for name, value in figures:
+                metadata[f"{name}_in_run"] = round(metadata.get(f"{name}_in_run", 0) + value, 2)
+            for source in group:
+                derived[source.key] = {i.ref: everything[i.ref] for i in source.items if i.ref in everything}
+            if stats.tapes:
+                metadata.update(_tape_metadata(stats.tapes))
+        if uploader is not None:
+            uploaded = uploader.finish()
+            for by_ref in derived.values():
+                for ref, got in by_ref.items():
+                    if ref in uploaded:
+                        by_ref[ref] = replace(got, uploaded=uploaded[ref])
+    finally:
+        if uploader is not None:
+            uploader.close()
+    pre = uploader.stats if uploader else PreUploadStats(skipped=skipped)
+    for message in uploader.messages if uploader else []:
+        context.log.warning(message)
+    if uploader is not None:
+        context.log.info(f"{pre.blobs} blobs ({pre.bytes} bytes) uploaded ahead of the record stage")
+    metadata.update(pre.metadata())
     return Output(derived, metadata=metadata)
 
 

@@ -321,9 +321,11 @@ def derive_blobs(
     cache: DerivedCache,
     max_video: int = LEXICON_VIDEO_MAX,
     cores: int | None = None,
+    on_derived: Callable[[Item, Derived], None] | None = None,
 ) -> tuple[dict[str, Derived], BlobStats]:
     """Derived blobs of every wanted, well-formed item, by ref; a failure is recorded on the item's
-    Derived and the others go on."""
+    Derived and the others go on. `on_derived` is told of each item derived as soon as it is (from the
+    derive threads): the blob stage's pre-uploads (`sync/pre_upload.py`) start there."""
     stats = BlobStats()
     todo = [i for i in items if i.wanted and i.problem is None]
     cores = cores or os.cpu_count() or 1
@@ -349,10 +351,13 @@ def derive_blobs(
 
     def guarded(item: Item) -> tuple[str, Derived]:
         try:
-            return item.ref, derive(item)
+            derived = derive(item)
         except (ItemProblem, ImageProblem, TapeError) as problem:
             stats.failed += 1
             return item.ref, Derived(problem=str(problem))
+        if on_derived is not None:
+            on_derived(item, derived)
+        return item.ref, derived
 
     with cache.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(guarded, todo)), stats

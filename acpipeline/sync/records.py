@@ -22,6 +22,7 @@ from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, 
 from acpipeline.settings import network_concurrency
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.pre_upload import PreUploaded, fresh
 from acpipeline.sync.repo_reads import RepoReads, existing_in, latest_commit
 
 MAX_REPLANS = 3
@@ -120,6 +121,7 @@ class RecordSync:
             account.handle, rules.name, account.did, desired=len(self.desired), failed=failed
         )
         self._blob_paths = {b.cid: b for d in derived.values() for b in d.blobs.values()}
+        self._pre_uploaded = PreUploaded(derived, account.did)  # by the blob stage (sync/pre_upload.py)
         self._linked: set[str] = set()  # refs whose link was written back during the batches
         self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
         self.reads, self._rev = reads, rev
@@ -239,6 +241,13 @@ class RecordSync:
         # Blobs referenced by the records on the PDS as each batch starts: the PDS keeps those (it deletes a
         # blob with the last record that references it, and garbage-collects uploads nothing references).
         on_pds = {record.rkey: set(_blob_cids(record.value)) for record in existing}
+        # Blobs the blob stage uploaded, on the PDS while fresh; but not one that a record this plan updates
+        # or deletes references now: the PDS may delete it with that write, so it is uploaded again before
+        # the write that needs it, as any blob a batch needs and no record holds.
+        touched = {w.rkey for w in plan.writes if w.action != "create"}
+        pre_uploaded = self._pre_uploaded.first_attempt(
+            {cid for rkey, cids in on_pds.items() if rkey in touched for cid in cids}
+        )
         # The links of a batch go to the run's LinkWriter (and to MongoDB, once enough are gathered) while the
         # PDS commits the next one: MongoDB is only touched from this thread (the embedded store's
         # connections are bound to theirs), the commit waits in another.
@@ -248,7 +257,8 @@ class RecordSync:
                 for batch in batch_writes(self.rules.nsid, plan.writes):
                     held = set().union(*on_pds.values())
                     self.client.wait_to_write(session)  # no upload for a write the PDS would refuse
-                    self._upload_blobs(session, batch, held)
+                    relied = fresh(pre_uploaded) - held
+                    self._upload_blobs(session, batch, held | relied)
                     ops = [write_op(self.rules.nsid, w) for w in batch]
                     self._in_flight = batch
                     sending = sender.submit(self._commit, session, ops)
@@ -256,7 +266,17 @@ class RecordSync:
                         self._write_back(deferred)
                         deferred = []
                     finally:
-                        answer = sending.result()
+                        try:
+                            answer = sending.result()
+                        except PdsError as exc:
+                            # A pre-upload the PDS no longer holds (collected sooner than the window says):
+                            # the write was refused unapplied; its blobs go again, and the write once more.
+                            cids = _batch_cids(batch)
+                            if exc.error != "BlobNotFound" or not relied & cids:
+                                raise
+                            pre_uploaded.clear()
+                            self._upload_blobs(session, batch, cids - relied)
+                            answer = self._commit(session, ops)
                     self._in_flight = []
                     self.report.commits += 1
                     for write, result in zip(batch, answer.get("results", []), strict=False):
@@ -382,6 +402,10 @@ def _mongo_id(ref: str) -> Any:
     from bson import ObjectId
 
     return ObjectId(ref) if ObjectId.is_valid(ref) else ref
+
+
+def _batch_cids(batch: list[Write]) -> set[str]:
+    return {cid for w in batch if w.value for cid in _blob_cids(w.value)}
 
 
 def _blob_cids(value: dict[str, Any]) -> list[str]:
