@@ -103,8 +103,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.platform:
         from acpipeline.bench.platform import run_platform_bench
 
-        run_platform_bench(args.json, size=args.size if args.size != "bench" else "platform")
+        run_platform_bench(
+            args.json,
+            size=args.size if args.size != "bench" else "platform",
+            rtt_ms=args.rtt,
+            bandwidth_mbit=args.bandwidth,
+            layout=args.layout or "production",
+            pds_limits=args.pds_limits or "off",
+        )
         return 0
+    if args.layout or args.pds_limits:
+        raise OperatorError("--layout and --pds-limits go with --platform")
     from acpipeline.bench.run import run_bench
 
     run_bench(
@@ -342,9 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtt",
         type=float,
         metavar="MS",
-        help="put a network of this round trip in front of the PDS and the media storage, for every figure",
+        help="put a network of this round trip in front of the PDS and the media storage, for every figure "
+        "(with --platform: for the passes)",
     )
     bench.add_argument("--bandwidth", type=float, metavar="MBIT", help="that network's Mbit/s each way")
+    bench.add_argument(
+        "--layout",
+        choices=["production", "dev"],
+        help="with --platform: the Dagster processes, as the production layout runs them (a code server, "
+        "dagster-webserver, dagster-daemon; the default) or as `make dev` does (`dagster dev`)",
+    )
+    bench.add_argument(
+        "--pds-limits",
+        choices=["off", "bypass", "on"],
+        help="with --platform: the local PDS's own rate limits off (the default), on with the bypass key "
+        "given to the pipeline, or on",
+    )
     bench.add_argument("--size", choices=["bench", "small"], default="bench", help=argparse.SUPPRESS)
     bench.add_argument("--trace", metavar="PATH", help=argparse.SUPPRESS)  # every request, with --rtt
     bench.set_defaults(func=cmd_bench)

@@ -24,7 +24,14 @@ _accounts = itertools.count()
 # Tests that need a real server (the reference PDS, PostgreSQL, or the Dagster services and their own PDS)
 # are `integration`; the rest are `unit` (seconds in all): `make test-fast` runs those.
 SERVER_FIXTURES = {"pds_url", "world", "postgres", "limited"}
-SERVER_MODULES = {"test_bench_platform", "test_dagster_cli", "test_demo_world", "test_deploy", "test_ui"}
+SERVER_MODULES = {
+    "test_bench_platform",
+    "test_bench_platform_dev",
+    "test_dagster_cli",
+    "test_demo_world",
+    "test_deploy",
+    "test_ui",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,25 +7,66 @@ Method:
   (`acpipeline.demo.environment.seed`: the accounts are created on the PDS and their sessions saved under
   ACPIPELINE_HOME, so the sync does not log in). Every handle with an account is registered as a dynamic
   partition in one call.
-- A code server (`dagster api grpc -m acpipeline.definitions`), `dagster-webserver` and `dagster-daemon
-  run` run as separate processes, as the README's production layout has them: both load the code location
-  from that one code server (a workspace file with `grpc_server`), and it starts the runs. They run with
-  `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule stay off), `PDS_URL` pointing at a counting proxy
-  in front of the PDS (so writes are counted on the PDS's side), and the Dagster settings the README has
-  an operator export for them (`acpipeline.settings.DAGSTER_ENV`).
-  The bench waits for the code location to load in the webserver and for the daemon's heartbeats first.
+- The network (`rtt_ms`, `bandwidth_mbit`; `--rtt`, `--bandwidth`): two proxies (`counting_proxy`), one in
+  front of the PDS and one in front of the media storage, put that network between the servers' runs and
+  both (half the round trip each way, one more for a new connection, the bandwidth shared per direction);
+  without them, the proxies are there all the same, at zero delay, and count. The servers get `PDS_URL` and
+  the storage URL templates (`ACPIPELINE_IMAGE_URL`, `_GUEST_IMAGE_URL`, `_ZIP_URL`, `_BLOBS_URL`) pointing
+  at the proxies. The seeding is given the storage proxy's oven bucket too, so the tapes' `mp4Url` lie
+  under a storage root the runs know (a document's URL must, or the oven's MP4 is refused). The seeding,
+  the reading after the full pass, the ceiling and the derivation alone do not go through the network: the
+  derivation fetches the oven's objects through the storage proxy set to zero delay, the rest directly.
+- Two layouts (`layout`, `--layout`). `production`: a code server (`dagster api grpc -m
+  acpipeline.definitions`), `dagster-webserver` and `dagster-daemon run` as separate processes, as the
+  README's production layout has them: both load the code location from that one code server (a workspace
+  file with `grpc_server`), and it starts the runs. `dev`: what `make dev` runs, `dagster dev -w
+  workspace.yaml -h 127.0.0.1 -p PORT` in the checkout (the project's workspace file; DAGSTER_HOME holds the
+  copy of `dagster.yaml`), which starts its own code server, webserver and daemon; its webserver is the one
+  the bench talks to. Either way the servers run with `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule
+  stay off) and the bench waits for the code location to load in the webserver and for the daemon's
+  heartbeats first.
+- Nothing exported: the servers get this process's environment without Dagster's settings for range runs
+  (`acpipeline.settings.DAGSTER_ENV`, removed even when this process has them, as the CLI sets them), unless
+  `extra_env` sets them; the project's entry points set them themselves (`apply_dagster_env`: the event log
+  storage, the code location). `dagster_env` in the result is what the servers were given (null: not in
+  their environment). After each pass the bench counts the `ASSET_MATERIALIZATION_PLANNED` events of every
+  run in the instance (`planned_events_per_run`): with those settings in force a run over a range has one
+  per asset (3), without them one per asset and partition.
+- The PDS's rate limits (`pds_limits`, `--pds-limits`): `off` (the local PDS's default); `on`, the reference
+  PDS's own limits (3,000 requests per 5 minutes per IP, getRepo excepted; 5,000 write points an hour and
+  35,000 a day per account; createAccount 100 per 5 minutes, uploadBlob 1,000 a day, per IP); `bypass`, the
+  same limits, and the servers get the PDS's bypass key (`ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY`, sent as
+  `x-ratelimit-bypass`). With limits on the PDS has a bypass key in both modes, and the seeding uses it:
+  it has to, since the platform's 979 accounts are over createAccount's 100 per 5 minutes (and its
+  requests would otherwise spend the pass's first window); the reading after the full pass and the ceiling
+  use it too (they are not the pipeline). With `on`, a run may defer partitions that hit an account's write
+  points (runs tagged `acpipeline/deferred`), and a run may fail on a limit: the pass is reported, not
+  raised, as long as the backfill ends. Each pass reports the deferred partitions
+  (`acpipeline.sync.assets.deferred_of_runs`), the 429 answers, and `floor_s`: the time the global limit
+  alone would impose on the PDS requests the pass made (every request but getRepo at 10 a second;
+  the limiter's window is fixed, so a pass under 3,000 requests could go faster), with `time / floor`.
+  A probe (describeServer without and with the key, directly to the PDS) checks that the limits apply
+  and that the key gets past them; after each pass another (without) reads what is left of the global
+  window (`pds_limit_after.remaining`): with `bypass`, the pass spent none of it.
 - A pass is a backfill launched as the UI does: GraphQL `launchPartitionBackfill` with the three sync
   assets and every partition key `handle|media` of every registered handle. It is timed by wall clock from
   the launch to the backfill's COMPLETED status (polled every second: the figure is good to about a second;
   the backfill daemon itself wakes every 30 s). The full pass starts from an empty PDS; the no-op pass is
   the same backfill again with nothing changed. Runs are counted from the instance (tag `dagster/backfill`).
+- Requests (`platform_requests`): every request either proxy forwarded during the pass, counted by XRPC
+  method (the PDS) and by HTTP method and file suffix (the storage, e.g. `storage:GET .png`), with the
+  seconds spent in the proxy and at the server, the bytes, and the answers that were not 2xx; no exchange
+  is kept (a pass makes tens of thousands). `platform_requests_per_record`: the full pass's PDS requests
+  per record on the PDS; the no-op pass's PDS requests per account. Writes are the PDS's write methods.
 - Memory: every 250 ms during each pass, the sum of the PSS of every process whose environment carries the
-  bench's own marker variable (set only for the code server, the webserver and the daemon, so it covers
-  them and every run they start) and of every descendant of those (the environments are read every
-  2 s, the process table every sample). A process's PSS is read again when its RSS moved by over 1 MB, at
-  least every second: reading PSS is what costs, and the sampler must not load the machine. The PDS, the
-  proxy and the bench itself are not counted. Each pass also reports the peak's breakdown by kind of
-  process and the CPU seconds each kind used (the PDS and the bench process included).
+  bench's own marker variable (set only for the servers the bench starts: the code server, the webserver
+  and the daemon, or `dagster dev`, so it covers them and every process they start, runs included) and of
+  every descendant of those (the environments are read every 2 s, the process table every sample). A
+  process's PSS is read again when its RSS moved by over 1 MB, at least every second: reading PSS is what
+  costs, and the sampler must not load the machine. The PDS, the proxies and the bench itself are not
+  counted. Each pass also reports the peak's breakdown by kind of process and the CPU seconds each kind
+  used (the PDS and the bench process, proxies and media server included), and the machine's 1-minute load
+  before and after it (others' work shows there). When the servers stop, any marked process left is killed.
 - Records are counted on the PDS after the full pass: listRecords of every account and collection.
 - Ceiling: the same records and thumbnails (values from listRecords, blobs from getBlob, read after the
   full pass) written by the thinnest client to one fresh account per account that holds records: for each
@@ -62,16 +103,23 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
 
-from acpipeline.bench.counting_proxy import CountingProxy
+from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchange, Link
 from acpipeline.bench.run import machine
 from acpipeline.bench.strategies import PreparedRecord, _login, _ok, write_records
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
+from acpipeline.resources.pds.transport import RATELIMIT_BYPASS_ENV, RATELIMIT_BYPASS_HEADER
 from acpipeline.settings import DAGSTER_ENV
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from acpipeline.demo.dataset import DatasetSummary
+    from acpipeline.resources.pds import PdsClient
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -86,6 +134,12 @@ ACCOUNT_WORKERS = 8  # ceiling accounts created at once (untimed)
 READ_WORKERS = 4  # accounts listed (and their blobs fetched) at once after the full pass
 FULL_TIMEOUT_S = 3 * 3600.0
 NOOP_TIMEOUT_S = 1800.0
+LAYOUTS = ("production", "dev")
+PDS_LIMITS = ("off", "bypass", "on")
+# The reference PDS's global limit (`dist/rate-limits.js`, "global-ip"): 3,000 requests per 5 minutes per IP,
+# getRepo excepted (and the health check, which is no XRPC method).
+GLOBAL_LIMIT_PER_S = 3000 / 300
+NOT_GLOBALLY_LIMITED = frozenset({"com.atproto.sync.getRepo", "_health"})
 
 KEYS = (
     "platform_records",
@@ -99,6 +153,16 @@ KEYS = (
     "platform_ceiling_s",
     "platform_ceiling_logins_s",
     "platform_peak_rss_mb",
+    "platform_requests",
+    "platform_requests_per_record",
+    "platform_noop_pds_requests_per_account",
+    "platform_planned_events_per_run",
+    "platform_deferred_partitions",
+    "platform_floor_s",
+    "layout",
+    "rtt_ms",
+    "pds_limits",
+    "dagster_env",
     "dataset",
     "machine",
     "date",
@@ -132,14 +196,14 @@ class BenchError(RuntimeError):
 # ------------------------------------------------------------------------------------------ processes
 
 
-def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
         return subprocess.Popen(
             args, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     """End the process and its process group (its code servers, the runs they started): SIGTERM, up to
     30 s, then SIGKILL to whatever of the group is left, also when interrupted meanwhile."""
     try:
@@ -156,7 +220,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _marked(token: str) -> list[psutil.Process]:
-    """Every live process started (directly or not) by the bench's webserver and daemon."""
+    """Every live process of the bench's servers: they and whatever they started (directly or not) carry
+    the marker in their environment."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
@@ -185,12 +250,15 @@ def _tail(path: Path, chars: int = 4000) -> str:
 def _kind(process: psutil.Process) -> str:
     """What a process of the bench's Dagster tree is, from its command line."""
     line = " ".join(process.cmdline())
-    if "dagster-webserver" in line:
+    # `dagster dev` starts `python -m dagster_webserver` and `python -m dagster._daemon run`
+    if "dagster-webserver" in line or "-m dagster_webserver" in line:
         return "webserver"
-    if "dagster-daemon" in line:
+    if "dagster-daemon" in line or "-m dagster._daemon" in line:
         return "daemon"
     if "api grpc" in line or "code-server" in line:
         return "code servers"
+    if "dagster dev" in line:
+        return "dagster dev"  # the dev layout's parent: it only watches its webserver and daemon
     if "ffmpeg" in line:
         return "ffmpeg"  # a run's tape encoder
     if "multiprocessing" in line:
@@ -218,7 +286,7 @@ class ProcessSampler:
         self.peak_processes = 0
         self.peak_breakdown: dict[str, dict[str, float]] = {}
         self.samples = 0
-        self._cpu: dict[tuple[int, float], list] = {}  # (pid, start) -> [kind, baseline, last]
+        self._cpu: dict[tuple[int, float], list[Any]] = {}  # (pid, start) -> [kind, baseline, last]
         self._kinds: dict[tuple[int, float], str] = {}
         self._first = True
         self._marked_pids: set[int] = set()
@@ -339,12 +407,146 @@ class ProcessSampler:
         }
 
 
+# ------------------------------------------------------------------------------------------ requests
+
+
+class TallyingProxy(CountingProxy):
+    """A CountingProxy that keeps, per method, how many requests, their seconds in the proxy and at the
+    server, new connections, bytes and the answers that were not 2xx, instead of every exchange: a pass
+    over the platform makes tens of thousands of requests. `set_network` changes the modelled network."""
+
+    def __init__(
+        self, upstream: str, rtt_ms: float = 0.0, bandwidth_mbit: float | None = None, name: str = "pds"
+    ):
+        super().__init__(upstream, rtt_ms, bandwidth_mbit, name=name)
+        self.tally: dict[str, dict[str, Any]] = {}
+
+    def _record(self, exchange: Exchange) -> None:
+        with self._lock:
+            if exchange.method in WRITE_METHODS:
+                self.counts[exchange.method] += 1
+            row = self.tally.get(exchange.method)
+            if row is None:
+                row = self.tally[exchange.method] = {
+                    "n": 0,
+                    "s": 0.0,
+                    "server_s": 0.0,
+                    "new_connections": 0,
+                    "sent": 0,
+                    "received": 0,
+                    "statuses": Counter(),
+                }
+            row["n"] += 1
+            row["s"] += exchange.end - exchange.start
+            row["server_s"] += exchange.upstream_s
+            row["new_connections"] += exchange.new_connection
+            row["sent"] += exchange.sent
+            row["received"] += exchange.received
+            if not 200 <= exchange.status < 300:
+                row["statuses"][exchange.status] += 1
+
+    def take_tally(self) -> dict[str, dict[str, Any]]:
+        """The tally since the last call, forgotten here."""
+        with self._lock:
+            taken, self.tally = self.tally, {}
+        return taken
+
+    def set_network(self, rtt_ms: float, bandwidth_mbit: float | None = None) -> None:
+        """From the next request on, this round trip and bandwidth."""
+        self.rtt_s, self.bandwidth_mbit = rtt_ms / 1000, bandwidth_mbit
+        self.up, self.down = Link(self.rtt_s / 2, bandwidth_mbit), Link(self.rtt_s / 2, bandwidth_mbit)
+
+
+def _rows(tally: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for method, row in sorted(tally.items(), key=lambda item: (-item[1]["n"], item[0])):
+        out[method] = {
+            "n": row["n"],
+            "s": round(row["s"], 2),
+            "server_s": round(row["server_s"], 2),
+            "new_connections": row["new_connections"],
+            "sent_mb": round(row["sent"] / 1e6, 2),
+            "received_mb": round(row["received"] / 1e6, 2),
+            "not_2xx": {str(status): n for status, n in sorted(row["statuses"].items())},
+        }
+    return out
+
+
+def pass_requests(pds: dict[str, dict[str, Any]], storage: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A pass's requests from both proxies' tallies: per method, the totals, the PDS requests the global
+    limit counts (`pds_globally_limited`) and the 429 answers."""
+    pds_total = sum(row["n"] for row in pds.values())
+    storage_total = sum(row["n"] for row in storage.values())
+    return {
+        "pds": _rows(pds),
+        "storage": _rows(storage),
+        "pds_total": pds_total,
+        "storage_total": storage_total,
+        "total": pds_total + storage_total,
+        "pds_writes": sum(row["n"] for method, row in pds.items() if method in WRITE_METHODS),
+        "pds_globally_limited": sum(
+            row["n"] for method, row in pds.items() if method not in NOT_GLOBALLY_LIMITED
+        ),
+        "pds_429": sum(row["statuses"].get(429, 0) for row in pds.values()),
+    }
+
+
+def request_counts(requests: dict[str, Any]) -> dict[str, Any]:
+    """The counts alone: per PDS method, per storage method, and the totals."""
+    return {
+        "pds": {method: row["n"] for method, row in requests["pds"].items()},
+        "storage": {method: row["n"] for method, row in requests["storage"].items()},
+        "pds_total": requests["pds_total"],
+        "storage_total": requests["storage_total"],
+        "total": requests["total"],
+    }
+
+
+def _planned_events(instance: DagsterInstance, run_ids: list[str]) -> dict[str, Any]:
+    """The ASSET_MATERIALIZATION_PLANNED events of each run: one per asset with Dagster's settings for
+    range runs in force where the run was created, one per asset and partition without them."""
+    from dagster import DagsterEventType
+
+    counts = [
+        len(
+            instance.get_records_for_run(
+                run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            ).records
+        )
+        for run_id in run_ids
+    ]
+    return {
+        "max": max(counts, default=0),
+        "min": min(counts, default=0),
+        "total": sum(counts),
+        "runs": len(counts),
+    }
+
+
+def _probe_limits(pds_url: str, key: str | None = None) -> dict[str, Any]:
+    """Whether the PDS applies rate limits (describeServer's `ratelimit-limit` header without the key), what
+    is left of this IP's global window (`remaining`, this probe counted), and whether the key gets past
+    them (no such header with it)."""
+    with httpx.Client(base_url=pds_url, timeout=30) as http:
+        plain = http.get("/xrpc/com.atproto.server.describeServer")
+        out: dict[str, Any] = {"limited": "ratelimit-limit" in plain.headers}
+        out["policy"] = plain.headers.get("ratelimit-policy")
+        remaining = plain.headers.get("ratelimit-remaining")
+        out["remaining"] = int(remaining) if remaining and remaining.isdigit() else None
+        if key:
+            keyed = http.get(
+                "/xrpc/com.atproto.server.describeServer", headers={RATELIMIT_BYPASS_HEADER: key}
+            )
+            out["bypassed"] = "ratelimit-limit" not in keyed.headers
+    return out
+
+
 # ------------------------------------------------------------------------------------------ Dagster
 
 
 def _graphql(
-    http: httpx.Client, url: str, query: str, variables: dict | None = None, timeout: float = 120
-) -> dict:
+    http: httpx.Client, url: str, query: str, variables: dict[str, Any] | None = None, timeout: float = 120
+) -> dict[str, Any]:
     response = http.post(
         f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
     )
@@ -352,10 +554,11 @@ def _graphql(
     body = response.json()
     if body.get("errors"):
         raise BenchError(f"GraphQL errors: {body['errors']}")
-    return body["data"]
+    data: dict[str, Any] = body["data"]
+    return data
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
     """Until the code server accepts connections on `port`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -368,7 +571,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, log_path: Path, timeout
 
 
 def _wait_for_webserver(
-    http: httpx.Client, url: str, process: subprocess.Popen, log_path: Path, timeout_s: float
+    http: httpx.Client, url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -387,10 +590,12 @@ def _wait_for_webserver(
     raise BenchError(f"the webserver did not load the code location in {timeout_s:.0f} s:\n{_tail(log_path)}")
 
 
-def _wait_for_daemon(instance, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def _wait_for_daemon(
+    instance: DagsterInstance, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
+) -> None:
     """Until every required daemon (backfill and run queue among them) has sent a healthy heartbeat."""
     deadline = time.monotonic() + timeout_s
-    statuses: dict = {}
+    statuses: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise BenchError(f"dagster-daemon exited ({process.returncode}):\n{_tail(log_path)}")
@@ -402,7 +607,7 @@ def _wait_for_daemon(instance, process: subprocess.Popen, log_path: Path, timeou
     raise BenchError(f"daemons not healthy after {timeout_s:.0f} s: {unhealthy}\n{_tail(log_path)}")
 
 
-def _run_failures(instance, run_ids: list[str], limit: int = 10) -> list[str]:
+def _run_failures(instance: DagsterInstance, run_ids: list[str], limit: int = 10) -> list[str]:
     """The first failure message of each failed run (step failures first)."""
     from dagster import DagsterEventType
 
@@ -415,16 +620,18 @@ def _run_failures(instance, run_ids: list[str], limit: int = 10) -> list[str]:
         for event in events:
             data = event.dagster_event.event_specific_data if event.dagster_event else None
             error = getattr(data, "error", None)
-            text = error.message if error is not None else (event.dagster_event.message or "")
+            dagster_event = event.dagster_event
+            text = error.message if error is not None else ((dagster_event and dagster_event.message) or "")
             messages.append(f"{event.step_key or 'run'}: {text.strip()[:600]}")
         out.append(f"{run_id}: " + (" | ".join(messages) or "no failure event"))
     return out
 
 
-def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
+def _pass_runs(instance: DagsterInstance, backfill_id: str, order: list[str]) -> dict[str, Any]:
     """The pass's runs from the instance: statuses, partitions per run, and where the wall time went."""
     from dagster import DagsterRunStatus, RunsFilter
 
+    from acpipeline.sync.assets import DEFERRED_TAG
     from acpipeline.sync.partitions import RANGE_END_TAG, RANGE_START_TAG, range_members
 
     records = instance.get_run_records(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
@@ -442,7 +649,7 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
     created = [r.create_timestamp.timestamp() for r in records]
     failed = [r.dagster_run.run_id for r in records if r.dagster_run.status != DagsterRunStatus.SUCCESS]
     origin = min(created, default=0.0)
-    timeline = sorted(
+    timeline: list[dict[str, Any]] = sorted(
         (
             {
                 "media": record.dagster_run.tags.get(RANGE_START_TAG, "|?").rpartition("|")[2],
@@ -453,10 +660,13 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
             for record, size in zip(records, sizes, strict=True)
             if record.start_time and record.end_time
         ),
-        key=lambda run: run["started_s"],
+        key=lambda run: float(run["started_s"]),
     )
+
     return {
         "runs": len(records),
+        "run_ids": [r.dagster_run.run_id for r in records],
+        "deferred_runs": sum(r.dagster_run.tags.get(DEFERRED_TAG) == "true" for r in records),
         "statuses": dict(statuses),
         "failed_run_ids": failed,
         "partitions_per_run_max": max(sizes, default=0),
@@ -471,24 +681,57 @@ def _pass_runs(instance, backfill_id: str, order: list[str]) -> dict[str, Any]:
 
 
 class Servers:
-    """The code server, the webserver and the daemon of one bench, and the pass that runs a backfill
-    through them."""
+    """The servers of one bench in one layout (`production`: a code server, the webserver and the daemon;
+    `dev`: `dagster dev`, which starts its own), and the pass that runs a backfill through them."""
 
-    def __init__(self, work: Path, env: dict[str, str], token: str, instance, log: Callable[[str], None]):
+    def __init__(
+        self,
+        work: Path,
+        env: dict[str, str],
+        token: str,
+        instance: DagsterInstance,
+        log: Callable[[str], None],
+        layout: str = "production",
+    ):
         from acpipeline.localpds.server import free_port
 
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
         self.work, self.env, self.token, self.instance, self.log = work, env, token, instance, log
+        self.layout = layout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.web_log, self.daemon_log = work / "webserver.log", work / "daemon.log"
         self.code_port = free_port()
         self.code_log = work / "code_server.log"
-        self.code_server: subprocess.Popen | None = None
-        self.webserver: subprocess.Popen | None = None
-        self.daemon: subprocess.Popen | None = None
+        self.dev_log = work / "dagster_dev.log"
+        self.code_server: subprocess.Popen[bytes] | None = None
+        self.webserver: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.dev: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(timeout=120)  # one client: a new one per poll costs a TLS context each
 
+    def logs(self) -> dict[str, Path]:
+        """The servers' logs, by server."""
+        if self.layout == "dev":
+            return {"dagster dev": self.dev_log}
+        return {"code server": self.code_log, "webserver": self.web_log, "daemon": self.daemon_log}
+
     def start(self, timeout_s: float = 600) -> None:
+        if self.layout == "dev":
+            self._start_dev(timeout_s)
+        else:
+            self._start_production(timeout_s)
+
+    def _start_dev(self, timeout_s: float) -> None:
+        """`dagster dev` as `make dev` runs it: in the checkout, with the project's workspace file (the
+        code location `acpipeline.definitions`); it starts a code server, the webserver and the daemon."""
+        args = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"]
+        self.dev = _start([*args, "-h", "127.0.0.1", "-p", str(self.port)], self.env, self.dev_log)
+        _wait_for_webserver(self.http, self.url, self.dev, self.dev_log, timeout_s)
+        _wait_for_daemon(self.instance, self.dev, self.dev_log, timeout_s)
+
+    def _start_production(self, timeout_s: float) -> None:
         """The code server first, then the webserver and the daemon, which both load the code location
         from it (as the README's production layout has it) instead of each starting code servers of their
         own, and more of them at every workspace reload."""
@@ -518,13 +761,14 @@ class Servers:
         _wait_for_daemon(self.instance, self.daemon, self.daemon_log, timeout_s)
 
     def roots(self) -> list[int]:
-        return [p.pid for p in (self.code_server, self.webserver, self.daemon) if p is not None]
+        return [p.pid for p in (self.code_server, self.webserver, self.daemon, self.dev) if p is not None]
 
     def stop(self) -> int:
-        """Daemon first (no run starts while the webserver goes), then the webserver, then any stray;
-        returns how many strays there were. A second call does nothing."""
-        processes = [p for p in (self.daemon, self.webserver, self.code_server) if p is not None]
-        self.daemon = self.webserver = self.code_server = None
+        """Daemon first (no run starts while the webserver goes), then the webserver, then the code server
+        (or `dagster dev` and its process group), then any stray; returns how many strays there were. A
+        second call does nothing."""
+        processes = [p for p in (self.daemon, self.webserver, self.code_server, self.dev) if p is not None]
+        self.daemon = self.webserver = self.code_server = self.dev = None
         try:
             for process in processes:
                 _stop(process)
@@ -537,17 +781,29 @@ class Servers:
         return strays
 
     def run_pass(
-        self, label: str, keys: list[str], order: list[str], proxy: CountingProxy, timeout_s: float
+        self,
+        label: str,
+        keys: list[str],
+        order: list[str],
+        proxies: tuple[TallyingProxy, TallyingProxy],
+        timeout_s: float,
+        strict: bool = True,
     ) -> dict[str, Any]:
-        """One backfill of `keys` through GraphQL, timed from the launch to its COMPLETED status."""
-        before = _counts(proxy)
+        """One backfill of `keys` through GraphQL, timed from the launch to its COMPLETED status, with the
+        requests both proxies (PDS, storage) forwarded meanwhile. `strict` False (the PDS's limits on): a
+        backfill that ends with failed runs is reported instead of raised."""
+        from acpipeline.sync.assets import deferred_of_runs
+
+        pds_proxy, storage_proxy = proxies
+        before = _counts(pds_proxy)
+        outside = sum(row["n"] for p in proxies for row in p.take_tally().values())
         params = {
             "assetSelection": [{"path": [name]} for name in SYNC_ASSETS],
             "partitionNames": keys,
             "title": f"platform bench: {label} pass",
         }
         self.log(f"{label} pass: launching a backfill of {len(keys)} partitions ...")
-        load_before = round(os.getloadavg()[0], 2)  # the machine's 1-minute load: others' work shows here
+        load_before = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: others' work shows here
         started, wall_started = time.perf_counter(), time.time()
         launched = _graphql(self.http, self.url, LAUNCH, {"params": params})["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
@@ -571,35 +827,58 @@ class Servers:
                 next_report += PROGRESS_EVERY_S
             time.sleep(POLL_INTERVAL_S)
         elapsed = time.perf_counter() - started
-        if status not in SUCCEEDED:
+        load_after = [round(x, 2) for x in os.getloadavg()]
+        requests = pass_requests(pds_proxy.take_tally(), storage_proxy.take_tally())
+        ended = status in SUCCEEDED or (not strict and status == "COMPLETED_FAILED")
+        if not ended:
             raise BenchError(self._failure(label, backfill_id, status, order))
         runs = _pass_runs(self.instance, backfill_id, order)
-        if runs["failed_run_ids"]:
+        if runs["failed_run_ids"] and strict:
             raise BenchError(self._failure(label, backfill_id, f"{status} with failed runs", order))
-        writes = {k: v for k, v in (Counter(_counts(proxy)) - Counter(before)).items() if v}
+        run_ids = runs.pop("run_ids")
+        writes = {k: v for k, v in (Counter(_counts(pds_proxy)) - Counter(before)).items() if v}
         backfill = self.instance.get_backfill(backfill_id)
         end = getattr(backfill, "backfill_end_timestamp", None)
+        deferred = deferred_of_runs(self.instance, run_ids)
+        floor_s = requests["pds_globally_limited"] / GLOBAL_LIMIT_PER_S
         details = {
             "backfill_id": backfill_id,
             "status": status,
             "wall_s": round(elapsed, 2),
             "launch_s": round(launch_s, 2),
-            "daemon_s": round(end - backfill.backfill_timestamp, 2) if end else None,
+            "daemon_s": round(end - backfill.backfill_timestamp, 2) if end and backfill else None,
             "launch_to_first_run_s": _since(runs.pop("first_run_created"), wall_started),
             "launch_to_first_start_s": _since(runs.pop("first_run_started"), wall_started),
             "last_run_end_to_done_s": round(wall_started + elapsed - runs["last_run_ended"], 2)
             if runs["last_run_ended"]
             else None,
             "writes": writes,
-            "load_before": load_before,
-            "load_after": round(os.getloadavg()[0], 2),
+            "requests": requests,
+            "requests_outside_passes": outside,  # between the passes (none expected), not counted above
+            "planned_events_per_run": _planned_events(self.instance, run_ids),
+            "deferred_partitions": len(deferred),
+            "deferred_until": datetime.fromtimestamp(max(deferred.values()), UTC).isoformat(
+                timespec="seconds"
+            )
+            if deferred
+            else None,
+            "floor_s": round(floor_s, 1),
+            "time_over_floor": round(elapsed / floor_s, 2) if floor_s else None,
+            "failures": _run_failures(self.instance, runs["failed_run_ids"]),
+            "load_before": load_before[0],
+            "load_after": load_after[0],
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
             **runs,
         }
         details.pop("last_run_ended")
         self.log(
             f"{label} pass: {status} in {elapsed:.1f} s, {runs['runs']} runs "
             f"(median {runs['run_s_median']} s, longest {runs['run_s_max']} s), "
-            f"writes at the PDS: {sum(writes.values())} {writes or ''}"
+            f"writes at the PDS: {sum(writes.values())} {writes or ''}; requests: PDS "
+            f"{requests['pds_total']}, storage {requests['storage_total']}; planned events per run "
+            f"{details['planned_events_per_run']['min']}-{details['planned_events_per_run']['max']}"
+            + (f"; {len(deferred)} partitions deferred" if deferred else "")
         )
         return details
 
@@ -613,10 +892,11 @@ class Servers:
     def _failure(self, label: str, backfill_id: str, what: str, order: list[str]) -> str:
         runs = _pass_runs(self.instance, backfill_id, order)
         failures = _run_failures(self.instance, runs["failed_run_ids"])
+        name, path = list(self.logs().items())[-1]  # the daemon's (or dagster dev's)
         return (
             f"{label} pass: backfill {backfill_id} {what}; runs {runs['statuses']}\n"
             + "".join(f"  failed run {line}\n" for line in failures)
-            + f"--- daemon log (tail) ---\n{_tail(self.daemon_log)}"
+            + f"--- {name} log (tail) ---\n{_tail(path)}"
         )
 
 
@@ -641,13 +921,13 @@ def _log_problems(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ the PDS side
 
 
-def _read_account(client, did: str, with_blobs: bool) -> list[PreparedRecord]:
+def _read_account(client: PdsClient, did: str, with_blobs: bool) -> list[PreparedRecord]:
     """The account's records as the pipeline wrote them, with the bytes of their blobs (getBlob)."""
     out = []
     for rules in MEDIA.values():
         for record in client.list_records(did, rules.nsid):
             value = record["value"]
-            blobs = ()
+            blobs: tuple[tuple[bytes, str], ...] = ()
             if with_blobs:
                 blobs = tuple(
                     (client.get_blob(did, value[name]["ref"]["$link"]), value[name]["mimeType"])
@@ -658,10 +938,14 @@ def _read_account(client, did: str, with_blobs: bool) -> list[PreparedRecord]:
     return out
 
 
-def read_records(pds_url: str, dids: list[str], with_blobs: bool = True) -> dict[str, list[PreparedRecord]]:
+def read_records(
+    pds_url: str, dids: list[str], with_blobs: bool = True, bypass_key: str | None = None
+) -> dict[str, list[PreparedRecord]]:
+    """Every account's records (and their blobs), `READ_WORKERS` accounts at a time; `bypass_key`: past the
+    PDS's rate limits (else no key, whatever this process's environment says)."""
     from acpipeline.resources.pds import PdsClient
 
-    client = PdsClient(pds_url)
+    client = PdsClient(pds_url, ratelimit_bypass_key=bypass_key or "")
     try:
         with ThreadPoolExecutor(READ_WORKERS) as pool:
             return dict(
@@ -673,7 +957,8 @@ def read_records(pds_url: str, dids: list[str], with_blobs: bool = True) -> dict
 
 def _create_account(http: httpx.Client, handle: str, password: str, email: str) -> str:
     body = {"handle": handle, "password": password, "email": email}
-    return _ok(http.post("/xrpc/com.atproto.server.createAccount", json=body)).json()["did"]
+    did: str = _ok(http.post("/xrpc/com.atproto.server.createAccount", json=body)).json()["did"]
+    return did
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -688,13 +973,18 @@ def _cpu_s(pids: list[int]) -> float:
 
 
 def run_ceiling(
-    pds_url: str, prepared: list[list[PreparedRecord]], log: Callable[[str], None], pds_pid: int | None = None
+    pds_url: str,
+    prepared: list[list[PreparedRecord]],
+    log: Callable[[str], None],
+    pds_pid: int | None = None,
+    bypass_key: str | None = None,
 ) -> dict[str, Any]:
     """Fresh accounts (untimed), their logins (timed apart), then the writes of every account (timed, with
-    the CPU seconds of this process and the PDS)."""
+    the CPU seconds of this process and the PDS); `bypass_key`: every call past the PDS's rate limits."""
     tag, password = secrets.token_hex(3), secrets.token_urlsafe(16)
     limits = httpx.Limits(max_connections=ACCOUNT_WORKERS * 2, max_keepalive_connections=ACCOUNT_WORKERS * 2)
-    with httpx.Client(base_url=pds_url, timeout=300, limits=limits) as http:
+    headers = {RATELIMIT_BYPASS_HEADER: bypass_key} if bypass_key else {}
+    with httpx.Client(base_url=pds_url, timeout=300, limits=limits, headers=headers) as http:
         log(f"ceiling: creating {len(prepared)} fresh accounts ({ACCOUNT_WORKERS} at a time, untimed) ...")
 
         def create(n: int) -> str:
@@ -730,7 +1020,7 @@ def run_ceiling(
 # ------------------------------------------------------------------------------------------ the bench
 
 
-def run_derive(db, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def run_derive(db: Any, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """The blob stage alone over every wanted painting and tape of every account (see the module)."""
     from acpipeline.definitions import build_definitions
     from acpipeline.resources import resolved
@@ -757,58 +1047,101 @@ def run_derive(db, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any
 def run_platform_bench(
     json_path: str | None = None,
     size: str = "platform",
-    log=print,
+    log: Callable[[str], None] = print,
     *,
     full_timeout_s: float = FULL_TIMEOUT_S,
     noop_timeout_s: float = NOOP_TIMEOUT_S,
     extra_env: dict[str, str] | None = None,
+    rtt_ms: float | None = None,
+    bandwidth_mbit: float | None = None,
+    layout: str = "production",
+    pds_limits: str = "off",
 ) -> dict[str, Any]:
     """Every figure of the platform benchmark (see the module's docstring); `size="small"` runs the same
     steps on the demo data (smoke test). Every process it starts is stopped before it returns or raises.
-    The servers get `acpipeline.settings.DAGSTER_ENV` (what the README has an operator export for them)
-    unless this process's environment sets those variables; `extra_env` overrides both (experiments, e.g.
-    `{"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false"}`). The values used are in the result
-    (`dagster_env`)."""
+
+    `rtt_ms`, `bandwidth_mbit`: the network between the servers' runs and the PDS and storage (none: the
+    proxies count at zero delay). `layout`: "production" or "dev". `pds_limits`: "off", "bypass" or "on".
+    The servers get this process's environment without `acpipeline.settings.DAGSTER_ENV`'s variables (the
+    project's entry points set them); `extra_env` is added last (experiments, e.g.
+    `{"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false"}`). What they were given is in the result
+    (`dagster_env`: null for a variable they did not get)."""
     from acpipeline.demo import SIZES
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if pds_limits not in PDS_LIMITS:
+        raise ValueError(f"pds_limits must be one of {PDS_LIMITS}, not {pds_limits!r}")
     from dagster import DagsterInstance
 
-    from acpipeline.demo.environment import seed, start_environment
+    from acpipeline.demo.environment import TEMPLATE_ENV, seed, start_environment
     from acpipeline.resources.mongo import MongoResource
     from acpipeline.sync.partitions import handle_partitions, partition_key, register_handles
 
     bench_started = time.perf_counter()
+    rtt = float(rtt_ms or 0.0)
+    limited = pds_limits != "off"
+    bypass_key = secrets.token_urlsafe(24) if limited else None  # the seeding's, and `bypass` mode's
     work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-platform-"))
     home, dagster_home = work / "home", work / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(PROJECT / "dagster.yaml", dagster_home / "dagster.yaml")
     saved = dict(os.environ)
-    for name in ("MONGODB_CONNECTION_STRING", "PDS_URL", "PDS_ADMIN_PASSWORD"):
-        os.environ.pop(name, None)  # never a real database or PDS
+    for name in ("MONGODB_CONNECTION_STRING", "PDS_URL", "PDS_ADMIN_PASSWORD", RATELIMIT_BYPASS_ENV):
+        os.environ.pop(name, None)  # never a real database or PDS, nor an operator's bypass key
     os.environ.update(
         ACPIPELINE_HOME=str(home), DAGSTER_HOME=str(dagster_home), ACPIPELINE_AUTOMATION="stopped"
     )
     token = secrets.token_hex(8)
     failed = True
+    servers: Servers | None = None
     # A SIGTERM (a `timeout`, a CI runner) ends the bench through its cleanup like Ctrl-C does, instead of
     # leaving the PDS, the webserver and the daemon running in their own sessions.
     previous_sigterm = _raise_on_sigterm()
     with contextlib.ExitStack() as stack:
         try:
-            world = start_environment(work / "media", log=log)
+            world = start_environment(
+                work / "media", log=log, rate_limits=limited, rate_limit_bypass_key=bypass_key
+            )
             stack.callback(world.close)
             pds_url = world.pds_url
+            probe = _probe_limits(pds_url, bypass_key)
+            if limited and not probe["limited"]:
+                raise BenchError(f"the PDS was started with its rate limits on, but applies none: {probe}")
+            pds_proxy = TallyingProxy(pds_url, rtt, bandwidth_mbit, name="pds")
+            storage_proxy = TallyingProxy(world.media.url, rtt, bandwidth_mbit, name="storage")
+            for proxy in (pds_proxy, storage_proxy):
+                proxy.start()
+                stack.callback(proxy.stop)
+            through_proxy = {
+                TEMPLATE_ENV[name]: template.replace(world.media.url, storage_proxy.url)
+                for name, template in world.media.url_templates().items()
+            }
+            # The oven's objects (tapes' `mp4Url`) through the storage proxy from the seeding on: a document's
+            # URL must lie under a storage root the runs know. The rest of this process reaches storage
+            # directly (the derivation alone).
+            blobs_env = TEMPLATE_ENV["blobs_url"]
+            os.environ[blobs_env] = through_proxy[blobs_env]
             mongo = MongoResource()
             stack.callback(mongo.close)
             db = mongo.db()
-            log(f"seeding the {size} dataset ...")
+            log(
+                f"seeding the {size} dataset ..."
+                + (" (with the PDS's bypass key: its limits are on)" if limited else "")
+            )
             seeded = time.perf_counter()
-            summary = seed(world.pds_url, world.media.media_root, db, size=size, log=log)
+            if bypass_key:
+                os.environ[RATELIMIT_BYPASS_ENV] = bypass_key
+            try:
+                summary = seed(world.pds_url, world.media.media_root, db, size=size, log=log)
+            finally:
+                os.environ.pop(RATELIMIT_BYPASS_ENV, None)
             seed_s = time.perf_counter() - seeded
             instance = stack.enter_context(DagsterInstance.get())
             register_handles(instance, db)
+            assert handle_partitions.name is not None
             order = list(instance.get_dynamic_partitions(handle_partitions.name))
             keys = [partition_key(handle, media) for handle in order for media in MEDIA_NAMES]
             dataset = _dataset(summary, order)
@@ -817,33 +1150,48 @@ def run_platform_bench(
                 f"{dataset['records_expected_total']} records expected; {len(keys)} partitions"
             )
 
-            proxy = CountingProxy(pds_url).start()
-            stack.callback(proxy.stop)
-            env = dict(os.environ, PDS_URL=proxy.url, ACPIPELINE_AUTOMATION="stopped", **{MARKER: token})
-            for name, value in DAGSTER_ENV.items():  # what the operator exports for the daemon and webserver
-                env.setdefault(name, value)
+            # Nothing of Dagster's settings exported: the servers must set them themselves.
+            env = {name: value for name, value in os.environ.items() if name not in DAGSTER_ENV}
+            env.update(
+                through_proxy, PDS_URL=pds_proxy.url, ACPIPELINE_AUTOMATION="stopped", **{MARKER: token}
+            )
+            if pds_limits == "bypass" and bypass_key:
+                env[RATELIMIT_BYPASS_ENV] = bypass_key
             env.update(extra_env or {})
-            dagster_env = {name: env.get(name) for name in {*DAGSTER_ENV, *(extra_env or {})}}
-            servers = Servers(work, env, token, instance, log)
+            dagster_env = {name: env.get(name) for name in sorted({*DAGSTER_ENV, *(extra_env or {})})}
+            given = {name: value for name, value in dagster_env.items() if value is not None}
+            servers = Servers(work, env, token, instance, log, layout=layout)
             stack.callback(_stop_servers, servers, log)
-            log("starting the code server, dagster-webserver and dagster-daemon ...")
+            log(
+                f"network: {rtt:g} ms round trip, bandwidth {bandwidth_mbit or 'unlimited'} Mbit/s (PDS and "
+                f"storage); PDS rate limits {pds_limits}; Dagster's settings given to the servers: "
+                f"{given or 'none'}"
+            )
+            what = (
+                "dagster dev" if layout == "dev" else "the code server, dagster-webserver and dagster-daemon"
+            )
+            log(f"starting {what} ({layout} layout) ...")
             started = time.perf_counter()
             servers.start()
             log(f"webserver and daemon up in {time.perf_counter() - started:.0f} s")
 
-            others = {"bench (proxy, sampler)": os.getpid()}
+            others = {"bench (proxies, sampler, media server)": os.getpid()}
             if world.local_pds is not None:
                 others["PDS"] = world.local_pds.process.pid
+            proxies = (pds_proxy, storage_proxy)
+            strict = pds_limits != "on"
             with ProcessSampler(token, servers.roots(), others) as sampler:
-                full = servers.run_pass("full", keys, order, proxy, full_timeout_s)
+                full = servers.run_pass("full", keys, order, proxies, full_timeout_s, strict)
             full.update(sampler.report())
+            if limited:  # what the pass left of the global window (none spent with the key)
+                full["pds_limit_after"] = _probe_limits(pds_url)
             log(
                 f"full pass: peak {full['peak_rss_mb']} MB {full['peak_breakdown_mb']}; CPU s {full['cpu_s']}"
             )
 
             log("counting the records on the PDS and reading them (listRecords, getBlob) ...")
             dids = [u.did for u in summary.users if u.did]
-            prepared = {did: r for did, r in read_records(pds_url, dids).items() if r}
+            prepared = {did: r for did, r in read_records(pds_url, dids, bypass_key=bypass_key).items() if r}
             records = sum(len(r) for r in prepared.values())
             log(
                 f"{records} records on the PDS in {len(prepared)} accounts "
@@ -851,22 +1199,29 @@ def run_platform_bench(
             )
 
             with ProcessSampler(token, servers.roots(), others) as sampler:
-                noop = servers.run_pass("no-op", keys, order, proxy, noop_timeout_s)
+                noop = servers.run_pass("no-op", keys, order, proxies, noop_timeout_s, strict)
             noop.update(sampler.report())
+            if limited:
+                noop["pds_limit_after"] = _probe_limits(pds_url)
             log(f"no-op pass: peak {noop['peak_rss_mb']} MB; CPU s {noop['cpu_s']}")
-            problems = {
-                "daemon": _log_problems(servers.daemon_log),
-                "webserver": _log_problems(servers.web_log),
-            }
+            problems = {name: _log_problems(path) for name, path in servers.logs().items()}
             strays = servers.stop()
 
             pds_pid = world.local_pds.process.pid if world.local_pds is not None else None
-            ceiling = run_ceiling(pds_url, list(prepared.values()), log, pds_pid)
+            ceiling = run_ceiling(pds_url, list(prepared.values()), log, pds_pid, bypass_key=bypass_key)
             del prepared
+            storage_proxy.set_network(0.0)  # the derivation alone: no network
             derive = run_derive(db, work / "derive-cache", log)
 
+            passes = {"full": full, "noop": noop}
             result = {
                 "size": size,
+                "layout": layout,
+                "rtt_ms": rtt,
+                "bandwidth_mbit": bandwidth_mbit,
+                "pds_limits": pds_limits,
+                "pds_limits_probe": probe,
+                "seeding_used_bypass_key": bypass_key is not None,
                 "dagster_env": dagster_env,
                 "platform_records": records,
                 # the records MongoDB wants, and the platform's own KidLisp records MongoDB lacks (kept)
@@ -877,6 +1232,19 @@ def run_platform_bench(
                 "platform_noop_writes": sum(noop["writes"].values()),
                 "platform_full_runs": full["runs"],
                 "platform_noop_runs": noop["runs"],
+                "platform_requests": {k: request_counts(p["requests"]) for k, p in passes.items()},
+                "platform_requests_per_record": round(full["requests"]["pds_total"] / records, 3)
+                if records
+                else None,
+                "platform_noop_pds_requests_per_account": round(
+                    noop["requests"]["pds_total"] / max(1, len(order)), 2
+                ),
+                "platform_planned_events_per_run": {
+                    k: p["planned_events_per_run"] for k, p in passes.items()
+                },
+                "platform_deferred_partitions": {k: p["deferred_partitions"] for k, p in passes.items()},
+                "platform_floor_s": {k: p["floor_s"] for k, p in passes.items()},
+                "platform_time_over_floor": {k: p["time_over_floor"] for k, p in passes.items()},
                 "platform_ceiling_s": round(ceiling["s"], 2),
                 "platform_ceiling_logins_s": round(ceiling["logins_s"], 2),
                 "platform_ceiling_accounts": ceiling["accounts"],
@@ -889,12 +1257,13 @@ def run_platform_bench(
                 "platform_peak_rss_mb": full["peak_rss_mb"],
                 "platform_noop_peak_rss_mb": noop["peak_rss_mb"],
                 "platform_full_writes": full["writes"],
-                "passes": {"full": full, "noop": noop},
+                "passes": passes,
                 "server_log_problems": {k: v[:20] for k, v in problems.items()},
                 "stray_processes_killed": strays,
                 "seed_s": round(seed_s, 1),
                 "dataset": dataset,
                 "machine": machine(),
+                "code": _code_version(),
                 "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "bench_s": round(time.perf_counter() - bench_started, 1),
             }
@@ -907,9 +1276,10 @@ def run_platform_bench(
             try:
                 if failed:
                     kept = Path(tempfile.mkdtemp(prefix="acpipeline-bench-platform-logs-"))
-                    for name in ("webserver.log", "daemon.log"):
+                    logs = servers.logs() if servers is not None else {}
+                    for path in logs.values():
                         with contextlib.suppress(OSError):
-                            shutil.copy(work / name, kept / name)
+                            shutil.copy(path, kept / path.name)
                     log(f"the bench failed; the servers' logs are kept in {kept}")
                 stack.close()  # every callback runs, even when one raises (or is interrupted)
             finally:
@@ -920,7 +1290,21 @@ def run_platform_bench(
                     signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _raise_on_sigterm():
+def _code_version() -> dict[str, Any]:
+    """The checkout's commit and the files changed in its working tree (measured with them)."""
+
+    def git(*args: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, timeout=30)
+            if done.returncode == 0:
+                return done.stdout
+        return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "changed": changed}
+
+
+def _raise_on_sigterm() -> Any:
     """SIGTERM raises SystemExit in the main thread (so `finally` blocks run); returns the handler it
     replaced, or None off the main thread (where Python cannot set handlers)."""
     if threading.current_thread() is not threading.main_thread():
@@ -939,7 +1323,7 @@ def _stop_servers(servers: Servers, log: Callable[[str], None]) -> None:
         log(f"stopped {strays} processes of the bench's servers that outlived their process groups")
 
 
-def _dataset(summary, order: list[str]) -> dict[str, Any]:
+def _dataset(summary: DatasetSummary, order: list[str]) -> dict[str, Any]:
     counts = summary.counts
     with_account = summary.items_per_user.get("with_account", {}).get("items", {})
     people = summary.items_per_user.get("all", {}).get("items", {}).get("users")
@@ -959,10 +1343,6 @@ def _dataset(summary, order: list[str]) -> dict[str, Any]:
 
 def format_platform_table(r: dict[str, Any]) -> str:
     """The figures as Markdown table rows: figure, value, ratio / target (✓ met, ✗ missed)."""
-
-    def mark(ok: bool) -> str:
-        return "✓" if ok else "✗"
-
     full, noop, ceiling = r["platform_full_s"], r["platform_noop_s"], r["platform_ceiling_s"]
     ratio = ceiling / full if full else 0.0
     most_runs = max(r["platform_full_runs"], r["platform_noop_runs"])
@@ -1023,6 +1403,81 @@ def format_platform_table(r: dict[str, Any]) -> str:
             f"no-op pass {r['platform_noop_peak_rss_mb']}; target ≤ {TARGETS['peak_rss_mb']:.0f} "
             f"{mark(r['platform_peak_rss_mb'] <= TARGETS['peak_rss_mb'])}",
         ),
+        *_request_rows(r),
         ("machine, date", r["machine"], r["date"]),
     ]
     return "\n".join(f"| {name} | {value} | {note} |" for name, value, note in rows)
+
+
+def _short(method: str) -> str:
+    return method.removeprefix("com.atproto.").removeprefix("storage:")
+
+
+def _by_method(counts: dict[str, int]) -> str:
+    return ", ".join(f"{_short(method)} {n}" for method, n in counts.items()) or "none"
+
+
+def _request_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """The rows of the setup, the requests, the planned events, the rate limit and the load (results
+    written before they were measured have none)."""
+    if "platform_requests" not in r:
+        return []
+    passes = r["passes"]
+    network = f"{r.get('rtt_ms') or 0:g} ms round trip, {r.get('bandwidth_mbit') or 'unlimited'} Mbit/s"
+    given = {k: v for k, v in r.get("dagster_env", {}).items() if v is not None}
+    rows: list[tuple[str, Any, str]] = [
+        (
+            "layout, network (PDS and storage), PDS rate limits",
+            f"{r['layout']}; {network}; limits {r['pds_limits']}",
+            f"Dagster's settings given to the servers: {given or 'none'}",
+        ),
+    ]
+    for key, label in (("full", "full"), ("noop", "no-op")):
+        counts = r["platform_requests"][key]
+        rows.append(
+            (
+                f"`platform_requests`, {label} pass: PDS + storage",
+                f"{counts['pds_total']} + {counts['storage_total']}",
+                f"PDS: {_by_method(counts['pds'])}; storage: {_by_method(counts['storage'])}",
+            )
+        )
+    rows += [
+        (
+            "`platform_requests_per_record`: full pass's PDS requests per record on the PDS",
+            r["platform_requests_per_record"],
+            f"no-op pass: {r['platform_noop_pds_requests_per_account']} PDS requests per account",
+        ),
+    ]
+    planned = r["platform_planned_events_per_run"]
+    assets = len(SYNC_ASSETS)
+    fast = all(p["max"] == assets for p in planned.values() if p["runs"])
+    rows.append(
+        (
+            "`platform_planned_events_per_run`: ASSET_MATERIALIZATION_PLANNED per run, max (total)",
+            " / ".join(f"{p['max']} ({p['total']})" for p in planned.values()),
+            f"full / no-op; one per asset ({assets}) with nothing exported {mark(fast)}",
+        )
+    )
+    floor, over = r["platform_floor_s"], r["platform_time_over_floor"]
+    rows.append(
+        (
+            "`platform_floor_s`: the PDS's global limit (10 requests/s) on the pass's requests, full / no-op",
+            f"{floor['full']} / {floor['noop']}",
+            f"time/floor {over['full']} / {over['noop']}; deferred partitions "
+            f"{r['platform_deferred_partitions']['full']} / {r['platform_deferred_partitions']['noop']}; "
+            f"429s {passes['full']['requests']['pds_429']} / {passes['noop']['requests']['pds_429']}",
+        )
+    )
+    rows.append(
+        (
+            "load average (1, 5, 15 min) before / after, full; no-op",
+            f"{passes['full'].get('loadavg_before')} / {passes['full'].get('loadavg_after')}; "
+            f"{passes['noop'].get('loadavg_before')} / {passes['noop'].get('loadavg_after')}",
+            "others' work on the machine shows here",
+        )
+    )
+    return rows
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"

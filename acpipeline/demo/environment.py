@@ -58,16 +58,23 @@ def refuse_a_real_database() -> None:
         )
 
 
-def start_environment(media_root: Path | None = None, log=print) -> DemoEnvironment:
+def start_environment(
+    media_root: Path | None = None,
+    log=print,
+    *,
+    rate_limits: bool = False,
+    rate_limit_bypass_key: str | None = None,
+) -> DemoEnvironment:
     """Start (or reach) the PDS and start the media server; export their URLs into this process's
-    environment, which is how the Dagster resources and child processes find them."""
+    environment, which is how the Dagster resources and child processes find them. `rate_limits` and
+    `rate_limit_bypass_key` go to the local PDS when one is started (`acpipeline.localpds.server.start`)."""
     refuse_a_real_database()
     stack = ExitStack()
     try:
         local = None
         url = os.environ.get("PDS_URL")
         if not url:
-            local = start_pds(log=log)
+            local = start_pds(log=log, rate_limits=rate_limits, rate_limit_bypass_key=rate_limit_bypass_key)
             stack.callback(local.stop)
             url = local.url
             os.environ["PDS_URL"] = url
