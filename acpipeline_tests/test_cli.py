@@ -202,6 +202,8 @@ def test_a_storage_host_that_does_not_answer_fails_the_items_not_the_command(wor
 
 def test_a_storage_template_with_an_unknown_placeholder_is_named(world):
     handle, _, _ = _painter(world)
-    result = cli("sync", "--handle", handle, env={"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"})
+    result = cli(
+        "sync", "--handle", handle, env={"ACPIPELINE_IMAGE_URL": "http://127.0.0.1:9/{bucket}/{key}"}
+    )
     said = result.stdout + result.stderr
     assert "Traceback" not in said and "ACPIPELINE_IMAGE_URL" in said, said

@@ -63,7 +63,7 @@ def save_wip(db, doc: dict, revision: int) -> ObjectId:
 
 
 def seal(world, db, doc: dict, sub: str) -> str:
-    """"Done": the real slug, `status: done`, `completedAt`, the `wip` kept, and the PNG in storage."""
+    """ "Done": the real slug, `status: done`, `completedAt`, the `wip` kept, and the PNG in storage."""
     slug = (doc["when"] + timedelta(hours=2)).strftime("%Y.%m.%d.%H.%M.%S.000")
     path = world.media_root / USER_BUCKET / sub / "painting" / f"{slug}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
