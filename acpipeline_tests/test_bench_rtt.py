@@ -60,6 +60,26 @@ def test_a_request_pays_the_round_trip_and_a_new_connection_its_handshake(tmp_pa
     assert {e.method for e in exchanges} == {"storage:GET .png"}
 
 
+def test_an_answer_the_client_holds_is_counted_when_it_asks(tmp_path, monkeypatch):
+    # The proxy records an exchange after its answer is sent: the client can hold the answer first (a busy
+    # machine, made certain here by a slow record) and must still find it in `take` and `writes`.
+    keep = CountingProxy._keep
+
+    def slow_keep(self: CountingProxy, exchange: Exchange) -> None:
+        time.sleep(0.3)
+        keep(self, exchange)
+
+    monkeypatch.setattr(CountingProxy, "_keep", slow_keep)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    with (
+        MediaServer(tmp_path) as media,
+        CountingProxy(media.url) as proxy,
+        httpx.Client(base_url=proxy.url) as http,
+    ):
+        assert http.get("/a.png").status_code == 200
+        assert [e.status for e in proxy.take()] == [200]
+
+
 def test_bandwidth_limits_the_bytes_per_second(tmp_path):
     (tmp_path / "big.bin").write_bytes(bytes(200_000))
     with (

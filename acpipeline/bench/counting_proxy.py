@@ -110,7 +110,8 @@ class CountingProxy:
         self.down = Link(self.rtt_s / 2, bandwidth_mbit)
         self.counts: Counter[str] = Counter()  # writes, by method
         self.exchanges: list[Exchange] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._answering = 0  # answers on their way to a client, their exchange not yet recorded
         self._connections = itertools.count(1)
         self._server = ProxyServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"proxy-{name}", daemon=True)
@@ -133,13 +134,22 @@ class CountingProxy:
         self.stop()
 
     def writes(self) -> int:
-        return sum(self.counts.values())
+        with self._lock:
+            self._settle()
+            return sum(self.counts.values())
 
     def take(self) -> list[Exchange]:
-        """The exchanges since the last `take`, forgotten here."""
+        """The exchanges since the last `take`, forgotten here. An answer the client already holds is
+        recorded an instant after it was sent (see `_settle`)."""
         with self._lock:
+            self._settle()
             taken, self.exchanges = self.exchanges, []
         return taken
+
+    def _settle(self) -> None:
+        """Waits, lock held, for the answers already sent to be recorded (an answer the client holds is
+        recorded an instant later), not for requests still being served."""
+        self._lock.wait_for(lambda: self._answering == 0, timeout=5)
 
     def label(self, command: str, path: str) -> str:
         """The XRPC method of a request, else `{name}:{command} {file suffix}` (a storage object)."""
@@ -154,11 +164,21 @@ class CountingProxy:
             return http.client.HTTPSConnection(*self._address, timeout=300)
         return http.client.HTTPConnection(*self._address, timeout=300)
 
+    def _answering_begins(self) -> None:
+        with self._lock:
+            self._answering += 1
+
     def _record(self, exchange: Exchange) -> None:
         with self._lock:
-            self.exchanges.append(exchange)
-            if exchange.method in WRITE_METHODS:
-                self.counts[exchange.method] += 1
+            self._answering -= 1
+            self._lock.notify_all()
+            self._keep(exchange)
+
+    def _keep(self, exchange: Exchange) -> None:
+        """Keeps one exchange; called with the lock held."""
+        self.exchanges.append(exchange)
+        if exchange.method in WRITE_METHODS:
+            self.counts[exchange.method] += 1
 
 
 def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
@@ -206,21 +226,24 @@ def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
             length = None
             if self.command == "HEAD":
                 length = int(dict((k.lower(), v) for k, v in answer_headers).get("content-length") or 0)
-            send_answer(self, status, answer_headers, data, length)
-            proxy._record(
-                Exchange(
-                    proxy.label(self.command, self.path),
-                    start,
-                    time.perf_counter(),
-                    answered - asked,
-                    self.connection_id,
-                    self.served == 0,
-                    len(body),
-                    len(data),
-                    status,
-                    _collection(self.path, body),
+            proxy._answering_begins()
+            try:
+                send_answer(self, status, answer_headers, data, length)
+            finally:
+                proxy._record(
+                    Exchange(
+                        proxy.label(self.command, self.path),
+                        start,
+                        time.perf_counter(),
+                        answered - asked,
+                        self.connection_id,
+                        self.served == 0,
+                        len(body),
+                        len(data),
+                        status,
+                        _collection(self.path, body),
+                    )
                 )
-            )
             self.served += 1
 
         def _ask(

@@ -421,33 +421,33 @@ class TallyingProxy(CountingProxy):
         super().__init__(upstream, rtt_ms, bandwidth_mbit, name=name)
         self.tally: dict[str, dict[str, Any]] = {}
 
-    def _record(self, exchange: Exchange) -> None:
-        with self._lock:
-            if exchange.method in WRITE_METHODS:
-                self.counts[exchange.method] += 1
-            row = self.tally.get(exchange.method)
-            if row is None:
-                row = self.tally[exchange.method] = {
-                    "n": 0,
-                    "s": 0.0,
-                    "server_s": 0.0,
-                    "new_connections": 0,
-                    "sent": 0,
-                    "received": 0,
-                    "statuses": Counter(),
-                }
-            row["n"] += 1
-            row["s"] += exchange.end - exchange.start
-            row["server_s"] += exchange.upstream_s
-            row["new_connections"] += exchange.new_connection
-            row["sent"] += exchange.sent
-            row["received"] += exchange.received
-            if not 200 <= exchange.status < 300:
-                row["statuses"][exchange.status] += 1
+    def _keep(self, exchange: Exchange) -> None:
+        if exchange.method in WRITE_METHODS:
+            self.counts[exchange.method] += 1
+        row = self.tally.get(exchange.method)
+        if row is None:
+            row = self.tally[exchange.method] = {
+                "n": 0,
+                "s": 0.0,
+                "server_s": 0.0,
+                "new_connections": 0,
+                "sent": 0,
+                "received": 0,
+                "statuses": Counter(),
+            }
+        row["n"] += 1
+        row["s"] += exchange.end - exchange.start
+        row["server_s"] += exchange.upstream_s
+        row["new_connections"] += exchange.new_connection
+        row["sent"] += exchange.sent
+        row["received"] += exchange.received
+        if not 200 <= exchange.status < 300:
+            row["statuses"][exchange.status] += 1
 
     def take_tally(self) -> dict[str, dict[str, Any]]:
         """The tally since the last call, forgotten here."""
         with self._lock:
+            self._settle()
             taken, self.tally = self.tally, {}
         return taken
 
@@ -906,6 +906,7 @@ def _since(timestamp: float, origin: float) -> float | None:
 
 def _counts(proxy: CountingProxy) -> dict[str, int]:
     with proxy._lock:
+        proxy._settle()
         return dict(proxy.counts)
 
 
@@ -1223,6 +1224,8 @@ def run_platform_bench(
                 "pds_limits_probe": probe,
                 "seeding_used_bypass_key": bypass_key is not None,
                 "dagster_env": dagster_env,
+                # in the environment of every process the bench started: what finds any left behind
+                "process_marker": {MARKER: token},
                 "platform_records": records,
                 # the records MongoDB wants, and the platform's own KidLisp records MongoDB lacks (kept)
                 "platform_records_expected": summary.records_on_pds_total,
