@@ -49,19 +49,22 @@ postgres:
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
 # The suite on TEST_WORKERS pytest-xdist workers (each starts its own PDS and PostgreSQL when a test needs
-# them); a module's tests stay on one worker. Most tests wait on servers, so workers beyond the cores pay.
-TEST_WORKERS ?= 3
+# them); a module's tests stay on one worker. Many tests wait on servers and the backfill daemon, so workers
+# beyond the cores pay (see the README for the figures). Modules start in collection order (the longest
+# first, see acpipeline_tests/conftest.py), not xdist's default of the most tests first, which left the
+# one-test benches to end the suite alone.
+TEST_WORKERS ?= 5
 
 test: install node browser postgres
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # The product code's coverage (branches; the CLI, Dagster's services and the runs the tests start included):
 # the whole suite under coverage, then the report (data under .coverage/).
 coverage: install node browser postgres
 	rm -rf .coverage && mkdir -p .coverage
-	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report --precision=1 | tail -1
 

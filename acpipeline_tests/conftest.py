@@ -41,13 +41,43 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# The modules that take a minute or more in `make test`, in the order they start (the rest follow in
+# collection order): pytest-xdist's `--dist loadfile` hands out modules in this order, two to a worker at
+# first, so the suite ends with short modules on every worker instead of a long one alone. The first few
+# that mostly wait (on the backfill daemon's 30 s cadence) start beside those that keep the cores busy.
+FIRST_MODULES = (
+    "test_reliability",  # computes
+    "test_cli",  # computes
+    "test_bench_platform_dev",  # waits
+    "test_bench_platform",  # waits
+    "test_ui",  # waits
+    "test_deploy",  # waits
+    "test_dataset",
+    "test_demo_world",
+    "test_doctor",
+    "test_bench_rtt",
+    "test_kill_inside",
+    "test_dagster_cli",
+    "test_pds_limits",
+    "test_bench_smoke",
+    "test_operations",
+    "test_rate_limits",
+)
+
+
+def _module_name(item: pytest.Item) -> str:
+    module = getattr(item, "module", None)
+    return module.__name__.rpartition(".")[2] if module else ""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        needs_server = module in SERVER_MODULES or bool(
+        needs_server = _module_name(item) in SERVER_MODULES or bool(
             SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
         )
         item.add_marker(pytest.mark.integration if needs_server else pytest.mark.unit)
+    rank = {name: i for i, name in enumerate(FIRST_MODULES)}
+    items.sort(key=lambda item: rank.get(_module_name(item), len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
