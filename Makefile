@@ -66,11 +66,12 @@ coverage: install node browser postgres
 	rm -rf .coverage && mkdir -p .coverage
 	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 	$(BIN)/python -m coverage combine -q
-	$(BIN)/python -m coverage report --precision=1 | tail -1
+	$(BIN)/python -m coverage report --precision=1 | grep "^TOTAL"
 
 # The tests that need no server (marked `unit` in acpipeline_tests/conftest.py): under a minute.
+# The tests that need no server, CPU-bound: one worker per core.
 test-fast: install
-	$(BIN)/python -m pytest -m unit $(ARGS)
+	$(BIN)/python -m pytest -m unit -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: install
 	$(BIN)/ruff check acpipeline acpipeline_tests
