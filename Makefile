@@ -68,8 +68,8 @@ coverage: install node browser postgres
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report --precision=1 | grep "^TOTAL"
 
-# The tests that need no server (marked `unit` in acpipeline_tests/conftest.py): under a minute.
-# The tests that need no server, CPU-bound: one worker per core.
+# The tests that need no server (marked `unit` in acpipeline_tests/conftest.py), about a minute; they are
+# CPU-bound: one worker per core.
 test-fast: install
 	$(BIN)/python -m pytest -m unit -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 

@@ -133,10 +133,14 @@ class CountingProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def writes(self) -> int:
+    def write_counts(self) -> dict[str, int]:
+        """The writes so far, by method."""
         with self._lock:
             self._settle()
-            return sum(self.counts.values())
+            return dict(self.counts)
+
+    def writes(self) -> int:
+        return sum(self.write_counts().values())
 
     def take(self) -> list[Exchange]:
         """The exchanges since the last `take`, forgotten here. An answer the client already holds is

@@ -795,7 +795,7 @@ class Servers:
         from acpipeline.sync.assets import deferred_of_runs
 
         pds_proxy, storage_proxy = proxies
-        before = _counts(pds_proxy)
+        before = pds_proxy.write_counts()
         outside = sum(row["n"] for p in proxies for row in p.take_tally().values())
         params = {
             "assetSelection": [{"path": [name]} for name in SYNC_ASSETS],
@@ -836,7 +836,7 @@ class Servers:
         if runs["failed_run_ids"] and strict:
             raise BenchError(self._failure(label, backfill_id, f"{status} with failed runs", order))
         run_ids = runs.pop("run_ids")
-        writes = {k: v for k, v in (Counter(_counts(pds_proxy)) - Counter(before)).items() if v}
+        writes = {k: v for k, v in (Counter(pds_proxy.write_counts()) - Counter(before)).items() if v}
         backfill = self.instance.get_backfill(backfill_id)
         end = getattr(backfill, "backfill_end_timestamp", None)
         deferred = deferred_of_runs(self.instance, run_ids)
@@ -902,12 +902,6 @@ class Servers:
 
 def _since(timestamp: float, origin: float) -> float | None:
     return round(timestamp - origin, 2) if timestamp else None
-
-
-def _counts(proxy: CountingProxy) -> dict[str, int]:
-    with proxy._lock:
-        proxy._settle()
-        return dict(proxy.counts)
 
 
 def _log_problems(path: Path) -> list[str]:
