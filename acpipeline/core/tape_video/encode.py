@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,13 @@ _QUIET = ("-hide_banner", "-nostdin", "-loglevel", "error")  # errors only; stde
 _H264 = {"c:v": "libx264", "preset": PRESET, "x264-params": X264_PARAMS, "pix_fmt": "yuv420p"}
 _AAC = {"c:a": "aac", "b:a": AUDIO_BITRATE}
 _FASTSTART = {"movflags": "+faststart"}
-# How much `-shortest` may hold back to line the audio up with the video. ffmpeg (6.0 on) defaults to 10 s
-# of frames, decoded and scaled: up to ~300 MB for a 960x720 tape at 30 fps, filled only when the encoder
-# falls behind the decoder (another process on the core), so a tape's memory varied from 97 to 385 MB from
-# run to run. Both streams are dense, so a quarter of a second is plenty: the MP4s stay byte-identical.
-SHORTEST_BUFFER_S = 0.25
 
 
 @dataclass(frozen=True)
 class EncodedTape:
     """The MP4 (width x height, `scale` times the frames, encoded at `crf`) and its JPEG poster frame.
 
-    `duration_s` is frames / fps, or with a soundtrack the shorter of that and the audio (`-shortest`).
+    `duration_s` is frames / fps, or with a soundtrack the shorter of that and the audio (`-t`).
     `encode_s` is the wall time of all ffmpeg encodes, including the ones that did not fit.
     """
 
@@ -102,7 +96,8 @@ def encode_tape(
         for scale, crf in attempts:
             out = work / f"tape-{scale}x-crf{crf}.mp4"
             started = time.monotonic()
-            run_ffmpeg(tape_command(work, tape, fps, scale, crf, threads, out), limits.max_encode_s)
+            command = tape_command(work, tape, fps, scale, crf, threads, out, duration_s)
+            run_ffmpeg(command, limits.max_encode_s)
             encode_s += time.monotonic() - started
             size = out.stat().st_size
             if size <= max_bytes:
@@ -132,10 +127,22 @@ def encode_tape(
 
 
 def tape_command(
-    work: Path, tape: ExtractedTape, fps: int, scale: int, crf: int, threads: int | None, out: Path
+    work: Path,
+    tape: ExtractedTape,
+    fps: int,
+    scale: int,
+    crf: int,
+    threads: int | None,
+    out: Path,
+    duration_s: float,
 ) -> list[str]:
     """The platform's encode of the frames in `work`, with its two scales (`scale=iw*3:ih*3`, then
-    `scale=trunc(iw/2)*2:trunc(ih/2)*2`, both nearest) done as one of the same size, ~5x cheaper."""
+    `scale=trunc(iw/2)*2:trunc(ih/2)*2`, both nearest) done as one of the same size, ~5x cheaper.
+
+    With a soundtrack the output ends at `duration_s` (`-t`), the shorter stream's end, as the oven's
+    `-shortest` ends it: ffmpeg's `-shortest` (7 and later) fails the encode now and then when the video
+    ends before the audio encoder has opened ("Could not open encoder before EOF"), seen in 7 of 200
+    encodes of a short tape on a loaded machine; it also buffered up to 10 s of scaled frames."""
     width, height = _even_dims(tape.width, tape.height, scale)
     pattern = str(work).replace("%", "%%") + "/" + FRAME_PATTERN  # a literal % in the folder must not count
     frames = _local_input(pattern, "image2", start_number=0, r=fps, **_threads(threads))
@@ -143,7 +150,7 @@ def tape_command(
     audio: dict[str, object] = {}
     if tape.soundtrack is not None:
         streams.append(_local_input(tape.soundtrack.path, tape.soundtrack.format)["a:0"])
-        audio = {**_AAC, "shortest": None, **_shortest_buffer(ffmpeg_exe())}
+        audio = {**_AAC, "t": f"{duration_s:.6f}"}
     graph = ffmpeg.output(*streams, str(out), crf=crf, **_H264, **_threads(threads), **audio, **_FASTSTART)
     if threads is not None:  # the scale is a filter graph's (-filter_complex), not a -vf's (-filter_threads)
         graph = graph.global_args("-filter_complex_threads", str(threads))
@@ -226,28 +233,6 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg  # imported late: only needed without FFMPEG_BINARY
 
     return str(imageio_ffmpeg.get_ffmpeg_exe())
-
-
-@cache
-def ffmpeg_major_version(exe: str) -> int | None:
-    """The release of the ffmpeg at `exe` (5 for "ffmpeg version 5.1.6-0+deb12u1"); None for a build from
-    git ("N-112345-g…") or one that does not say."""
-    try:
-        banner = subprocess.run([exe, "-version"], capture_output=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return major_version_of(banner.decode("utf-8", "replace"))
-
-
-def major_version_of(banner: str) -> int | None:
-    found = re.match(r"ffmpeg version n?(\d+)\.", banner)
-    return int(found.group(1)) if found else None
-
-
-def _shortest_buffer(exe: str) -> dict[str, str]:
-    """`-shortest_buf_duration` for an ffmpeg that has it (6.0 and later, and git builds)."""
-    major = ffmpeg_major_version(exe)
-    return {} if major is not None and major < 6 else {"shortest_buf_duration": str(SHORTEST_BUFFER_S)}
 
 
 def run_ffmpeg(command: list[str], timeout_s: float) -> subprocess.CompletedProcess[bytes]:
