@@ -7,8 +7,8 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,15 @@ class BlobStats:
     tapes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def derive_painting(
+def painting_thumbnail_blob(
     item: Item,
     storage: StorageResource,
     cache: DerivedCache,
     stats: BlobStats,
     decoding: AbstractContextManager[Any] | None = None,
-) -> Derived:
-    """The thumbnail (fetched and made, or from the cache) and whether the recording ZIP exists; `decoding`
-    bounds how many images are decoded at once."""
+) -> Blob:
+    """The painting's thumbnail, fetched and made or from the cache; `decoding` bounds how many images are
+    decoded at once."""
     image_url = storage.url_of(PAINTING.image_file(item))
     key = f"{THUMBNAIL_VERSION}:{image_url}"
     thumb = cache.blob(cache.get(key))
@@ -74,6 +74,11 @@ def derive_painting(
     else:
         stats.cached += 1
     stats.bytes += thumb.size
+    return thumb
+
+
+def recording_exists(item: Item, storage: StorageResource, cache: DerivedCache) -> bool:
+    """Whether the painting's recording ZIP exists (a HEAD; a missing one is looked at again daily)."""
     recording_url = storage.url_of(PAINTING.recording_file(item))
     known = cache.get(f"recording:{recording_url}")
     if known is None or (
@@ -81,7 +86,7 @@ def derive_painting(
     ):
         known = {"exists": storage.exists(recording_url)}
         cache.put(f"recording:{recording_url}", known)
-    return Derived(blobs={"thumbnail": thumb}, facts={"recording": known["exists"]})
+    return bool(known["exists"])
 
 
 def derive_tape(
@@ -330,14 +335,18 @@ def derive_blobs(
     todo = [i for i in items if i.wanted and i.problem is None]
     cores = cores or os.cpu_count() or 1
     derive: Callable[[Item], Derived]
+    recordings: dict[str, Future[bool]] = {}
     if media == "painting":
-        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): several at once
-        # (ACPIPELINE_NETWORK_CONCURRENCY), while at most one decode per core holds an image in memory.
+        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): several fetches at
+        # once (ACPIPELINE_NETWORK_CONCURRENCY), while at most one decode per core holds an image in memory;
+        # the recording checks hold no memory, so they go on a pool of their own alongside the fetches
+        # instead of a round trip after each.
         workers = network_concurrency()
         decoding = threading.BoundedSemaphore(cores)
 
         def derive(item: Item) -> Derived:
-            return derive_painting(item, storage, cache, stats, decoding)
+            thumbnail = painting_thumbnail_blob(item, storage, cache, stats, decoding)
+            return Derived(blobs={"thumbnail": thumbnail}, facts={"recording": recordings[item.ref].result()})
 
     elif media == "tape":
         # One ffmpeg thread per worker and one worker per core: never more encoder threads than cores.
@@ -359,5 +368,12 @@ def derive_blobs(
             on_derived(item, derived)
         return item.ref, derived
 
-    with cache.deferred(), ThreadPoolExecutor(max_workers=workers) as pool:
+    with cache.deferred(), ExitStack() as pools:
+        # On the way out nothing queued is started: an error (storage gone) ends the stage now.
+        if media == "painting":
+            checks = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recording-check")
+            pools.callback(checks.shutdown, cancel_futures=True)
+            recordings.update({i.ref: checks.submit(recording_exists, i, storage, cache) for i in todo})
+        pool = ThreadPoolExecutor(max_workers=workers)
+        pools.callback(pool.shutdown, cancel_futures=True)
         return dict(pool.map(guarded, todo)), stats
