@@ -7,9 +7,10 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,31 +335,8 @@ def derive_blobs(
     stats = BlobStats()
     todo = [i for i in items if i.wanted and i.problem is None]
     cores = cores or os.cpu_count() or 1
-    derive: Callable[[Item], Derived]
-    recordings: dict[str, Future[bool]] = {}
-    if media == "painting":
-        # Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): several fetches at
-        # once (ACPIPELINE_NETWORK_CONCURRENCY), while at most one decode per core holds an image in memory;
-        # the recording checks hold no memory, so they go on a pool of their own alongside the fetches
-        # instead of a round trip after each.
-        workers = network_concurrency()
-        decoding = threading.BoundedSemaphore(cores)
 
-        def derive(item: Item) -> Derived:
-            thumbnail = painting_thumbnail_blob(item, storage, cache, stats, decoding)
-            return Derived(blobs={"thumbnail": thumbnail}, facts={"recording": recordings[item.ref].result()})
-
-    elif media == "tape":
-        # One ffmpeg thread per worker and one worker per core: never more encoder threads than cores.
-        workers = cores
-
-        def derive(item: Item) -> Derived:
-            return derive_tape(item, storage, cache, stats, max_video, threads=1)
-
-    else:
-        return {item.ref: Derived() for item in todo}, stats
-
-    def guarded(item: Item) -> tuple[str, Derived]:
+    def guarded(item: Item, derive: Callable[[Item], Derived]) -> tuple[str, Derived]:
         try:
             derived = derive(item)
         except (ItemProblem, ImageProblem, TapeError) as problem:
@@ -368,12 +346,62 @@ def derive_blobs(
             on_derived(item, derived)
         return item.ref, derived
 
+    if media == "painting":
+        return _derive_paintings(todo, storage, cache, stats, cores, guarded), stats
+    if media != "tape":
+        return {item.ref: Derived() for item in todo}, stats
+
+    def derive(item: Item) -> Derived:
+        return derive_tape(item, storage, cache, stats, max_video, threads=1)
+
+    # One ffmpeg thread per worker and one worker per core: never more encoder threads than cores.
+    with cache.deferred(), ThreadPoolExecutor(max_workers=cores) as pool:
+        return dict(pool.map(partial(guarded, derive=derive), todo)), stats
+
+
+def _derive_paintings(
+    todo: list[Item],
+    storage: StorageResource,
+    cache: DerivedCache,
+    stats: BlobStats,
+    cores: int,
+    guarded: Callable[[Item, Callable[[Item], Derived]], tuple[str, Derived]],
+) -> dict[str, Derived]:
+    """Mostly waiting on storage (a GET and a HEAD per painting, a round trip each): several fetches at once
+    (ACPIPELINE_NETWORK_CONCURRENCY), while at most one decode per core holds an image in memory. Each made
+    thumbnail's recording check goes to a pool of its own, so the fetching worker goes on to the next
+    painting instead of waiting a round trip more; a painting whose image failed gets no check."""
+    workers = network_concurrency()
+    decoding = threading.BoundedSemaphore(cores)
+
+    def thumbnail(item: Item) -> Blob | str:
+        try:
+            return painting_thumbnail_blob(item, storage, cache, stats, decoding)
+        except (ItemProblem, ImageProblem) as problem:
+            return str(problem)
+
+    def checked(item: Item, thumbnail: Blob) -> tuple[str, Derived]:
+        def with_recording(item: Item) -> Derived:
+            recording = recording_exists(item, storage, cache)
+            return Derived(blobs={"thumbnail": thumbnail}, facts={"recording": recording})
+
+        return guarded(item, with_recording)
+
+    out: dict[str, Derived] = {}
     with cache.deferred(), ExitStack() as pools:
         # On the way out nothing queued is started: an error (storage gone) ends the stage now.
-        if media == "painting":
-            checks = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recording-check")
-            pools.callback(checks.shutdown, cancel_futures=True)
-            recordings.update({i.ref: checks.submit(recording_exists, i, storage, cache) for i in todo})
-        pool = ThreadPoolExecutor(max_workers=workers)
-        pools.callback(pool.shutdown, cancel_futures=True)
-        return dict(pool.map(guarded, todo)), stats
+        checks = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recording-check")
+        pools.callback(checks.shutdown, cancel_futures=True)
+        fetches = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="painting-fetch")
+        pools.callback(fetches.shutdown, cancel_futures=True)
+        made = {fetches.submit(thumbnail, item): item for item in todo}
+        checking = []
+        for done in as_completed(made):
+            item, got = made[done], done.result()
+            if isinstance(got, str):
+                stats.failed += 1
+                out[item.ref] = Derived(problem=got)
+            else:
+                checking.append(checks.submit(checked, item, got))
+        out.update(future.result() for future in checking)
+    return {item.ref: out[item.ref] for item in todo}
