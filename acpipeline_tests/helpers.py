@@ -91,7 +91,12 @@ OTHER = "com.example.other"
 
 def create_other_record(world, db, sub: str, did: str) -> str:
     """A write to the account outside acpipeline (another tool, another collection); returns its URI."""
-    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
+    return write_as_another_tool(world, did, db["users"].find_one({"_id": sub})["atproto"]["password"])
+
+
+def write_as_another_tool(world, did: str, password: str) -> str:
+    """`create_other_record` without MongoDB: from any thread (the embedded store's connections are bound
+    to the thread that made them)."""
     session = world.client.session(did, password)
     body = json.dumps({"repo": did, "collection": OTHER, "record": {"$type": OTHER, "text": "keep me"}})
     created = world.client.call("POST", "com.atproto.repo.createRecord", body=body.encode(), session=session)

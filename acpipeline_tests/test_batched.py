@@ -40,7 +40,15 @@ from acpipeline.sync.partitions import (
 )
 from acpipeline.sync.repo_reads import RepoReads
 
-from .helpers import add_moods, add_pieces, add_user, create_other_record, head, records
+from .helpers import (
+    add_moods,
+    add_pieces,
+    add_user,
+    create_other_record,
+    head,
+    records,
+    write_as_another_tool,
+)
 
 CHECK = "pds_holds_desired_records"
 
@@ -375,11 +383,12 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     # Another writer moves the head after the plan read the repository (a read before it would show its
     # commit: the first write builds on the newer of the turn's head and the read's).
     original_at, moved = RepoReads.at, []
+    password = db["users"].find_one({"_id": sub})["atproto"]["password"]
 
     def read_then_another_writes(self, did_, rev):
         snapshot = original_at(self, did_, rev)
-        if not moved:
-            moved.append(create_other_record(world, db, sub, did))
+        if not moved:  # in the record stage's account thread
+            moved.append(write_as_another_tool(world, did, password))
         return snapshot
 
     monkeypatch.setattr(RepoReads, "at", read_then_another_writes)

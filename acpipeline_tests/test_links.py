@@ -53,6 +53,28 @@ with open(sys.argv[1], "a") as lock:
 """
 
 
+def test_links_gathered_by_other_threads_are_written_by_the_writers_own(db, tmp_path):
+    # The record stage's account threads gather; the embedded store's connections belong to the thread that
+    # made them, so only the writer's own thread writes, even past `flush_at`.
+    writer = LinkWriter(db, lock_dir=tmp_path / "locks", flush_at=2)
+    errors: list[Exception] = []
+
+    def gather(n: int) -> None:
+        try:
+            writer.add("moods", [link(n)])
+        except Exception as exc:  # a write from this thread: the store refuses it
+            errors.append(exc)
+
+    gatherers = [threading.Thread(target=gather, args=(n,)) for n in range(5)]
+    for gatherer in gatherers:
+        gatherer.start()
+    for gatherer in gatherers:
+        gatherer.join()
+    assert errors == [] and writer.pending == 5 and writer.writes == 0 and linked(db, "moods") == []
+    writer.add("pieces", [link(0)])  # past flush_at, on the writer's thread: everything gathered is written
+    assert writer.pending == 0 and linked(db, "moods") == [0, 1, 2, 3, 4] and linked(db, "pieces") == [0]
+
+
 def test_a_write_waits_for_the_collections_lock(db, tmp_path):
     """Another process linking the same collection holds its lock: the write waits until it lets go."""
     writer = LinkWriter(db, lock_dir=tmp_path / "locks")

@@ -8,9 +8,12 @@ its backfills then show as failed."""
 
 import contextlib
 import json
+import logging
+import threading
 import time
 import warnings
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +43,7 @@ from acpipeline.core.verdict import judge
 from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
-from acpipeline.resources.pds import PdsResource
+from acpipeline.resources.pds import PdsClient, PdsResource
 from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
@@ -61,6 +64,9 @@ POOL = "pds_writes"
 # A backfill puts up to this many partitions (of one media type) in one run: a process start-up and a run's
 # bookkeeping per hundred partitions instead of per partition; the pool still caps concurrent PDS writers.
 BACKFILL = BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)
+# Accounts the record stage syncs at once: their partitions' round trips overlap. Each has one write in
+# flight, so the PDS sees at most this many writers per step in the pool.
+ACCOUNTS_AT_ONCE = 4
 
 
 @dataclass
@@ -279,49 +285,74 @@ def atproto_records(
     db = mongo.db()
     state = ConvergedState(acpipeline_home())
     # The partitions' MongoDB links are gathered and written a few thousand at a time (see sync/links.py);
-    # a partition's events and convergence mark wait until its links are written.
+    # a partition's events and convergence mark wait until its links are written. MongoDB is written from
+    # this thread only (the embedded store's connections belong to their thread).
     links = LinkWriter(db, lock_dir=acpipeline_home() / "locks" if mongo.is_embedded else None)
-    reads = RepoReads(client, acpipeline_home())
+    stores = _ThreadStores(client)
     waiting: list[Synced] = []
     failed: dict[str, str] = {}
     deferred: dict[str, float] = {}  # partition -> until (epoch seconds)
+    by_account: dict[str, list[PartitionSource]] = {}
+    syncing = ThreadPoolExecutor(ACCOUNTS_AT_ONCE, thread_name_prefix="account-sync")
     try:
         for key, source in source_items.items():
             if source.account is None:
                 failed[key] = f"no user in MongoDB has the ATProto handle {source.handle} any more"
-                continue
-            if source.proof is not None:
+            elif source.proof is not None:
                 yield from _proven(context, source, config.dry_run)
                 if source.proof.empty and not config.dry_run:
                     # marked, so later runs prove it from the mark instead of asking describeRepo again
                     mark = Mark(source.proof.fingerprint, 0)
                     state.mark(source.account.did, source.proof.rev, source.media, mark)
-                continue
-            try:
-                synced = _sync_partition(context, config, reads, state, source, media_blobs[key], links)
-            except OperatorError:
-                raise
-            except Exception as exc:  # this partition fails; the others of the run go on
-                failed[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-                context.log.error(f"{key} failed: {failed[key]}")
-                continue
-            waiting.append(synced)
-            if synced.deferred_until is not None:
-                deferred[key] = synced.deferred_until
-            if config.strict and synced.items_failed:
-                failed[key] = f"{synced.items_failed} items failed (strict mode)"
-            if links.pending == 0 or len(waiting) >= PARTITIONS_PER_RUN:
+            else:
+                by_account.setdefault(source.account.did, []).append(source)
+
+        def sync_account(sources: list[PartitionSource]) -> list[tuple[str, Synced | str]]:
+            """An account's partitions one after the other (its commits are a chain): each one's result, or
+            why it failed; the others go on."""
+            account_state, reads = stores.here()
+            out: list[tuple[str, Synced | str]] = []
+            for source in sources:
+                try:
+                    derived = media_blobs[source.key]
+                    synced = _sync_partition(context, config, reads, account_state, source, derived, links)
+                except OperatorError:
+                    raise
+                except Exception as exc:  # this partition fails; the others of the run go on
+                    out.append((source.key, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
+                else:
+                    out.append((source.key, synced))
+            return out
+
+        # Accounts several at a time: a partition's few round trips to the PDS (its commit, the check's read)
+        # wait on the network, not on this process.
+        for done in as_completed([syncing.submit(sync_account, sources) for sources in by_account.values()]):
+            for key, result in done.result():
+                if isinstance(result, str):
+                    failed[key] = result
+                    context.log.error(f"{key} failed: {result}")
+                    continue
+                for level, message in result.notes:
+                    context.log.log(level, message)
+                waiting.append(result)
+                if result.deferred_until is not None:
+                    deferred[key] = result.deferred_until
+                if config.strict and result.items_failed:
+                    failed[key] = f"{result.items_failed} items failed (strict mode)"
+            if links.pending >= links.flush_at or len(waiting) >= PARTITIONS_PER_RUN:
                 yield from _settle(links, state, waiting)
         yield from _settle(links, state, waiting)
     except BaseException:
-        # The run fails (or is stopped): what the PDS already holds still gets linked, if MongoDB lets it;
-        # the original error is the one reported.
+        # The run fails (or is stopped): the partitions under way end, and what the PDS already holds still
+        # gets linked, if MongoDB lets it; the original error is the one reported.
+        syncing.shutdown(cancel_futures=True)
         with contextlib.suppress(Exception):
             links.flush()
         raise
     finally:
+        syncing.shutdown(cancel_futures=True)
         state.close()
-        reads.close()
+        stores.close()
         if deferred:
             record_deferred(context.instance, context.run.run_id, deferred)
     for key, reason in failed.items():
@@ -416,6 +447,36 @@ class Synced:
     items_failed: int
     mark: tuple[str, str, str, Mark] | None = None  # (did, rev, media, mark)
     deferred_until: float | None = None  # the PDS's rate limit stopped it until then (epoch seconds)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (level, message) for the run's log
+
+
+class _ThreadStores:
+    """A ConvergedState and RepoReads for each thread that syncs accounts: their SQLite connections serve
+    one thread at a time (and the applyWrites thread of that thread's partition)."""
+
+    def __init__(self, client: PdsClient) -> None:
+        self._client = client
+        self._here = threading.local()
+        self._made: list[tuple[ConvergedState, RepoReads]] = []
+        self._lock = threading.Lock()
+
+    def here(self) -> tuple[ConvergedState, RepoReads]:
+        made: tuple[ConvergedState, RepoReads] | None = getattr(self._here, "stores", None)
+        if made is None:
+            made = self._here.stores = (
+                ConvergedState(acpipeline_home()),
+                RepoReads(self._client, acpipeline_home()),
+            )
+            with self._lock:
+                self._made.append(made)
+        return made
+
+    def close(self) -> None:
+        with self._lock:
+            for state, reads in self._made:
+                state.close()
+                reads.close()
+            self._made.clear()
 
 
 def _settle(links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
@@ -470,9 +531,9 @@ def _sync_partition(
     check, rev = holds_desired(context, reads, sync, source.key)
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
-        context.log.info(f"dry run of {source.key}: {len(report.planned)} writes planned")
         observation = AssetObservation(asset_key=context.asset_key, partition=source.key, metadata=metadata)
-        return Synced([observation, check], len(report.failed))
+        note = (logging.INFO, f"dry run of {source.key}: {len(report.planned)} writes planned")
+        return Synced([observation, check], len(report.failed), notes=[note])
     event = AssetMaterialization(asset_key=context.asset_key, partition=source.key, metadata=metadata)
     synced = Synced([event, check], len(report.failed))
     if check.passed and not report.failed:
@@ -496,9 +557,7 @@ def _deferred(
     the run is tagged for the sensor to request it again after that time."""
     until = datetime.fromtimestamp(report.deferred_until or 0, UTC).isoformat(timespec="seconds")
     metadata.update(status="deferred", deferred_until=until, deferred_writes=report.deferred_writes)
-    context.log.warning(
-        f"{source.key}: the PDS's rate limit defers {report.deferred_writes or 'its'} writes until {until}"
-    )
+    note = f"{source.key}: the PDS's rate limit defers {report.deferred_writes or 'its'} writes until {until}"
     kind = AssetObservation if dry_run else AssetMaterialization
     event = kind(asset_key=context.asset_key, partition=source.key, metadata=metadata)
     check = AssetCheckEvaluation(
@@ -510,7 +569,7 @@ def _deferred(
         metadata={"deferred_until": until, "deferred_writes": report.deferred_writes},
     )
     until_s = None if dry_run else report.deferred_until
-    return Synced([event, check], len(report.failed), deferred_until=until_s)
+    return Synced([event, check], len(report.failed), deferred_until=until_s, notes=[(logging.WARNING, note)])
 
 
 def holds_desired(

@@ -9,12 +9,15 @@ links its partitions in a few bulk writes, each under a per-collection lock on t
 write rebuilds at most once. With a MongoDB server neither costs anything worth counting.
 
 Whoever gathers links decides when its partitions count as done: only after `flush` (their records'
-links are in MongoDB) may their convergence marks be written."""
+links are in MongoDB) may their convergence marks be written. Other threads may gather too; MongoDB is
+written only from the thread that made the writer (the embedded store's connections belong to their
+thread), which flushes what they gathered."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,19 +41,27 @@ class LinkWriter:
         self.flush_at = flush_at
         self.writes = 0  # bulk writes made
         self._ops: dict[str, list[UpdateOne]] = {}
+        self._owner = threading.get_ident()
+        self._gathering = threading.RLock()
 
     @property
     def pending(self) -> int:
-        return sum(len(ops) for ops in self._ops.values())
+        with self._gathering:
+            return sum(len(ops) for ops in self._ops.values())
 
     def add(self, collection: str, ops: list[UpdateOne]) -> None:
-        """Gather; written once `flush_at` updates are waiting (or at `flush`)."""
-        if ops:
-            self._ops.setdefault(collection, []).extend(ops)
-        if self.pending >= self.flush_at:
-            self.flush()
+        """Gather; written once `flush_at` updates are waiting (or at `flush`) by the writer's own thread."""
+        with self._gathering:
+            if ops:
+                self._ops.setdefault(collection, []).extend(ops)
+            if self.pending >= self.flush_at and threading.get_ident() == self._owner:
+                self.flush()
 
     def flush(self) -> None:
+        with self._gathering:
+            self._flush()
+
+    def _flush(self) -> None:
         while self._ops:
             collection, ops = next(iter(self._ops.items()))
             with self._lock(collection):
