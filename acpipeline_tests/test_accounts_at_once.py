@@ -1,6 +1,6 @@
 """The record stage syncs several accounts at once (`ACCOUNTS_AT_ONCE`), so their round trips to the PDS
 overlap, while one account's partitions still commit one after the other (its commits are a chain); against
-the real PDS behind a `FaultProxy` whose hook holds each applyWrites a moment and counts those in flight."""
+the real PDS behind a `FaultProxy` whose hook holds each applyWrites a second and counts those in flight."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .test_reliability import (
     proxy_for,  # noqa: F401 (a fixture)
 )
 
-HOLD_S = 0.3  # each applyWrites waits this long at the proxy: long enough for the others to start
+HOLD_S = 1.0  # each applyWrites waits this long at the proxy: for the others to start, even on a busy machine
 
 
 class InFlight:
