@@ -171,6 +171,21 @@ def _terminate(pid: int) -> None:
     if _alive(pid, "acpipeline.demo.world"):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    # An exiting process loses its command line before it has ended: wait until it has (or is a zombie).
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and not _ended(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+def _ended(pid: int) -> bool:
+    """No such process, or one that has exited and waits for its parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def status_lines(world: SavedWorld | None) -> tuple[bool, list[str]]:
