@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,20 +164,21 @@ def stop(world: SavedWorld) -> None:
 def _terminate(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(pid, "acpipeline.demo.world"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reaped here when this process started it
-        time.sleep(0.1)
-    if _alive(pid, "acpipeline.demo.world"):
+    if not _wait(pid, lambda: not _alive(pid, "acpipeline.demo.world")):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     # An exiting process loses its command line before it has ended: wait until it has (or is a zombie).
+    _wait(pid, lambda: _ended(pid))
+
+
+def _wait(pid: int, done: Callable[[], bool]) -> bool:
+    """Up to STOP_TIMEOUT_S for `done()`, reaping `pid` meanwhile when this process started it."""
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and not _ended(pid):
+    while time.monotonic() < deadline and not done():
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
+    return done()
 
 
 def _ended(pid: int) -> bool:
