@@ -74,13 +74,22 @@ def _dagster_env(process: psutil.Process) -> dict[str, str]:
 
 
 def _children(process: subprocess.Popen, wanted: int, timeout_s: float) -> list[psutil.Process]:
-    """The processes `process` started (its services, their code servers): at least `wanted` of them."""
+    """The Dagster processes `process` started (its services, their code servers): at least `wanted` of
+    them. Other children are left out: Python's `platform` module runs a short-lived `file -b` of the
+    interpreter, which is no Dagster process and inherits the environment from before the settings."""
     deadline = time.monotonic() + timeout_s
     while True:
-        children = psutil.Process(process.pid).children(recursive=True)
+        children = [p for p in psutil.Process(process.pid).children(recursive=True) if _is_dagster(p)]
         if len(children) >= wanted or time.monotonic() > deadline:
             return children
         time.sleep(0.5)
+
+
+def _is_dagster(process: psutil.Process) -> bool:
+    try:
+        return "dagster" in " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
 
 
 @contextmanager
