@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dagster import AssetRecordsFilter
 
+from acpipeline.core.cid import record_cid
 from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MEDIA
 from acpipeline.core.tid import item_tid
@@ -65,6 +66,8 @@ def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
             for record in listed:
                 theirs[rules.nsid].validate(record["value"])
                 load_lexicons()[rules.nsid].validate(record["value"])
+                # the CID the checks expect of a value sent (`RecordSync.state_after`) is the PDS's
+                assert record_cid(record["value"]) == record["cid"], (name, record)
             result = results[(handle, name)]
             assert len(listed) == result.metadata["desired"], (handle, name)
     assert total > 40

@@ -575,9 +575,15 @@ def _deferred(
 def holds_desired(
     context: AssetExecutionContext, reads: RepoReads, sync: RecordSync, key: str
 ) -> tuple[AssetCheckEvaluation, str]:
-    """Exactly one record per synced item, with the desired value, judged from the repository read again
-    after the sync (`core/verdict.py`); and the revision it was read at."""
-    after = reads.now(sync.account.did)
+    """Exactly one record per synced item, with the desired value (`core/verdict.py`), judged from the
+    repository as the sync's own commits left it (`RecordSync.state_after`: kept for later partitions, as a
+    read would be), else read again after the sync; and the revision it was judged at."""
+    after = sync.state_after()
+    if after is None:
+        after, judged_from = reads.now(sync.account.did), "read after the sync"
+    else:
+        reads.keep(after)
+        judged_from = "the sync's commits, chained from its read"
     rev, listed = after.rev, existing_in(after, sync.rules.nsid)
     desired = {d.item.ref: d.value for d in sync.desired}
     verdict = judge(sync.rules, desired, {ref for ref, _ in sync.report.failed}, listed)
@@ -596,6 +602,8 @@ def holds_desired(
             "unexpected": len(verdict.unexpected),
             "not_in_mongodb": verdict.not_in_mongodb,
             "problems": MetadataValue.json(verdict.problems()),
+            "judged_from": judged_from,
+            "rev": rev,
         },
     )
     return evaluation, rev

@@ -19,11 +19,12 @@ from acpipeline.core.link_fields import link_set, link_unset
 from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
+from acpipeline.resources.pds.repo import RepoSnapshot
 from acpipeline.settings import network_concurrency
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.pre_upload import PreUploaded, fresh
-from acpipeline.sync.repo_reads import RepoReads, existing_in, latest_commit
+from acpipeline.sync.repo_reads import RepoReads, after_commit, existing_in, latest_commit
 
 MAX_REPLANS = 3
 MAX_SWAP_RETRIES = 30  # a batch our own concurrent runs kept beating to the account's next commit
@@ -126,6 +127,9 @@ class RecordSync:
         self._in_flight: list[Write] = []  # the batch sent last, until its answer came back
         self.reads, self._rev = reads, rev
         self._read_head: tuple[str, str] | None = None  # (cid, rev) of the commit the last plan read
+        # The repository as the last plan read it, moved on by each of our commits while they chain from
+        # that read (`after_commit`); None once one does not.
+        self._after: RepoSnapshot | None = None
 
     def uri(self, rkey: str) -> str:
         return f"at://{self.account.did}/{self.rules.nsid}/{rkey}"
@@ -135,6 +139,7 @@ class RecordSync:
         did = self.account.did
         snapshot = self.reads.now(did) if fresh else self.reads.at(did, self._rev)
         self._read_head = (snapshot.commit_cid, snapshot.rev)
+        self._after = snapshot
         existing = existing_in(snapshot, self.rules.nsid)
         plan = plan_writes(self.rules, self.desired, existing, self.items)
         self.report.not_in_mongodb = len(plan.not_in_mongodb)
@@ -142,6 +147,13 @@ class RecordSync:
             if write.action == "create":
                 self.lexicon.check_key(write.rkey)
         return plan, existing
+
+    def state_after(self) -> RepoSnapshot | None:
+        """The repository as this sync's writes left it, known without reading it again: the plan's read
+        with each of our commits applied, when every commit built on the one before (swapCommit) and the
+        PDS answered the CID of each value sent. None when the sync committed nothing (its read may be an
+        earlier run's) or the chain broke."""
+        return self._after if self.report.commits else None
 
     def run(self, dry_run: bool = False) -> SyncReport:
         try:
@@ -267,7 +279,7 @@ class RecordSync:
                         deferred = []
                     finally:
                         try:
-                            answer = sending.result()
+                            answer, swapped = sending.result()
                         except PdsError as exc:
                             # A pre-upload the PDS no longer holds (collected sooner than the window says):
                             # the write was refused unapplied; its blobs go again, and the write once more.
@@ -276,9 +288,10 @@ class RecordSync:
                                 raise
                             pre_uploaded.clear()
                             self._upload_blobs(session, batch, cids - relied)
-                            answer = self._commit(session, ops)
+                            answer, swapped = self._commit(session, ops)
                     self._in_flight = []
                     self.report.commits += 1
+                    self._after = after_commit(self._after, self.rules.nsid, swapped, batch, answer)
                     for write, result in zip(batch, answer.get("results", []), strict=False):
                         if write.action != "delete":
                             results[write.rkey] = (result.get("uri") or self.uri(write.rkey), result["cid"])
@@ -292,9 +305,10 @@ class RecordSync:
             finally:
                 self._write_back(deferred)  # the last applied batch's links, even when a later one failed
 
-    def _commit(self, session: Session, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    def _commit(self, session: Session, ops: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         """One applyWrites that names the commit it builds on (swapCommit): its success proves no other write
         came between, so the account's convergence marks of other collections carry over (`on_commit`).
+        Returns the PDS's answer and the commit it built on.
         Our own writers to the account take turns (`turns`), each starting from the head the one before made
         (no getLatestCommit per batch); another writer's commit in between makes the PDS refuse the write
         unapplied (InvalidSwap), and it is sent again on the head the PDS reports. The first write builds on
@@ -322,7 +336,7 @@ class RecordSync:
                         turn.made(commit["cid"], commit["rev"])
                     if self.on_commit:
                         self.on_commit(head_rev, commit["rev"])
-                return answer
+                return answer, head_cid
         raise AssertionError("unreachable")
 
     def _upload_blobs(self, session: Session, batch: list[Write], held: set[str]) -> None:

@@ -1,14 +1,16 @@
 """Each account's records read in one request (`com.atproto.sync.getRepo`), kept while the repository
 stays at the revision they were read at.
 
-The record stage plans a partition from its collection's records and judges it from a fresh read after its
-writes. Paging `listRecords` costs a request per 100 records of each collection; `getRepo` returns every
-collection in one CAR (bounded and checked: `acpipeline.resources.pds.repo`), and the PDS does not count it
-against its global rate limit. What a read returned is kept under ACPIPELINE_HOME (`repos.sqlite`), keyed by
-the account and the revision it showed: while the account's latest revision (listRepos, read once per run
-by the proof step) is still that one, nothing changed in the repository, and the account's other
-partitions (other media types, in other runs) plan from it without asking again. A kept read is never used
-at any other revision, and a re-plan after a write whose outcome is unknown always reads afresh.
+The record stage plans a partition from its collection's records. Its check judges the partition from the
+repository as the sync's commits left it (`after_commit`: the plan's read and our writes, exact while each
+commit built on the one before), else from a fresh read after the sync. Paging `listRecords` costs a request
+per 100 records of each collection; `getRepo` returns every collection in one CAR (bounded and checked:
+`acpipeline.resources.pds.repo`), and the PDS does not count it against its global rate limit. What a read
+returned is kept under ACPIPELINE_HOME (`repos.sqlite`), keyed by the account and the revision it showed (so
+is the repository after our commits): while the account's latest revision (listRepos, read once per run by the
+proof step) is still that one, nothing changed in the repository, and the account's other partitions (other
+media types, in other runs) plan from it without asking again. A kept read is never used at any other
+revision, and a re-plan after a write whose outcome is unknown always reads afresh.
 
 A read is kept on each machine (a miss costs one getRepo), even with `ACPIPELINE_SHARED_STATE=mongodb`.
 
@@ -25,8 +27,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from acpipeline.core.cid import NotComputable, record_cid
 from acpipeline.core.media import MEDIA
-from acpipeline.core.plan import Existing
+from acpipeline.core.plan import Existing, Write
 from acpipeline.resources.pds import PdsClient, RepoError, RepoLimits, RepoRecord, RepoSnapshot
 from acpipeline.resources.pds.repo import DEFAULT_REPO_LIMITS
 from acpipeline.sync.cache import connect_local
@@ -49,6 +52,37 @@ def repo_collections(client: Any, did: str) -> set[str]:
 def existing_in(snapshot: RepoSnapshot, nsid: str) -> list[Existing]:
     """The collection's records as the planner and the check take them."""
     return [Existing(rkey=r.rkey, cid=r.cid, value=r.value) for r in snapshot.collection(nsid)]
+
+
+def after_commit(
+    snapshot: RepoSnapshot | None, nsid: str, swapped: str, writes: list[Write], answer: dict[str, Any]
+) -> RepoSnapshot | None:
+    """The repository after an applyWrites of `writes` to `nsid` that named `swapped` as the commit it built
+    on, known without reading it: `snapshot` with the writes, when `snapshot` is that commit (the PDS
+    applies a swapCommit write only onto it, so nothing else came between) and each record the PDS answered
+    has the CID of the value sent (so it stores that value). Else None: the repository must be read."""
+    commit = answer.get("commit") or {}
+    results = answer.get("results") or []
+    if snapshot is None or swapped != snapshot.commit_cid or len(results) != len(writes):
+        return None
+    if not (commit.get("cid") and commit.get("rev")):
+        return None
+    records = {record.rkey: record for record in snapshot.collection(nsid)}
+    for write, result in zip(writes, results, strict=True):
+        if write.action == "delete":
+            records.pop(write.rkey, None)
+            continue
+        try:
+            cid = record_cid(write.value or {})
+        except NotComputable:
+            return None
+        if result.get("cid") != cid:
+            return None
+        records[write.rkey] = RepoRecord(write.rkey, cid, write.value or {})
+    collections = {name: found for name, found in snapshot.records.items() if name != nsid}
+    if records:
+        collections[nsid] = [records[rkey] for rkey in sorted(records)]
+    return RepoSnapshot(snapshot.did, commit["cid"], commit["rev"], collections)
 
 
 class RepoReads:
@@ -78,11 +112,15 @@ class RepoReads:
             snapshot = self.client.get_repo(did, LIMITS)
         except RepoError:
             return self._listed(did)
+        self.keep(snapshot)
+        return snapshot
+
+    def keep(self, snapshot: RepoSnapshot) -> None:
+        """Keep `snapshot` as the account's repository at its revision, for later partitions."""
         records = {nsid: [[r.rkey, r.cid, r.value] for r in rs] for nsid, rs in snapshot.records.items()}
         payload = zlib.compress(json.dumps(records, separators=(",", ":")).encode(), 1)
-        row = (did, snapshot.rev, snapshot.commit_cid, payload)
+        row = (snapshot.did, snapshot.rev, snapshot.commit_cid, payload)
         self._db.execute("INSERT OR REPLACE INTO repos VALUES (?, ?, ?, ?)", row)
-        return snapshot
 
     def collections_at(self, did: str, rev: str) -> set[str]:
         """The collections that hold records at `rev` (a kept read, or one now, kept for the syncs)."""
