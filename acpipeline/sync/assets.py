@@ -258,8 +258,10 @@ def _tape_metadata(tapes: list[dict[str, Any]]) -> dict[str, Any]:
 CHECK = AssetCheckSpec(
     "pds_holds_desired_records",
     asset="atproto_records",
-    description="A fresh listing of the account's collection holds exactly one record per synced item "
-    "(for a partition proven converged: the listing of its last clean sync, with nothing changed since).",
+    description="The account's collection holds exactly one record per synced item, with its desired "
+    "value, as the PDS holds it after the sync: read again, or (after the sync's writes) the plan's read "
+    "with the commits the PDS applied onto it and the record CIDs it answered. For a partition proven "
+    "converged: as its last clean sync left it, with nothing changed since.",
 )
 
 
@@ -324,8 +326,8 @@ def atproto_records(
                     out.append((source.key, synced))
             return out
 
-        # Accounts several at a time: a partition's few round trips to the PDS (its commit, the check's read)
-        # wait on the network, not on this process.
+        # Accounts several at a time: a partition's few round trips to the PDS (its commits, any read it
+        # needs) wait on the network, not on this process.
         for done in as_completed([syncing.submit(sync_account, sources) for sources in by_account.values()]):
             for key, result in done.result():
                 if isinstance(result, str):
