@@ -7,8 +7,9 @@ check evaluation per partition): 11 of its 13 seconds. This subclass changes onl
 - one engine per shard file, kept (the index shard, and the last few run shards), so connections and
   compiled statements are reused: a third of the time per event;
 - `store_event_batch`, which Dagster calls for the materializations of a range output when
-  `DAGSTER_EVENT_BATCH_SIZE` is set (`acpipeline.settings.DAGSTER_ENV`): one transaction per shard for the
-  whole batch instead of two per event.
+  `DAGSTER_EVENT_BATCH_SIZE` is set (`acpipeline.settings.DAGSTER_ENV`), and the record stage for its
+  partitions' materializations and check evaluations (`dagster_compat.log_as_batch`): one transaction per
+  shard for the whole batch instead of two or three per event.
 
 The files, tables and rows are Dagster's own, in Dagster's own place for the instance: an instance can
 switch between this class and Dagster's in either direction. Unless `base_dir` is configured, the files are
@@ -49,18 +50,22 @@ from acpipeline.settings import apply_dagster_env
 # Run shards whose engines stay open besides the index: a process writes one run's events at a time (the
 # CLI's workers each their own), and the webserver reads a few runs' logs at once.
 RUN_SHARDS_KEPT = 8
-BATCHED_TYPES = {DagsterEventType.ASSET_MATERIALIZATION.value, DagsterEventType.ASSET_OBSERVATION.value}
+ASSET_TYPES = {DagsterEventType.ASSET_MATERIALIZATION.value, DagsterEventType.ASSET_OBSERVATION.value}
+CHECK_TYPE = DagsterEventType.ASSET_CHECK_EVALUATION.value
 _OPEN: weakref.WeakSet[PooledSqliteEventLogStorage] = weakref.WeakSet()
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """`SqliteEventLogStorage` with kept connections and single-transaction batches (see the module)."""
 
+    batches_check_evaluations = True  # `store_event_batch` takes them (Dagster's own storages do not)
+
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._tables: set[str] = set()
         self._inst_data = inst_data
         self._db_lock = threading.Lock()
+        self._in_transaction = threading.local()  # .shards: shard -> this thread's open connection to it
         if base_dir:
             super().__init__(base_dir, inst_data)
         # else: Dagster's default place for the instance this storage belongs to, once it registers
@@ -109,14 +114,24 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        # Dagster's own `_connect`, with a kept engine instead of a new one per statement.
+        # Dagster's own `_connect`, with a kept engine instead of a new one per statement. Inside a
+        # transaction of this thread on the same shard (a batch calling Dagster's per-event writers), the
+        # statements join that transaction: a second connection would wait on the first one's lock.
+        shards: dict[str, Connection] = self._in_transaction.__dict__.setdefault("shards", {})
+        if shard in shards:
+            yield shards[shard]
+            return
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
-                yield conn
+                shards[shard] = conn
+                try:
+                    yield conn
+                finally:
+                    del shards[shard]
 
     def has_table(self, table_name: str) -> bool:
         # Asked for every tagged asset event; a table, once there, stays.
@@ -125,8 +140,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         return table_name in self._tables
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """A range output's materializations (or observations) of one run: one transaction in the run's
-        shard, then one in the index. Anything else goes event by event, as in Dagster."""
+        """Materializations, observations and check evaluations of one run: one transaction in the run's
+        shard, then one in the index, with the same rows Dagster's `store_event` writes one event at a
+        time. Anything else goes event by event, as in Dagster."""
         run_ids = {event.run_id for event in events}
         if len(run_ids) != 1 or not all(_batchable(event) for event in events):
             super().store_event_batch(events)
@@ -137,9 +153,18 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             conn.execute(insert, rows)
         with self.index_transaction() as conn:
             ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
-            self._store_asset_event_tags(conn, events, ids)
-            for event, event_id in zip(events, ids, strict=True):
+            stored = list(zip(events, ids, strict=True))
+            asset_events = [(event, event_id) for event, event_id in stored if _type(event) in ASSET_TYPES]
+            if asset_events:
+                self._store_asset_event_tags(conn, [e for e, _ in asset_events], [i for _, i in asset_events])
+            # An asset's row keeps its latest event of each kind, each event overwriting the one before: the
+            # batch's last one of each kind leaves the row as all of them one by one would.
+            latest = {(_type(event), _asset(event)): (event, event_id) for event, event_id in asset_events}
+            for event, event_id in latest.values():
                 self._store_asset_event(conn, event, event_id)
+            for event, event_id in stored:
+                if _type(event) == CHECK_TYPE:
+                    self.store_asset_check_event(event, event_id)  # joins this transaction (`_connect`)
 
     def wipe(self) -> None:
         with self._db_lock:
@@ -161,11 +186,25 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             engine.dispose(close=False)  # the parent's connections stay the parent's
         self._engines = OrderedDict()
         self._db_lock = threading.Lock()
+        self._in_transaction = threading.local()
+
+
+def _type(event: EventLogEntry) -> str | None:
+    return event.dagster_event.event_type_value if event.dagster_event else None
+
+
+def _asset(event: EventLogEntry) -> str:
+    dagster_event = event.dagster_event
+    return dagster_event.asset_key.to_string() if dagster_event and dagster_event.asset_key else ""
 
 
 def _batchable(event: EventLogEntry) -> bool:
     dagster_event = event.dagster_event
-    return bool(dagster_event and dagster_event.event_type_value in BATCHED_TYPES and dagster_event.asset_key)
+    if dagster_event is None or not event.run_id:
+        return False
+    if dagster_event.event_type_value == CHECK_TYPE:
+        return True
+    return dagster_event.event_type_value in ASSET_TYPES and dagster_event.asset_key is not None
 
 
 def _forget_all_engines() -> None:

@@ -3,13 +3,32 @@ a Dagster upgrade that changes one fails here; and the fix it applies: a run who
 slot sleeps between its claims instead of spinning."""
 
 import logging
+import shutil
 import threading
 import time
 from types import SimpleNamespace
 
-from dagster import DagsterRunStatus, job, op
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    Output,
+    StaticPartitionsDefinition,
+    asset,
+    in_process_executor,
+    job,
+    mem_io_manager,
+    op,
+)
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.test_utils import instance_for_test
 
 from acpipeline import dagster_compat
@@ -142,3 +161,67 @@ def test_the_workspace_and_backfill_entry_points_the_probe_drives(tmp_path):
         tags = runs[0].tags
         ranged = (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"])
         assert ranged == tuple(keys), tags
+
+
+BATCHED_PARTITIONS = StaticPartitionsDefinition([f"user{i}|mood" for i in range(20)])
+HOLDS = AssetCheckSpec("holds", asset="batched")
+
+
+@asset(partitions_def=BATCHED_PARTITIONS, check_specs=[HOLDS], output_required=False)
+def batched(context: AssetExecutionContext):
+    """As the record stage: each partition's materialization and check evaluation, logged as one batch."""
+    events: list = []
+    for key in context.partition_keys:
+        events.append(AssetMaterialization(asset_key=context.asset_key, partition=key))
+        events.append(
+            AssetCheckEvaluation(asset_key=context.asset_key, check_name="holds", passed=True, partition=key)
+        )
+    yield from dagster_compat.log_as_batch(context, events)
+    yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(HOLDS.key))
+
+
+@pytest.mark.parametrize("storage", ["ours", "dagsters"])
+def test_log_as_batch_hands_the_step_events_over_at_once(tmp_path, monkeypatch, capfd, storage):
+    """A range run's events reach the event log's `store_event_batch` together: with ours on SQLite the check
+    evaluations too; with Dagster's own storage (which refuses them in a batch) the materializations, and
+    each check evaluation alone, with no failed batch. Every partition materialized and checked."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from acpipeline.event_log import PooledSqliteEventLogStorage
+    from acpipeline.instance import PROJECT_DAGSTER_YAML
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "500")
+    if storage == "ours":
+        shutil.copy(PROJECT_DAGSTER_YAML, tmp_path / "dagster.yaml")
+    kind = PooledSqliteEventLogStorage if storage == "ours" else SqliteEventLogStorage
+    batches: list[list[str]] = []
+    original = kind.store_event_batch
+
+    def counted(self, events):
+        batches.append([event.dagster_event.event_type_value for event in events])
+        original(self, events)
+
+    monkeypatch.setattr(kind, "store_event_batch", counted)
+    job = Definitions(
+        assets=[batched], executor=in_process_executor, resources={"io_manager": mem_io_manager}
+    ).resolve_implicit_global_asset_job_def()
+    keys = BATCHED_PARTITIONS.get_partition_keys()
+    with DagsterInstance.get() as instance:
+        assert type(instance.event_log_storage) is kind
+        result = job.execute_in_process(
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        )
+        assert result.success
+        ours = [batch for batch in batches if "ASSET_CHECK_EVALUATION" in batch or len(batch) == 20]
+        if storage == "ours":
+            assert ours == [["ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION"] * 20], batches
+        else:
+            assert ours == [["ASSET_MATERIALIZATION"] * 20], batches
+        assert instance.get_materialized_partitions(AssetKey("batched")) == set(keys)
+        history = instance.event_log_storage.get_asset_check_execution_history(HOLDS.key, limit=100)
+        passed = {record.partition for record in history if record.status.value == "SUCCEEDED"}
+        assert passed == set(keys)
+        assert len(result.get_asset_materialization_events()) == 20  # the run's own result sees them
+    assert "Exception while storing event batch" not in capfd.readouterr().err

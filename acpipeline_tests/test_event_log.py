@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetKey,
     AssetMaterialization,
     AssetRecordsFilter,
@@ -22,7 +24,12 @@ from dagster import (
     in_process_executor,
     mem_io_manager,
 )
-from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events import (
+    AssetCheckEvaluationPlanned,
+    DagsterEvent,
+    DagsterEventType,
+    StepMaterializationData,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -32,15 +39,11 @@ from acpipeline.event_log import PooledSqliteEventLogStorage
 from acpipeline.instance import PROJECT_DAGSTER_YAML
 
 KEY = AssetKey("atproto_records")
+CHECK = AssetCheckKey(KEY, "holds")
 
 
-def _materialization(run_id: str, partition: str, n: int) -> EventLogEntry:
-    event = AssetMaterialization(asset_key=KEY, partition=partition, metadata={"n": n}, tags={"t": "v"})
-    dagster_event = DagsterEvent(
-        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
-        job_name="job",
-        event_specific_data=StepMaterializationData(event),
-    )
+def _entry(run_id: str, kind: DagsterEventType, data: object) -> EventLogEntry:
+    dagster_event = DagsterEvent(event_type_value=kind.value, job_name="job", event_specific_data=data)
     return EventLogEntry(
         error_info=None,
         level=20,
@@ -49,6 +52,18 @@ def _materialization(run_id: str, partition: str, n: int) -> EventLogEntry:
         timestamp=time.time(),
         dagster_event=dagster_event,
     )
+
+
+def _materialization(run_id: str, partition: str, n: int) -> EventLogEntry:
+    event = AssetMaterialization(asset_key=KEY, partition=partition, metadata={"n": n}, tags={"t": "v"})
+    return _entry(run_id, DagsterEventType.ASSET_MATERIALIZATION, StepMaterializationData(event))
+
+
+def _check(run_id: str, partition: str, passed: bool) -> EventLogEntry:
+    evaluation = AssetCheckEvaluation(
+        asset_key=KEY, check_name=CHECK.name, passed=passed, partition=partition, metadata={"p": partition}
+    )
+    return _entry(run_id, DagsterEventType.ASSET_CHECK_EVALUATION, evaluation)
 
 
 def _stored(storage: SqliteEventLogStorage, run_id: str) -> dict:
@@ -92,6 +107,51 @@ def test_stores_what_dagsters_own_class_stores(tmp_path, batched):
     assert _stored(ours, "run-1") == expected
     # the same files: Dagster's class reads what ours wrote
     assert _stored(SqliteEventLogStorage(str(tmp_path / "ours")), "run-1") == expected
+
+
+def _checks(storage: SqliteEventLogStorage) -> list[tuple]:
+    """The check's executions as the UI reads them: partition, run, status, the evaluation's event."""
+    history = storage.get_asset_check_execution_history(CHECK, limit=10_000)
+    return sorted(
+        (
+            r.partition or "",
+            r.run_id,
+            r.status.value,
+            r.event.dagster_event.event_type_value if r.event else "",
+        )
+        for r in history
+    )
+
+
+@pytest.mark.timeout(60)  # a deadlock fails it
+def test_a_batch_of_materializations_and_check_evaluations_stores_what_dagster_stores(tmp_path):
+    """The record stage's batch: each partition's materialization and check evaluation, after the run's
+    planned check. The same runs' log, asset rows and check executions as Dagster's class one event at a
+    time; a check evaluation's writes join the batch's transaction (a second connection would deadlock)."""
+    planned = _entry(
+        "run-1",
+        DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+        AssetCheckEvaluationPlanned(asset_key=KEY, check_name=CHECK.name),
+    )
+    events = []
+    for i in range(30):
+        events += [
+            _materialization("run-1", f"user{i}|mood", i),
+            _check("run-1", f"user{i}|mood", i % 7 != 3),
+        ]
+    ours = PooledSqliteEventLogStorage(str(tmp_path / "ours"))
+    theirs = SqliteEventLogStorage(str(tmp_path / "theirs"))
+    for storage in (ours, theirs):
+        storage.store_event(planned)
+    ours.store_event_batch(events)
+    for event in events:
+        theirs.store_event(event)
+    expected = _stored(theirs, "run-1")
+    assert len(expected["materializations"]) == 30 and expected["latest"] == ("user29|mood", 29)
+    assert _stored(ours, "run-1") == expected
+    assert len(_checks(theirs)) == 31  # the planned row, and one per partition
+    assert _checks(ours) == _checks(theirs)
+    assert _checks(SqliteEventLogStorage(str(tmp_path / "ours"))) == _checks(theirs)
 
 
 def test_a_mixed_batch_goes_event_by_event(tmp_path):

@@ -40,7 +40,7 @@ from dagster import (
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.media import MEDIA
 from acpipeline.core.verdict import judge
-from acpipeline.dagster_compat import kv_get, kv_set
+from acpipeline.dagster_compat import kv_get, kv_set, log_as_batch
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsClient, PdsResource
@@ -301,13 +301,10 @@ def atproto_records(
             if source.account is None:
                 failed[key] = f"no user in MongoDB has the ATProto handle {source.handle} any more"
             elif source.proof is not None:
-                yield from _proven(context, source, config.dry_run)
-                if source.proof.empty and not config.dry_run:
-                    # marked, so later runs prove it from the mark instead of asking describeRepo again
-                    mark = Mark(source.proof.fingerprint, 0)
-                    state.mark(source.account.did, source.proof.rev, source.media, mark)
+                waiting.append(_proven(context, source, config.dry_run))
             else:
                 by_account.setdefault(source.account.did, []).append(source)
+        yield from _settle(context, links, state, waiting)
 
         def sync_account(sources: list[PartitionSource]) -> list[tuple[str, Synced | str]]:
             """An account's partitions one after the other (its commits are a chain): each one's result, or
@@ -342,8 +339,8 @@ def atproto_records(
                 if config.strict and result.items_failed:
                     failed[key] = f"{result.items_failed} items failed (strict mode)"
             if links.pending >= links.flush_at or len(waiting) >= PARTITIONS_PER_RUN:
-                yield from _settle(links, state, waiting)
-        yield from _settle(links, state, waiting)
+                yield from _settle(context, links, state, waiting)
+        yield from _settle(context, links, state, waiting)
     except BaseException:
         # The run fails (or is stopped): the partitions under way end, and what the PDS already holds still
         # gets linked, if MongoDB lets it; the original error is the one reported.
@@ -405,14 +402,15 @@ def deferred_of_runs(instance: DagsterInstance, run_ids: list[str]) -> dict[str,
     return out
 
 
-def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool):
+def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool) -> "Synced":
     """A proven-converged partition: a materialization saying so (backfills and the UI count it as done;
-    an observation in a dry run), and its check carried over from the sync that made the mark."""
+    an observation in a dry run), and its check carried over from the sync that made the mark. An empty one
+    is marked, so later runs prove it from the mark instead of asking describeRepo again."""
     proof = source.proof
-    assert proof is not None
+    assert proof is not None and source.account is not None
     n = proof.desired
     event = AssetObservation if dry_run else AssetMaterialization
-    yield event(
+    materialization = event(
         asset_key=context.asset_key,
         partition=source.key,
         metadata={
@@ -425,7 +423,7 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
             "source_fingerprint": proof.fingerprint,
         },
     )  # fmt: skip
-    yield AssetCheckEvaluation(
+    check = AssetCheckEvaluation(
         asset_key=context.asset_key,
         check_name=CHECK.name,
         passed=True,
@@ -439,6 +437,10 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
             "repo_rev": proof.rev,
         },
     )
+    synced = Synced([materialization, check], 0)
+    if proof.empty and not dry_run:
+        synced.mark = (source.account.did, proof.rev, source.media, Mark(proof.fingerprint, 0))
+    return synced
 
 
 @dataclass
@@ -481,11 +483,13 @@ class _ThreadStores:
             self._made.clear()
 
 
-def _settle(links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
-    """Write the gathered links, then yield the waiting partitions' events and write their marks."""
+def _settle(context: AssetExecutionContext, links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
+    """Write the gathered links, then log the waiting partitions' events (one batch for the event log) and
+    write their marks."""
     links.flush()
+    if waiting:
+        yield from log_as_batch(context, [event for synced in waiting for event in synced.events])
     for synced in waiting:
-        yield from synced.events
         if synced.mark:
             state.mark(*synced.mark)
     waiting.clear()
