@@ -49,7 +49,12 @@ def _login(http: httpx.Client, identifier: str, password: str) -> str:
 def _upload_blobs(http: httpx.Client, auth: dict[str, str], record: PreparedRecord) -> None:
     for data, mime in record.blobs:
         headers = {**auth, "Content-Type": mime}
-        _ok(http.post("/xrpc/com.atproto.repo.uploadBlob", content=data, headers=headers))
+        try:
+            response = http.post("/xrpc/com.atproto.repo.uploadBlob", content=data, headers=headers)
+        except httpx.TransportError:  # a dropped connection (seen once under 32 at a time): a blob is
+            # stored by its content, so sending it again cannot store it twice
+            response = http.post("/xrpc/com.atproto.repo.uploadBlob", content=data, headers=headers)
+        _ok(response)
 
 
 def _batches(records: list[PreparedRecord]) -> Iterator[tuple[str, list[PreparedRecord]]]:
