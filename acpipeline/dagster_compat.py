@@ -102,7 +102,8 @@ def log_as_batch(
     instance stores them at once when `DAGSTER_EVENT_BATCH_SIZE` is set (one by one otherwise). They are
     stored before this returns; the step yields the returned events, which Dagster passes on as logged.
     Check evaluations join the batch only where the event log takes them in one (ours on SQLite); Dagster's
-    own storages accept only asset events in a batch, so there each is logged alone, as Dagster would."""
+    own storages accept only asset events in a batch, so there each is logged alone, as Dagster would.
+    Not for blocking checks: Dagster fails a step on one only when the step yields the evaluation itself."""
     step = context.get_step_execution_context()
     batched = getattr(context.instance.event_log_storage, "batches_check_evaluations", False)
     together = [event for event in events if batched or not isinstance(event, AssetCheckEvaluation)]
