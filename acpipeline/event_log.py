@@ -199,12 +199,8 @@ def _asset(event: EventLogEntry) -> str:
 
 
 def _batchable(event: EventLogEntry) -> bool:
-    dagster_event = event.dagster_event
-    if dagster_event is None or not event.run_id:
-        return False
-    if dagster_event.event_type_value == CHECK_TYPE:
-        return True
-    return dagster_event.event_type_value in ASSET_TYPES and dagster_event.asset_key is not None
+    kind = _type(event)
+    return bool(event.run_id) and (kind == CHECK_TYPE or (kind in ASSET_TYPES and bool(_asset(event))))
 
 
 def _forget_all_engines() -> None:

@@ -72,13 +72,14 @@ def after_commit(
         if write.action == "delete":
             records.pop(write.rkey, None)
             continue
+        value = write.value or {}
         try:
-            cid = record_cid(write.value or {})
+            cid = record_cid(value)
         except NotComputable:
             return None
         if result.get("cid") != cid:
             return None
-        records[write.rkey] = RepoRecord(write.rkey, cid, write.value or {})
+        records[write.rkey] = RepoRecord(write.rkey, cid, value)
     collections = {name: found for name, found in snapshot.records.items() if name != nsid}
     if records:
         collections[nsid] = [records[rkey] for rkey in sorted(records)]
