@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -152,6 +153,48 @@ def test_a_batch_of_materializations_and_check_evaluations_stores_what_dagster_s
     assert len(_checks(theirs)) == 31  # the planned row, and one per partition
     assert _checks(ours) == _checks(theirs)
     assert _checks(SqliteEventLogStorage(str(tmp_path / "ours"))) == _checks(theirs)
+
+
+def _schema(path: Path) -> dict:
+    """A SQLite file's tables, indexes and their SQL, its Alembic revision and its journal mode."""
+    with sqlite3.connect(path) as conn:
+        return {
+            "objects": sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()),
+            "revision": conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+            "journal": conn.execute("PRAGMA journal_mode").fetchone(),
+        }
+
+
+def test_a_new_run_shard_is_a_copy_of_dagsters_own(tmp_path, monkeypatch):
+    """A new run's shard comes from the template, not from Dagster's `_initdb` once per run: the same tables,
+    indexes, Alembic revision and WAL mode as Dagster's class makes, and Dagster's class reads it."""
+    ours = PooledSqliteEventLogStorage(str(tmp_path / "ours"))
+    theirs = SqliteEventLogStorage(str(tmp_path / "theirs"))
+    ours.store_event(_materialization("run-1", "a|mood", 1))  # the first run shard also makes the template
+    made: list[object] = []
+    monkeypatch.setattr(
+        PooledSqliteEventLogStorage, "_initdb", lambda self, engine, **kw: made.append(engine)
+    )
+    for n in range(2, 5):
+        ours.store_event(_materialization(f"run-{n}", "a|mood", n))
+        theirs.store_event(_materialization(f"run-{n}", "a|mood", n))
+    assert made == []  # no run shard was built statement by statement
+    for n in range(2, 5):
+        assert _schema(tmp_path / "ours" / f"run-{n}.db") == _schema(tmp_path / "theirs" / f"run-{n}.db")
+        assert _stored(SqliteEventLogStorage(str(tmp_path / "ours")), f"run-{n}")["run_log"] == ["a|mood"]
+    # the template is no run to Dagster, and nothing staged is left behind
+    assert sorted(SqliteEventLogStorage(str(tmp_path / "ours")).get_all_run_ids()) == [
+        f"run-{n}" for n in range(1, 5)
+    ]
+    assert not [p.name for p in (tmp_path / "ours").iterdir() if "staged" in p.name or "-tmp" in p.name]
+
+
+def test_a_run_shard_another_process_made_is_never_replaced(tmp_path):
+    theirs = SqliteEventLogStorage(str(tmp_path))
+    theirs.store_event(_materialization("run-1", "theirs|mood", 1))
+    ours = PooledSqliteEventLogStorage(str(tmp_path))
+    ours.store_event(_materialization("run-1", "ours|mood", 2))
+    assert _stored(theirs, "run-1")["run_log"] == ["theirs|mood", "ours|mood"]
 
 
 def test_a_mixed_batch_goes_event_by_event(tmp_path):

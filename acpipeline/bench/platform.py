@@ -109,6 +109,7 @@ import httpx
 import psutil
 
 from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchange, Link
+from acpipeline.bench.memory import PssReader
 from acpipeline.bench.run import machine
 from acpipeline.bench.strategies import PreparedRecord, _login, _ok, write_records
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
@@ -291,7 +292,7 @@ class ProcessSampler:
         self._first = True
         self._marked_pids: set[int] = set()
         self._next_discovery = 0.0
-        self._pss_cache: dict[tuple[int, float], tuple[int, int, float]] = {}
+        self._pss = PssReader()
         self.other_cmdlines: set[str] = set()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-sampler")
@@ -318,17 +319,6 @@ class ProcessSampler:
                 todo.extend(children.get(pid, ()))
         return [table[pid] for pid in found]
 
-    def _pss(self, key: tuple[int, float], process: psutil.Process) -> int:
-        """PSS (smaps_rollup: costly for big processes) re-read when the RSS (cheap) moved by more than
-        1 MB since the last read, or that read is over a second old; else the last value."""
-        rss = process.memory_info().rss
-        now = time.monotonic()
-        last = self._pss_cache.get(key)
-        if last is None or abs(rss - last[0]) > 1_000_000 or now - last[2] > 1.0:
-            last = (rss, process.memory_full_info().pss, now)
-            self._pss_cache[key] = last
-        return last[1]
-
     def _track_cpu(self, key: tuple[int, float], kind: str, process: psutil.Process) -> None:
         times = process.cpu_times()
         used = times.user + times.system
@@ -349,7 +339,7 @@ class ProcessSampler:
                     if self._kinds[key] == "other" and len(self.other_cmdlines) < 5:
                         self.other_cmdlines.add(" ".join(process.cmdline())[:200])
                 kind = self._kinds[key]
-                pss = self._pss(key, process)
+                pss = self._pss.pss(process)
                 self._track_cpu(key, kind, process)
             except psutil.Error:
                 continue

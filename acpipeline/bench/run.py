@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import psutil
 
 from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchange, as_rows, summarize
+from acpipeline.bench.memory import PssReader
 from acpipeline.bench.strategies import PreparedRecord, write_ceiling, write_platform_style
 from acpipeline.core.media import MEDIA
 
@@ -47,9 +48,11 @@ KEYS = (
 _T = TypeVar("_T")
 OVERLAPPED_UPLOADS = 32  # the sync's own connection limit to the PDS
 NETWORK_KEYS = ("rtt_ms", "bandwidth_mbit", "requests")  # with --rtt or --bandwidth
+# The memory sampler's period: it shares the 2 cores with the sync it measures (see bench/memory.py).
+SAMPLE_EVERY_S = 0.1
 
 
-def tree_memory_by_process(root: psutil.Process) -> dict[str, int]:
+def tree_memory_by_process(root: psutil.Process, reader: PssReader) -> dict[str, int]:
     """Each process's PSS in the tree, by `pid name` (the root, its forked workers, ffmpeg). Their sum is the
     tree's resident bytes with the pages its processes share (the forked partition workers share most of
     theirs with their parent) counted once."""
@@ -57,7 +60,7 @@ def tree_memory_by_process(root: psutil.Process) -> dict[str, int]:
     with contextlib.suppress(psutil.Error):
         for process in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                found[f"{process.pid} {process.name()}"] = process.memory_full_info().pss
+                found[f"{process.pid} {process.name()}"] = reader.pss(process)
     return found
 
 
@@ -73,16 +76,16 @@ def run_measured(
 
     def sample() -> None:
         nonlocal peak
-        root = psutil.Process(process.pid)
+        root, reader = psutil.Process(process.pid), PssReader()
         while not done.is_set():
-            sizes = tree_memory_by_process(root)
+            sizes = tree_memory_by_process(root, reader)
             if sum(sizes.values()) > peak:
                 peak = sum(sizes.values())
                 if at_peak is not None:
                     at_peak.clear()
                     at_peak.update({name: round(size / 1e6, 1) for name, size in sizes.items()})
                     at_peak["seconds"] = round(time.perf_counter() - started, 2)
-            time.sleep(0.05)
+            time.sleep(SAMPLE_EVERY_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
