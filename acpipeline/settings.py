@@ -54,12 +54,16 @@ def apply_dagster_env() -> None:
         os.environ.setdefault(name, value)
 
 
+# Connections the PDS client keeps open between requests (`resources/pds/transport.py`); it opens up to twice
+# as many, but past these each request would open (and close) one of its own.
+PDS_KEPT_CONNECTIONS = 16
+
+
 def network_concurrency() -> int:
-    """Requests a run keeps in flight to storage (paintings' fetches and recording checks) and to the PDS
-    (small blob uploads): `ACPIPELINE_NETWORK_CONCURRENCY`, default 8, at most 32 (the PDS client's
-    connections). Raise it where storage and the PDS are far away: at 50 ms round trips, 32 took the heavy
-    user's sync from 15.3-15.9 s to 12.8 s; on one machine it took the platform pass's peak memory from
-    1,452 to 1,712 MB, over its 1,536 MB target."""
+    """Requests a run keeps in flight to storage (paintings' fetches and recording checks), and half the
+    small blob uploads it keeps in flight to the PDS (`upload_concurrency`): `ACPIPELINE_NETWORK_CONCURRENCY`,
+    default 8, at most 32 (the PDS client's connections). Raise it where storage is far away; each fetch
+    holds a painting in memory (the README's benchmark has what 32 did to the time and the peak memory)."""
     value = os.environ.get("ACPIPELINE_NETWORK_CONCURRENCY") or "8"
     try:
         return max(1, min(32, int(value)))
@@ -67,3 +71,11 @@ def network_concurrency() -> int:
         raise OperatorError(
             f"ACPIPELINE_NETWORK_CONCURRENCY={value!r} is not a number: set it to 1-32"
         ) from None
+
+
+def upload_concurrency() -> int:
+    """Small blob uploads (thumbnails) a run keeps in flight to the PDS: twice `network_concurrency()`, at
+    most `PDS_KEPT_CONNECTIONS`. An upload waits on the PDS's round trip and its work, not on memory (the
+    bytes in flight are bounded apart), so more of them pay where the PDS is far away (see the README's
+    benchmark); past the kept connections each would pay for a new connection instead."""
+    return min(PDS_KEPT_CONNECTIONS, 2 * network_concurrency())

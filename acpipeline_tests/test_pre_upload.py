@@ -18,6 +18,7 @@ from dagster import AssetRecordsFilter
 from acpipeline.core.batches import batch_writes, encode_body
 from acpipeline.core.cid import blob_cid
 from acpipeline.resources.pds import _session_path
+from acpipeline.settings import PDS_KEPT_CONNECTIONS, network_concurrency, upload_concurrency
 from acpipeline.sync import records as record_stage
 from acpipeline.sync.assets import media_blobs
 from acpipeline.sync.partitions import partition_key
@@ -142,6 +143,48 @@ def test_new_thumbnails_are_uploaded_once_in_the_blob_stage(world, proxy_for):  
     assert_converged(world, db, handle, ["painting"])
     assert_rerun_writes_nothing(world, handle, ["painting"])
     assert proxy.requests[UPLOAD] == 12  # the re-run uploaded nothing (no new item)
+
+
+class InFlight:
+    """A proxy hook holding each upload `delay_s` (a round trip to a far PDS) and keeping the most in flight
+    at once and the connections they came on (the proxy serves each connection on a thread of its own)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.now, self.most = delay_s, 0, 0
+        self.connections: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, seen) -> str | None:
+        if seen.nsid != UPLOAD:
+            return None
+        with self._lock:
+            if seen.phase == "before":
+                self.now += 1
+                self.most = max(self.most, self.now)
+                self.connections.add(threading.current_thread().name)
+            else:
+                self.now -= 1
+        if seen.phase == "before":
+            time.sleep(self.delay_s)
+        return None
+
+
+def test_uploads_keep_twice_the_network_concurrency_in_flight_on_kept_connections(world, proxy_for):  # noqa: F811
+    """An upload waits on the PDS, not on memory: twice ACPIPELINE_NETWORK_CONCURRENCY (8 by default) in
+    flight, and no more than the PDS client keeps connections for, so no upload opens one of its own."""
+    db = world.db()
+    sub, handle, did = add_user(world, db, "wide")
+    add_paintings(world, db, sub, 48)
+    proxy = proxy_for()
+    flight = InFlight(delay_s=0.2)
+    proxy.hooks.append(flight)
+
+    result = sync(world, [handle], ["painting"])[(handle, "painting")]
+
+    assert result.ok and result.check_passed, result.row()
+    assert proxy.requests[UPLOAD] == 48
+    assert flight.most == upload_concurrency() == 2 * network_concurrency() == 16
+    assert len(flight.connections) <= PDS_KEPT_CONNECTIONS
 
 
 def test_a_dry_run_uploads_nothing(world, proxy_for):  # noqa: F811

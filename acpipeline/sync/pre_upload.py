@@ -3,7 +3,7 @@ record stage finds them on the PDS instead of uploading them inside its pool slo
 
 The blob stage (`PreUploader`) uploads the blobs of items never linked in MongoDB (records this sync will
 create) while the other items are still being derived: each item's blobs go to a pool of
-`ACPIPELINE_NETWORK_CONCURRENCY` upload threads as its derivation ends, bounded in bytes in flight like the
+upload threads (`settings.upload_concurrency`) as its derivation ends, bounded in bytes in flight like the
 record stage's uploads. It logs in with the account's persisted session (a login only when there is none);
 when no session can be had, when the PDS holds the account's writes beyond the retry budget (its record
 stage defers: no blob for a write the PDS would refuse), or when an upload fails, it leaves those uploads
@@ -37,7 +37,7 @@ from typing import Any
 from acpipeline.core.items import Blob, Derived, Item
 from acpipeline.errors import OperatorError
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session
-from acpipeline.settings import network_concurrency
+from acpipeline.settings import upload_concurrency
 from acpipeline.sync.extract import Account
 
 FRESH_ENV = "ACPIPELINE_PRE_UPLOAD_FRESH_S"
@@ -141,7 +141,7 @@ class PreUploader:
     def __post_init__(self) -> None:
         from acpipeline.sync.records import UPLOAD_BYTES_IN_FLIGHT  # records imports this module
 
-        self._pool = ThreadPoolExecutor(network_concurrency(), thread_name_prefix="pre-upload")
+        self._pool = ThreadPoolExecutor(upload_concurrency(), thread_name_prefix="pre-upload")
         self._budget = _ByteBudget(UPLOAD_BYTES_IN_FLIGHT)
         self._lock = threading.Lock()
         self._sessions: dict[str, Session | None] = {}

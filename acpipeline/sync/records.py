@@ -20,7 +20,7 @@ from acpipeline.core.media import MediaRules
 from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
 from acpipeline.resources.pds.repo import RepoSnapshot
-from acpipeline.settings import network_concurrency
+from acpipeline.settings import upload_concurrency
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.pre_upload import PreUploaded, fresh
@@ -354,10 +354,10 @@ class RecordSync:
                 raise PdsError(f"uploadBlob answered CID {got}, expected {cid}")
             return blob.size
 
-        # Small blobs (thumbnails) are mostly a round trip each: several at once (ACPIPELINE_NETWORK_
-        # CONCURRENCY); big ones (tape videos) fewer, so no more than ~UPLOAD_BYTES_IN_FLIGHT are in memory.
+        # Small blobs (thumbnails) are mostly a round trip each: several at once (`upload_concurrency`); big
+        # ones (tape videos) fewer, so no more than ~UPLOAD_BYTES_IN_FLIGHT are in memory.
         largest = max(self._blob_paths[cid].size for cid in needed)
-        workers = max(1, min(network_concurrency(), UPLOAD_BYTES_IN_FLIGHT // max(largest, 1)))
+        workers = max(1, min(upload_concurrency(), UPLOAD_BYTES_IN_FLIGHT // max(largest, 1)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             sizes = list(pool.map(upload, sorted(needed)))
         self.report.blobs_uploaded += len(sizes)

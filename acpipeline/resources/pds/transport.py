@@ -29,6 +29,7 @@ from acpipeline.errors import OperatorError
 from acpipeline.resources.pds.throttle import Throttle, rate_limit_wait
 from acpipeline.resources.retry import Attempts, exponential
 from acpipeline.resources.tls import tls_context
+from acpipeline.settings import PDS_KEPT_CONNECTIONS
 
 if TYPE_CHECKING:
     from acpipeline.resources.pds.sessions import Session
@@ -113,7 +114,7 @@ class Transport(ABC):
         self.http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=PDS_KEPT_CONNECTIONS),
             verify=tls_context(),
         )
         # Until the PDS has answered once, a refused connection is a wrong PDS_URL, not a hiccup.
