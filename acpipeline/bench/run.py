@@ -1,7 +1,7 @@
 """The benchmark: one fresh local PDS, the `bench` dataset, every figure measured in the same run.
 
 Method: the pipeline's syncs run as `acpipeline sync` subprocesses (exactly what an operator runs, Dagster
-included), timed by wall clock, their process tree's resident memory sampled every 50 ms. The no-op run
+included), timed by wall clock, their process tree's resident memory sampled every 100 ms. The no-op run
 goes through a counting proxy, so its writes are counted on the PDS's side. The two reference writers get
 the records the pipeline produced (same values, same thumbnails) and write them to fresh accounts. With
 `--rtt`/`--bandwidth`, every one of them reaches the PDS and the media storage through proxies that put
