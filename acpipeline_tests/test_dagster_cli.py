@@ -190,6 +190,20 @@ def test_dagster_dev_in_the_checkout_with_nothing_exported(tmp_path):
             shutil.rmtree(temp_home, ignore_errors=True)  # never leave it in the checkout
 
 
+def test_a_started_service_stops_on_sigterm_when_its_starter_ignores_ctrl_c(tmp_path):
+    """`make test &` from a script (a shell without job control) runs the suite with SIGINT ignored, and
+    `dagster dev` makes SIGTERM what SIGINT is: the services it starts must get Ctrl-C back."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT), flush=True)"
+    log = tmp_path / "probe.log"
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = _start([sys.executable, "-c", probe], clean_env(), log)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert process.wait(timeout=60) == 0
+    assert log.read_text().strip() == str(signal.default_int_handler)
+
+
 def _home_with_project_instance(tmp_path: Path) -> Path:
     """A DAGSTER_HOME as `make dev` and the CLI make it: the project's dagster.yaml, copied."""
     home = tmp_path / "dagster_home"

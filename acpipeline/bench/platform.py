@@ -200,8 +200,21 @@ class BenchError(RuntimeError):
 def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
         return subprocess.Popen(
-            args, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_interruptible,
         )
+
+
+def _interruptible() -> None:
+    """Run in the child before its program: Ctrl-C back to its default. A shell without job control
+    starts `cmd &` with SIGINT ignored, and Python keeps an inherited SIG_IGN; `dagster dev` then makes
+    SIGTERM what SIGINT is, so it would ignore `_stop`'s SIGTERM too and stay until the SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
