@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast coverage dev lint install node browser postgres clean
+.PHONY: demo test test-fast coverage dev lint install node browser postgres redis clean
 
 $(BIN)/acpipeline: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it, or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -48,6 +48,13 @@ postgres:
 	  echo "installing Debian's postgresql for the deployment tests"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
+# The Celery layout's tests start a throwaway Redis of Debian's server (acpipeline_tests/redis.py) with
+# deploy/celery/redis.conf. Installing it starts no server here (no init system in a container).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing Debian's redis-server for the Celery layout's tests"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
 # The suite on TEST_WORKERS pytest-xdist workers (each starts its own PDS and PostgreSQL when a test needs
 # them); a module's tests stay on one worker. Many tests wait on servers and the backfill daemon, so workers
 # beyond the cores pay (see the README for the figures). Modules start in collection order (the longest
@@ -55,14 +62,14 @@ postgres:
 # one-test benches to end the suite alone.
 TEST_WORKERS ?= 5
 
-test: install node browser postgres
+test: install node browser postgres redis
 	$(BIN)/ruff check acpipeline acpipeline_tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # The product code's coverage (branches; the CLI, Dagster's services and the runs the tests start included):
 # the whole suite under coverage, then the report (data under .coverage/).
-coverage: install node browser postgres
+coverage: install node browser postgres redis
 	rm -rf .coverage && mkdir -p .coverage
 	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 	$(BIN)/python -m coverage combine -q

@@ -23,7 +23,7 @@ _accounts = itertools.count()
 
 # Tests that need a real server (the reference PDS, PostgreSQL, or the Dagster services and their own PDS)
 # are `integration`; the rest are `unit` (seconds in all): `make test-fast` runs those.
-SERVER_FIXTURES = {"pds_url", "world", "postgres", "limited"}
+SERVER_FIXTURES = {"pds_url", "world", "postgres", "limited", "redis"}
 SERVER_MODULES = {
     "test_bench_platform",
     "test_bench_platform_dev",
@@ -52,6 +52,7 @@ FIRST_MODULES = (
     "test_bench_platform",  # waits
     "test_ui",  # waits
     "test_deploy",  # waits
+    "test_celery_deploy",  # waits
     "test_dataset",
     "test_demo_world",
     "test_doctor",

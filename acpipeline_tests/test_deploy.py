@@ -102,10 +102,10 @@ query Ticks($selector: ScheduleSelector!) {
 }"""
 
 
-def procfile() -> dict[str, list[str]]:
-    """deploy/Procfile: service name -> its command, split as a shell would."""
+def procfile(path: Path = DEPLOY / "Procfile") -> dict[str, list[str]]:
+    """A Procfile (deploy/Procfile): service name -> its command, split as a shell would."""
     services = {}
-    for line in (DEPLOY / "Procfile").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, command = line.partition(":")
             services[name.strip()] = shlex.split(command)

@@ -1,0 +1,34 @@
+"""The run workers' Celery app (deploy/celery/Procfile): `celery -A acpipeline.run_workers.worker worker`.
+
+The app is the one the instance's run launcher sends to (its broker, result backend, queue and settings,
+from `$DAGSTER_HOME/dagster.yaml`), with Dagster's run tasks. The code location is imported here, once, in
+the worker's main process before its pool forks: every run in the worker starts with Dagster and acpipeline
+already imported, where the default launcher starts a new Python process per run.
+"""
+
+from __future__ import annotations
+
+from dagster import DagsterInstance
+from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
+
+from acpipeline.errors import OperatorError
+from acpipeline.run_workers.launcher import CeleryRunLauncher
+
+
+def _launcher_settings() -> dict:
+    with DagsterInstance.get() as instance:
+        launcher = instance.run_launcher
+        if not isinstance(launcher, CeleryRunLauncher):
+            raise OperatorError(
+                f"$DAGSTER_HOME/dagster.yaml runs runs with {type(launcher).__name__}: a Celery worker needs "
+                "the run_launcher of deploy/celery/run_launcher.yaml"
+            )
+        return launcher.app_args()
+
+
+app = make_app(_launcher_settings())
+execute_job = create_execute_job_task(app)
+resume_job = create_resume_job_task(app)
+
+import acpipeline.definitions  # noqa: E402, F401 - warm: imported before the pool forks
