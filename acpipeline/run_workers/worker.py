@@ -8,23 +8,34 @@ already imported, where the default launcher starts a new Python process per run
 
 from __future__ import annotations
 
-from dagster import DagsterInstance
+import re
+
+from dagster import DagsterError, DagsterInstance
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
-from acpipeline.errors import OperatorError
 from acpipeline.run_workers.launcher import CeleryRunLauncher
+
+UNSET = re.compile(r'environment variable "(\w+)" which is not set')
 
 
 def _launcher_settings() -> dict:
-    with DagsterInstance.get() as instance:
-        launcher = instance.run_launcher
-        if not isinstance(launcher, CeleryRunLauncher):
-            raise OperatorError(
-                f"$DAGSTER_HOME/dagster.yaml runs runs with {type(launcher).__name__}: a Celery worker needs "
-                "the run_launcher of deploy/celery/run_launcher.yaml"
-            )
-        return launcher.app_args()
+    """The instance's CeleryRunLauncher settings; a plain line (no traceback) when the instance has none."""
+    try:
+        with DagsterInstance.get() as instance:
+            launcher = instance.run_launcher
+    except DagsterError as error:  # no DAGSTER_HOME, or its dagster.yaml names a variable that is not set
+        unset = UNSET.search(str(error))
+        reason = (
+            f"{unset.group(1)} is not set (dagster.yaml reads it)" if unset else str(error).splitlines()[0]
+        )
+        raise SystemExit(f"acpipeline worker: {reason}") from None
+    if not isinstance(launcher, CeleryRunLauncher):
+        raise SystemExit(
+            f"acpipeline worker: $DAGSTER_HOME/dagster.yaml runs runs with {type(launcher).__name__}; a "
+            "Celery worker needs the run_launcher of deploy/celery/run_launcher.yaml appended to it"
+        )
+    return launcher.app_args()
 
 
 app = make_app(_launcher_settings())
