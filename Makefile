@@ -48,7 +48,7 @@ postgres:
 	  echo "installing Debian's postgresql for the deployment tests"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
-# The Celery layout's tests start a throwaway Redis of Debian's server (acpipeline_tests/redis.py) with
+# The Celery layout's tests start a throwaway Redis of Debian's server (acpipeline/bench/redis.py) with
 # deploy/celery/redis.conf. Installing it starts no server here (no init system in a container).
 redis:
 	@command -v redis-server >/dev/null || { \

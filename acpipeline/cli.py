@@ -110,10 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bandwidth_mbit=args.bandwidth,
             layout=args.layout or "production",
             pds_limits=args.pds_limits or "off",
+            launcher=args.launcher or "default",
         )
         return 0
-    if args.layout or args.pds_limits:
-        raise OperatorError("--layout and --pds-limits go with --platform")
+    if args.layout or args.pds_limits or args.launcher:
+        raise OperatorError("--layout, --launcher and --pds-limits go with --platform")
     from acpipeline.bench.run import run_bench
 
     run_bench(
@@ -360,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["production", "dev"],
         help="with --platform: the Dagster processes, as the production layout runs them (a code server, "
         "dagster-webserver, dagster-daemon; the default) or as `make dev` does (`dagster dev`)",
+    )
+    bench.add_argument(
+        "--launcher",
+        choices=["default", "celery"],
+        help="with --platform: each run a new process of the code server (the default), or runs in a warm "
+        "Celery worker over Redis (deploy/celery/)",
     )
     bench.add_argument(
         "--pds-limits",

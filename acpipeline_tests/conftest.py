@@ -26,6 +26,7 @@ _accounts = itertools.count()
 SERVER_FIXTURES = {"pds_url", "world", "postgres", "limited", "redis"}
 SERVER_MODULES = {
     "test_bench_platform",
+    "test_bench_platform_celery",
     "test_bench_platform_dev",
     "test_dagster_cli",
     "test_demo_world",
@@ -50,6 +51,7 @@ FIRST_MODULES = (
     "test_cli",  # computes
     "test_bench_platform_dev",  # waits
     "test_bench_platform",  # waits
+    "test_bench_platform_celery",  # waits
     "test_ui",  # waits
     "test_deploy",  # waits
     "test_celery_deploy",  # waits

@@ -94,6 +94,9 @@ def _check_passes(result: dict, lines: list[str]) -> None:
         assert details["requests_outside_passes"] == 0  # the seeding and the reading go around the proxies
         assert details["floor_s"] == round(details["requests"]["pds_globally_limited"] / 10, 1)
         assert details["deferred_partitions"] == 0  # the small dataset stays under every limit
+        assert 0 < details["run_start_s_p50"] <= details["run_start_s_p90"], label
+        celery = result["launcher"] == "celery"
+        assert details["runs_in_celery_workers"] == (details["runs"] if celery else 0), label
         assert details["load_before"] >= 0 and len(details["loadavg_after"]) == 3
 
     table = format_platform_table(result)

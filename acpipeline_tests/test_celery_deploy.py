@@ -27,13 +27,13 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 from acpipeline.bench.platform import LAUNCH, _run_failures, _start, _wait_for_daemon, _wait_for_webserver
+from acpipeline.bench.redis import RedisServer, start_redis
 from acpipeline.core.media import MEDIA
 from acpipeline.sync.partitions import partition_key, register_handles
 
 from .faultproxy import FaultProxy, Seen
 from .helpers import add_moods, add_pieces, add_user, records
 from .postgres import PgCluster
-from .redis import RedisServer, start_redis
 from .test_deploy import (
     DB_PASSWORD,
     DEPLOY,

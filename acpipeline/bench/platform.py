@@ -22,7 +22,11 @@ Method:
   file with `grpc_server`), and it starts the runs. `dev`: what `make dev` runs, `dagster dev -w
   workspace.yaml -h 127.0.0.1 -p PORT` in the checkout (the project's workspace file; DAGSTER_HOME holds the
   copy of `dagster.yaml`), which starts its own code server, webserver and daemon; its webserver is the one
-  the bench talks to. Either way the servers run with `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule
+  the bench talks to. The production layout takes either run launcher (`launcher`, `--launcher`): `default`
+  (each run a new process of the code server) or `celery` (deploy/celery/: the instance's dagster.yaml gets
+  that run launcher, a throwaway Redis is the broker, one worker of deploy/celery/Procfile with one process
+  per run the queue allows runs every run; its start-up comes before the passes). Either way the servers
+  run with `ACPIPELINE_AUTOMATION=stopped` (sensor and schedule
   stay off) and the bench waits for the code location to load in the webserver and for the daemon's
   heartbeats first.
 - Nothing exported: the servers get this process's environment without Dagster's settings for range runs
@@ -89,6 +93,7 @@ import json
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -107,6 +112,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchange, Link
 from acpipeline.bench.memory import PssReader
@@ -136,6 +142,11 @@ READ_WORKERS = 4  # accounts listed (and their blobs fetched) at once after the 
 FULL_TIMEOUT_S = 3 * 3600.0
 NOOP_TIMEOUT_S = 1800.0
 LAYOUTS = ("production", "dev")
+LAUNCHERS = ("default", "celery")
+CELERY = PROJECT / "deploy" / "celery"
+BROKER_ENV = "ACPIPELINE_CELERY_BROKER_URL"  # deploy/celery/run_launcher.yaml reads it
+# The project's dagster.yaml: at most this many runs at once (`concurrency.runs.max_concurrent_runs`).
+MAX_CONCURRENT_RUNS = 4
 PDS_LIMITS = ("off", "bypass", "on")
 # The reference PDS's global limit (`dist/rate-limits.js`, "global-ip"): 3,000 requests per 5 minutes per IP,
 # getRepo excepted (and the health check, which is no XRPC method).
@@ -275,8 +286,10 @@ def _kind(process: psutil.Process) -> str:
         return "dagster dev"  # the dev layout's parent: it only watches its webserver and daemon
     if "ffmpeg" in line:
         return "ffmpeg"  # a run's tape encoder
-    if "multiprocessing" in line:
-        return "runs"  # a run is a spawned process of a code server (its resource tracker, its workers)
+    if "multiprocessing" in line or "acpipeline.run_workers.worker" in line:
+        # a run is a spawned process of a code server (its resource tracker, its workers), or one of the
+        # Celery layout's worker processes
+        return "runs"
     if "watch_orphans" in line or line.startswith("tail "):
         return "log capture"  # Dagster's compute-log capture: two `tail -F` and two watchers per run
     return "other"
@@ -630,6 +643,21 @@ def _run_failures(instance: DagsterInstance, run_ids: list[str], limit: int = 10
     return out
 
 
+def _launch_to_start(instance: DagsterInstance, record: Any) -> float:
+    """Seconds from the run's launch (its RUN_STARTING event) to its RUN_START."""
+    from dagster import DagsterEventType
+
+    starting = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.PIPELINE_STARTING)
+    return record.start_time - starting[0].timestamp if starting else 0.0
+
+
+def _percentile(ordered: list[float], share: float) -> float:
+    """The nearest-rank percentile of sorted values (0.0 for none)."""
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))], 2)
+
+
 def _pass_runs(instance: DagsterInstance, backfill_id: str, order: list[str]) -> dict[str, Any]:
     """The pass's runs from the instance: statuses, partitions per run, and where the wall time went."""
     from dagster import DagsterRunStatus, RunsFilter
@@ -652,6 +680,7 @@ def _pass_runs(instance: DagsterInstance, backfill_id: str, order: list[str]) ->
     created = [r.create_timestamp.timestamp() for r in records]
     failed = [r.dagster_run.run_id for r in records if r.dagster_run.status != DagsterRunStatus.SUCCESS]
     origin = min(created, default=0.0)
+    launched_to_start = sorted(_launch_to_start(instance, r) for r in records if r.start_time)
     timeline: list[dict[str, Any]] = sorted(
         (
             {
@@ -670,6 +699,11 @@ def _pass_runs(instance: DagsterInstance, backfill_id: str, order: list[str]) ->
         "runs": len(records),
         "run_ids": [r.dagster_run.run_id for r in records],
         "deferred_runs": sum(r.dagster_run.tags.get(DEFERRED_TAG) == "true" for r in records),
+        # runs the Celery launcher sent to a worker (the others: processes of the code server)
+        "runs_in_celery_workers": sum(DAGSTER_CELERY_TASK_ID_TAG in r.dagster_run.tags for r in records),
+        # from the launch (RUN_STARTING) to RUN_START, the run's process up and its code loaded
+        "run_start_s_p50": _percentile(launched_to_start, 0.5),
+        "run_start_s_p90": _percentile(launched_to_start, 0.9),
         "statuses": dict(statuses),
         "failed_run_ids": failed,
         "partitions_per_run_max": max(sizes, default=0),
@@ -695,13 +729,16 @@ class Servers:
         instance: DagsterInstance,
         log: Callable[[str], None],
         layout: str = "production",
+        launcher: str = "default",
     ):
         from acpipeline.localpds.server import free_port
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
+            raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
         self.work, self.env, self.token, self.instance, self.log = work, env, token, instance, log
-        self.layout = layout
+        self.layout, self.launcher = layout, launcher
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.web_log, self.daemon_log = work / "webserver.log", work / "daemon.log"
@@ -712,13 +749,16 @@ class Servers:
         self.webserver: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.dev: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_log = work / "celery_worker.log"
         self.http = httpx.Client(timeout=120)  # one client: a new one per poll costs a TLS context each
 
     def logs(self) -> dict[str, Path]:
         """The servers' logs, by server."""
         if self.layout == "dev":
             return {"dagster dev": self.dev_log}
-        return {"code server": self.code_log, "webserver": self.web_log, "daemon": self.daemon_log}
+        logs = {"code server": self.code_log, "webserver": self.web_log, "daemon": self.daemon_log}
+        return logs | ({"celery worker": self.worker_log} if self.launcher == "celery" else {})
 
     def start(self, timeout_s: float = 600) -> None:
         if self.layout == "dev":
@@ -762,16 +802,34 @@ class Servers:
         )
         _wait_for_webserver(self.http, self.url, self.webserver, self.web_log, timeout_s)
         _wait_for_daemon(self.instance, self.daemon, self.daemon_log, timeout_s)
+        if self.launcher == "celery":
+            self._start_worker(timeout_s)
+
+    def _start_worker(self, timeout_s: float) -> None:
+        """deploy/celery/Procfile's worker, one process per run the queue lets run at once: all the runs
+        on this machine, as the default launcher's code server has them."""
+        line = (CELERY / "Procfile").read_text().split("\nworker: ", 1)[1].splitlines()[0]
+        args = shlex.split(line)
+        args[0] = str(BIN / args[0])
+        args[args.index("--concurrency") + 1] = str(MAX_CONCURRENT_RUNS)
+        self.worker = _start(args, self.env, self.worker_log)
+        deadline = time.monotonic() + timeout_s
+        while " ready." not in _tail(self.worker_log):
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the Celery worker did not start:\n{_tail(self.worker_log)}")
+            time.sleep(0.2)
 
     def roots(self) -> list[int]:
-        return [p.pid for p in (self.code_server, self.webserver, self.daemon, self.dev) if p is not None]
+        servers = (self.code_server, self.webserver, self.daemon, self.dev, self.worker)
+        return [p.pid for p in servers if p is not None]
 
     def stop(self) -> int:
         """Daemon first (no run starts while the webserver goes), then the webserver, then the code server
         (or `dagster dev` and its process group), then any stray; returns how many strays there were. A
         second call does nothing."""
-        processes = [p for p in (self.daemon, self.webserver, self.code_server, self.dev) if p is not None]
-        self.daemon = self.webserver = self.code_server = self.dev = None
+        servers = (self.daemon, self.worker, self.webserver, self.code_server, self.dev)
+        processes = [p for p in servers if p is not None]
+        self.daemon = self.worker = self.webserver = self.code_server = self.dev = None
         try:
             for process in processes:
                 _stop(process)
@@ -1054,12 +1112,16 @@ def run_platform_bench(
     bandwidth_mbit: float | None = None,
     layout: str = "production",
     pds_limits: str = "off",
+    launcher: str = "default",
 ) -> dict[str, Any]:
     """Every figure of the platform benchmark (see the module's docstring); `size="small"` runs the same
     steps on the demo data (smoke test). Every process it starts is stopped before it returns or raises.
 
     `rtt_ms`, `bandwidth_mbit`: the network between the servers' runs and the PDS and storage (none: the
     proxies count at zero delay). `layout`: "production" or "dev". `pds_limits`: "off", "bypass" or "on".
+    `launcher`: "default" (each run a process the code server starts) or "celery" (deploy/celery/: the
+    instance's dagster.yaml gets its run launcher, a throwaway Redis is the broker, and one worker of
+    deploy/celery/Procfile runs every run, with one process per run the queue lets run at once).
     The servers get this process's environment without `acpipeline.settings.DAGSTER_ENV`'s variables (the
     project's entry points set them); `extra_env` is added last (experiments, e.g.
     `{"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false"}`). What they were given is in the result
@@ -1072,6 +1134,8 @@ def run_platform_bench(
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if pds_limits not in PDS_LIMITS:
         raise ValueError(f"pds_limits must be one of {PDS_LIMITS}, not {pds_limits!r}")
+    if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
+        raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
     from dagster import DagsterInstance
 
     from acpipeline.demo.environment import TEMPLATE_ENV, seed, start_environment
@@ -1086,6 +1150,9 @@ def run_platform_bench(
     home, dagster_home = work / "home", work / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(PROJECT / "dagster.yaml", dagster_home / "dagster.yaml")
+    if launcher == "celery":
+        with open(dagster_home / "dagster.yaml", "a") as instance_file:
+            instance_file.write("\n" + (CELERY / "run_launcher.yaml").read_text())
     saved = dict(os.environ)
     for name in ("MONGODB_CONNECTION_STRING", "PDS_URL", "PDS_ADMIN_PASSWORD", RATELIMIT_BYPASS_ENV):
         os.environ.pop(name, None)  # never a real database or PDS, nor an operator's bypass key
@@ -1104,6 +1171,12 @@ def run_platform_bench(
                 work / "media", log=log, rate_limits=limited, rate_limit_bypass_key=bypass_key
             )
             stack.callback(world.close)
+            if launcher == "celery":
+                from acpipeline.bench.redis import start_redis
+
+                redis = start_redis()
+                stack.callback(redis.stop)
+                os.environ[BROKER_ENV] = redis.url
             pds_url = world.pds_url
             probe = _probe_limits(pds_url, bypass_key)
             if limited and not probe["limited"]:
@@ -1158,7 +1231,7 @@ def run_platform_bench(
             env.update(extra_env or {})
             dagster_env = {name: env.get(name) for name in sorted({*DAGSTER_ENV, *(extra_env or {})})}
             given = {name: value for name, value in dagster_env.items() if value is not None}
-            servers = Servers(work, env, token, instance, log, layout=layout)
+            servers = Servers(work, env, token, instance, log, layout=layout, launcher=launcher)
             stack.callback(_stop_servers, servers, log)
             log(
                 f"network: {rtt:g} ms round trip, bandwidth {bandwidth_mbit or 'unlimited'} Mbit/s (PDS and "
@@ -1168,7 +1241,8 @@ def run_platform_bench(
             what = (
                 "dagster dev" if layout == "dev" else "the code server, dagster-webserver and dagster-daemon"
             )
-            log(f"starting {what} ({layout} layout) ...")
+            what += " and a Celery worker" if launcher == "celery" else ""
+            log(f"starting {what} ({layout} layout, {launcher} run launcher) ...")
             started = time.perf_counter()
             servers.start()
             log(f"webserver and daemon up in {time.perf_counter() - started:.0f} s")
@@ -1215,6 +1289,7 @@ def run_platform_bench(
             result = {
                 "size": size,
                 "layout": layout,
+                "launcher": launcher,
                 "rtt_ms": rtt,
                 "bandwidth_mbit": bandwidth_mbit,
                 "pds_limits": pds_limits,
@@ -1383,6 +1458,12 @@ def format_platform_table(r: dict[str, Any]) -> str:
             f"target ≤ {TARGETS['runs_per_pass']} {mark(most_runs <= TARGETS['runs_per_pass'])}",
         ),
         (
+            "run start, launch to RUN_START, p50 / p90 (full; no-op)",
+            " / ".join(f"{r['passes']['full'].get(f'run_start_s_{p}', 0):.2f}" for p in ("p50", "p90")),
+            " / ".join(f"{r['passes']['noop'].get(f'run_start_s_{p}', 0):.2f}" for p in ("p50", "p90"))
+            + f" s; {r.get('launcher', 'default')} run launcher",
+        ),
+        (
             "`platform_ceiling_s`: same records and blobs, uploadBlob + applyWrites of 200, "
             f"{r.get('platform_ceiling_workers', CEILING_WORKERS)} accounts at a time",
             ceiling,
@@ -1427,8 +1508,8 @@ def _request_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
     given = {k: v for k, v in r.get("dagster_env", {}).items() if v is not None}
     rows: list[tuple[str, Any, str]] = [
         (
-            "layout, network (PDS and storage), PDS rate limits",
-            f"{r['layout']}; {network}; limits {r['pds_limits']}",
+            "layout, run launcher, network (PDS and storage), PDS rate limits",
+            f"{r['layout']}; {r.get('launcher', 'default')}; {network}; limits {r['pds_limits']}",
             f"Dagster's settings given to the servers: {given or 'none'}",
         ),
     ]

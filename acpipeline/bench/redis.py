@@ -1,5 +1,6 @@
-"""A throwaway Redis for the Celery layout's tests: Debian's `redis-server` (`make test` installs it) with
-deploy/celery/redis.conf, its port and folder substituted, stopped by its process id.
+"""A throwaway Redis for the Celery layout's tests and the platform bench's `--launcher celery`: Debian's
+`redis-server` (`make test` installs it) with deploy/celery/redis.conf, its port and folder substituted,
+stopped by its process id.
 
 `restart()` keeps the folder: what the append-only file kept is what a restarted broker still has.
 """
@@ -17,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from acpipeline.errors import OperatorError
 from acpipeline.localpds.server import free_port
 
-CONF = Path(__file__).resolve().parents[1] / "deploy" / "celery" / "redis.conf"
+CONF = Path(__file__).resolve().parents[2] / "deploy" / "celery" / "redis.conf"
 DEPLOYED_DIR, DEPLOYED_PORT = "dir /srv/acpipeline/redis", "port 6379"
 
 
@@ -35,7 +37,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 30) -> None:
         if shutil.which("redis-server") is None:
-            raise RuntimeError("Redis is missing: apt-get install -y redis-server (make test installs it)")
+            raise OperatorError("Redis is missing: apt-get install -y redis-server (make test installs it)")
         # The deploy file, with this server's port and folder.
         text = CONF.read_text()
         assert DEPLOYED_DIR in text and DEPLOYED_PORT in text, (
