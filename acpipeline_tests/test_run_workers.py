@@ -20,12 +20,14 @@ PROBE = textwrap.dedent(
     if pid == 0:
         from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
         from acpipeline import dagster_compat
+        from celery.signals import task_postrun
         fixed = InstanceConcurrencyContext.interval_to_next_pending_claim_check
         found = {
             "pool-wait fix": fixed is dagster_compat.interval_to_next_pending_claim_check,
             "code location": "acpipeline.definitions" in sys.modules,
             "run task": "execute_job" in worker.app.tasks,
             "broker": worker.app.conf.broker_url == os.environ["ACPIPELINE_CELERY_BROKER_URL"],
+            "memory given back": worker.MALLOC_TRIM is not None and bool(task_postrun.receivers),
         }
         print(sorted(name for name, ok in found.items() if not ok), flush=True)
         os._exit(0)
