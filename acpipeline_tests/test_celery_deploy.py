@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import threading
 import time
@@ -110,8 +111,9 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def celery_deployment(world, postgres: PgCluster, redis: RedisServer, tmp_path, monkeypatch):
-    db_name = postgres.create_database("celery", owner="acpipeline", password=DB_PASSWORD)
-    monkeypatch.setenv("DAGSTER_PG_URL", postgres.url(db_name, "acpipeline", DB_PASSWORD))
+    owner = f"acpipeline_{secrets.token_hex(3)}"  # each test its own role and database in the one cluster
+    db_name = postgres.create_database(f"celery_{secrets.token_hex(3)}", owner=owner, password=DB_PASSWORD)
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres.url(db_name, owner, DB_PASSWORD))
     monkeypatch.setenv("ACPIPELINE_CELERY_BROKER_URL", redis.url)
     monkeypatch.setenv("ACPIPELINE_AUTOMATION", "stopped")
     proxy = FaultProxy(world.pds_url).start()  # the services' PDS: a test can hold a write there
