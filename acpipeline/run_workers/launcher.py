@@ -47,8 +47,9 @@ class CeleryRunLauncher(DagsterCeleryRunLauncher):
                 if known and known[0] in ("active", "reserved"):
                     return health
                 break  # the worker answered, without the task
-        if super().check_run_worker_health(run).status != WorkerStatus.RUNNING:
-            return super().check_run_worker_health(run)  # it finished meanwhile
+        finished = super().check_run_worker_health(run)
+        if finished.status != WorkerStatus.RUNNING:
+            return finished  # it finished meanwhile
         return CheckRunHealthResult(
             WorkerStatus.FAILED, f"Celery worker {worker} no longer runs task {task_id} (the worker died?)"
         )
