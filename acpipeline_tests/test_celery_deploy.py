@@ -27,9 +27,10 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-from acpipeline.bench.platform import LAUNCH, _run_failures, _start, _wait_for_daemon, _wait_for_webserver
+from acpipeline.bench.platform import LAUNCH, _run_failures, _start, _wait_for_worker, procfile
 from acpipeline.bench.redis import RedisServer, start_redis
 from acpipeline.core.media import MEDIA
+from acpipeline.settings import DAGSTER_ENV
 from acpipeline.sync.partitions import partition_key, register_handles
 
 from .faultproxy import FaultProxy, Seen
@@ -44,7 +45,6 @@ from .test_deploy import (
     _check_statuses,
     _wait,
     deployed_environment,
-    procfile,
 )
 from .test_reliability import APPLY
 from .test_ui import SENSOR, START_SENSOR
@@ -83,12 +83,7 @@ class CeleryDeployment(Deployment):
         name = f"worker-{machine}"
         env = {**self.env, "ACPIPELINE_HOME": str(self.homes[machine])}
         self.processes[name] = _start(self.commands[name], env, self.logs[name])
-
-        def ready() -> bool:
-            assert self.processes[name].poll() is None, self.logs[name].read_text()[-3000:]
-            return " ready." in self.logs[name].read_text(errors="replace")
-
-        _wait(f"worker {machine}", ready, 120, lambda: self.logs[name].read_text()[-3000:])
+        _wait_for_worker(self.processes[name], self.logs[name], timeout_s=120)
 
     def pool_pids(self, machine: str) -> set[int]:
         """The worker's pool processes: the ones that run runs."""
@@ -126,8 +121,6 @@ def celery_deployment(world, postgres: PgCluster, redis: RedisServer, tmp_path, 
     (home / "dagster.yaml").write_text(
         (DEPLOY / "dagster.yaml").read_text() + "\n" + (CELERY / "run_launcher.yaml").read_text()
     )
-    from acpipeline.settings import DAGSTER_ENV
-
     deployment = CeleryDeployment(
         tmp_path, {k: v for k, v in os.environ.items() if k not in DAGSTER_ENV}, world.home / "mongo", proxy
     )
@@ -139,10 +132,7 @@ def celery_deployment(world, postgres: PgCluster, redis: RedisServer, tmp_path, 
 
 
 def _start_services(deployment: CeleryDeployment, instance: DagsterInstance, workers: bool = True) -> None:
-    deployment.start_code_server()
-    web, daemon = deployment.start("web"), deployment.start("daemon")
-    _wait_for_webserver(deployment.http, deployment.url, web, deployment.logs["web"], timeout_s=180)
-    _wait_for_daemon(instance, daemon, deployment.logs["daemon"], timeout_s=180)
+    deployment.start_services(instance)
     if workers:
         for machine in MACHINES:
             deployment.start_worker(machine)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shlex
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from acpipeline.bench.platform import (  # how the platform bench starts these s
     _wait_for_daemon,
     _wait_for_port,
     _wait_for_webserver,
+    procfile,
 )
 from acpipeline.core.media import MEDIA
 from acpipeline.localpds.server import free_port
@@ -100,16 +100,6 @@ query Ticks($selector: ScheduleSelector!) {
     ... on Schedule { scheduleState { ticks(limit: 5) { status runIds error { message } } } }
   }
 }"""
-
-
-def procfile(path: Path = DEPLOY / "Procfile") -> dict[str, list[str]]:
-    """A Procfile (deploy/Procfile): service name -> its command, split as a shell would."""
-    services = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, command = line.partition(":")
-            services[name.strip()] = shlex.split(command)
-    return services
 
 
 # deploy/acpipeline.env's settings that name this test's world (its PDS, its homes) keep the test's values;
@@ -167,6 +157,14 @@ class Deployment:
 
     def start_code_server(self) -> None:
         _wait_for_port(self.ports["code"], self.start("code"), self.logs["code"], timeout_s=180)
+
+    def start_services(self, instance: DagsterInstance) -> None:
+        """The code server, then the webserver and the daemon, until the UI has the location and every
+        daemon beats."""
+        self.start_code_server()
+        web, daemon = self.start("web"), self.start("daemon")
+        _wait_for_webserver(self.http, self.url, web, self.logs["web"], timeout_s=180)
+        _wait_for_daemon(instance, daemon, self.logs["daemon"], timeout_s=180)
 
     def stop(self, name: str) -> None:
         _stop(self.processes.pop(name))
@@ -279,10 +277,8 @@ def test_the_deployment_runs_backfills_wipes_restarts_and_ticks_on_postgres(worl
         assert type(instance.run_storage).__module__.startswith("dagster_postgres")
         register_handles(instance, db)
 
-        deployment.start_code_server()
-        web, daemon = deployment.start("web"), deployment.start("daemon")
-        _wait_for_webserver(deployment.http, deployment.url, web, deployment.logs["web"], timeout_s=180)
-        _wait_for_daemon(instance, daemon, deployment.logs["daemon"], timeout_s=180)
+        deployment.start_services(instance)
+        web = deployment.processes["web"]
         up = time.monotonic()
 
         # A backfill through GraphQL: every partition its own materialization and its own check.

@@ -145,8 +145,6 @@ LAYOUTS = ("production", "dev")
 LAUNCHERS = ("default", "celery")
 CELERY = PROJECT / "deploy" / "celery"
 BROKER_ENV = "ACPIPELINE_CELERY_BROKER_URL"  # deploy/celery/run_launcher.yaml reads it
-# The project's dagster.yaml: at most this many runs at once (`concurrency.runs.max_concurrent_runs`).
-MAX_CONCURRENT_RUNS = 4
 PDS_LIMITS = ("off", "bypass", "on")
 # The reference PDS's global limit (`dist/rate-limits.js`, "global-ip"): 3,000 requests per 5 minutes per IP,
 # getRepo excepted (and the health check, which is no XRPC method).
@@ -574,6 +572,39 @@ def _graphql(
     return data
 
 
+def procfile(path: Path = PROJECT / "deploy" / "Procfile") -> dict[str, list[str]]:
+    """A Procfile (deploy/Procfile, deploy/celery/Procfile): service name -> its command, split as a shell
+    would."""
+    services = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            services[name.strip()] = shlex.split(command)
+    return services
+
+
+def _max_concurrent_runs() -> int:
+    """The project's dagster.yaml: how many runs the queue lets run at once."""
+    import yaml
+
+    settings = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    return int(settings["concurrency"]["runs"]["max_concurrent_runs"])
+
+
+def _check_launcher(layout: str, launcher: str) -> None:
+    if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
+        raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
+
+
+def _wait_for_worker(process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    """Until the Celery worker says it is ready (its code location loaded, its pool forked)."""
+    deadline = time.monotonic() + timeout_s
+    while " ready." not in _tail(log_path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"the Celery worker did not start:\n{_tail(log_path)}")
+        time.sleep(0.2)
+
+
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
     """Until the code server accepts connections on `port`."""
     deadline = time.monotonic() + timeout_s
@@ -735,8 +766,7 @@ class Servers:
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-        if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
-            raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
+        _check_launcher(layout, launcher)
         self.work, self.env, self.token, self.instance, self.log = work, env, token, instance, log
         self.layout, self.launcher = layout, launcher
         self.port = free_port()
@@ -808,16 +838,11 @@ class Servers:
     def _start_worker(self, timeout_s: float) -> None:
         """deploy/celery/Procfile's worker, one process per run the queue lets run at once: all the runs
         on this machine, as the default launcher's code server has them."""
-        line = (CELERY / "Procfile").read_text().split("\nworker: ", 1)[1].splitlines()[0]
-        args = shlex.split(line)
+        args = procfile(CELERY / "Procfile")["worker"]
         args[0] = str(BIN / args[0])
-        args[args.index("--concurrency") + 1] = str(MAX_CONCURRENT_RUNS)
+        args[args.index("--concurrency") + 1] = str(_max_concurrent_runs())
         self.worker = _start(args, self.env, self.worker_log)
-        deadline = time.monotonic() + timeout_s
-        while " ready." not in _tail(self.worker_log):
-            if self.worker.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"the Celery worker did not start:\n{_tail(self.worker_log)}")
-            time.sleep(0.2)
+        _wait_for_worker(self.worker, self.worker_log, timeout_s)
 
     def roots(self) -> list[int]:
         servers = (self.code_server, self.webserver, self.daemon, self.dev, self.worker)
@@ -1134,8 +1159,7 @@ def run_platform_bench(
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if pds_limits not in PDS_LIMITS:
         raise ValueError(f"pds_limits must be one of {PDS_LIMITS}, not {pds_limits!r}")
-    if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
-        raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
+    _check_launcher(layout, launcher)
     from dagster import DagsterInstance
 
     from acpipeline.demo.environment import TEMPLATE_ENV, seed, start_environment
