@@ -3,16 +3,19 @@ the URL's parts given separately, both through `deploy/dagster.yaml`'s storage c
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 from dagster import DagsterInstance
+from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 
 from acpipeline.dagster_compat import kv_get, kv_set
-from acpipeline.postgres_storage import PostgresStorage, psycopg2_url
+from acpipeline.postgres_storage import PostgresEventLog, PostgresStorage, psycopg2_url
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,72 @@ def test_the_deploy_storage_works_with_a_plain_url_and_with_parts(postgres, tmp_
     with postgres.connect(db) as connection, connection.cursor() as cursor:
         cursor.execute("select value from kvs where key = 'acpipeline/postgres-test'")
         assert cursor.fetchall() == [("written",)]
+
+
+def _pooled_instance(postgres, tmp_path: Path, db: str, name: str, default_limit: int) -> DagsterInstance:
+    config = yaml.safe_load((PROJECT / "deploy" / "dagster.yaml").read_text())
+    config["storage"]["custom"]["config"] = {"postgres_url": postgres.url(db)}
+    config["concurrency"]["pools"]["default_limit"] = default_limit
+    home = tmp_path / name
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return DagsterInstance.from_config(str(home))
+
+
+def test_runs_first_claiming_a_pool_at_once_all_get_its_default_limit(postgres, tmp_path):
+    """Eight processes' storages initialise a pool none of them used before at the same moment (warm
+    workers starting runs together): none fails, and the pool has its default limit, once."""
+    db = postgres.create_database("pool_race")
+    instances = [_pooled_instance(postgres, tmp_path, db, f"home{n}", 2) for n in range(8)]
+    try:
+        for instance in instances:
+            assert isinstance(instance.event_log_storage, PostgresEventLog)
+        start = threading.Barrier(len(instances))
+
+        def initialise(instance: DagsterInstance) -> bool:
+            start.wait()
+            return instance.event_log_storage.initialize_concurrency_limit_to_default("pds_writes")
+
+        with ThreadPoolExecutor(len(instances)) as pool:
+            assert list(pool.map(initialise, instances)) == [True] * len(instances)
+        info = instances[0].event_log_storage.get_concurrency_info("pds_writes")
+        assert (info.slot_count, info.limit) == (2, 2), info
+    finally:
+        for instance in instances:
+            instance.dispose()
+
+
+def test_a_changed_default_limit_reaches_a_pool_already_in_use(postgres, tmp_path):
+    """The operator raises `pools: default_limit` from 2 to 3: the next claim's initialisation updates the
+    pool (Dagster's own fails there on PostgreSQL, dagster-io/dagster#33552)."""
+    db = postgres.create_database("pool_limit_change")
+    with _pooled_instance(postgres, tmp_path, db, "before", 2) as before:
+        assert before.event_log_storage.initialize_concurrency_limit_to_default("pds_writes")
+        assert before.event_log_storage.get_concurrency_info("pds_writes").slot_count == 2
+    with _pooled_instance(postgres, tmp_path, db, "after", 3) as after:
+        assert after.event_log_storage.initialize_concurrency_limit_to_default("pds_writes")
+        info = after.event_log_storage.get_concurrency_info("pds_writes")
+        assert (info.slot_count, info.limit) == (3, 3), info
+        assert after.event_log_storage.initialize_concurrency_limit_to_default("pds_writes")  # unchanged
+        assert after.event_log_storage.get_concurrency_info("pds_writes").slot_count == 3
+
+
+def test_the_storage_is_built_as_dagsters_with_its_own_event_log(postgres):
+    """`PostgresStorage.__init__` repeats `DagsterPostgresStorage.__init__` with another event log class:
+    a Dagster upgrade that builds its storage differently fails here."""
+    url = psycopg2_url(postgres.url(postgres.create_database("storage_init")))
+    dagsters, ours = DagsterPostgresStorage(url), PostgresStorage(url)
+    try:
+        assert set(vars(ours)) == set(vars(dagsters)), set(vars(ours)) ^ set(vars(dagsters))
+        for name, value in vars(dagsters).items():
+            mine = vars(ours)[name]
+            if name == "_event_log_storage":
+                assert type(mine) is PostgresEventLog and isinstance(mine, type(value))
+            elif name in ("_run_storage", "_schedule_storage"):
+                assert type(mine) is type(value)
+            else:
+                assert mine == value, name
+    finally:
+        for storage in (dagsters, ours):
+            for part in (storage.run_storage, storage.event_log_storage, storage.schedule_storage):
+                part.dispose()
