@@ -10,11 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.errors import OperatorError
 from acpipeline.report import print_status, table
 from acpipeline.settings import ART_HANDLE, apply_dagster_env
+
+if TYPE_CHECKING:  # loaded on use: `acpipeline --help` and the one-line errors stay fast
+    from dagster import Definitions
+
+    from acpipeline.demo.world import SavedWorld
 
 ONLY_FLAGS = {
     "paintings_only": "painting",
@@ -44,7 +50,7 @@ def _media(args: argparse.Namespace) -> list[str] | None:
     return sorted(set(chosen), key=MEDIA_NAMES.index) or None
 
 
-def _load_defs():
+def _load_defs() -> Definitions:
     from acpipeline.definitions import build_definitions
 
     return build_definitions()
@@ -240,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
-def _bring_up_demo(size: str):
+def _bring_up_demo(size: str) -> SavedWorld:
     """Start the world's services in the background and seed the demo data into them."""
     from pathlib import Path
 
@@ -424,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             from acpipeline.demo.world import apply_saved_world
 
             apply_saved_world(require_running=True)
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except OperatorError as exc:
         print(f"acpipeline: {exc}", file=sys.stderr)
         return 2

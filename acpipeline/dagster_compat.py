@@ -1,6 +1,7 @@
 """Where acpipeline reaches past Dagster's public API (Dagster 1.13), in one place. Each use is pinned by
 `acpipeline_tests/test_dagster_compat.py`, so a Dagster upgrade that changes one fails there, loudly:
-- `apply_fixes`: a fix to Dagster's executor, applied when the definitions load (below);
+- `apply_fixes`: a fix to Dagster's executor (below), applied by `run_executor` in every process that
+  executes a run (the code location's runs, in any launcher) and by the command line's sync before its runs;
 - `kv_get` / `kv_set`: the instance's key-value store (the sensor keeps its state there; Dagster's own
   daemons keep their cursors there);
 - `free_pool_slots`: the pool slots a killed in-process run still holds;
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetCheckEvaluation,
@@ -35,6 +36,10 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     DagsterInstance,
+    Executor,
+    ExecutorDefinition,
+    InitExecutorContext,
+    in_process_executor,
 )
 from dagster._core.events import (
     DagsterEvent,
@@ -44,12 +49,16 @@ from dagster._core.events import (
 )
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
+if TYPE_CHECKING:
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster_shared.error import SerializableErrorInfo
+
 _DAGSTERS_OWN = InstanceConcurrencyContext.interval_to_next_pending_claim_check
 
 
 def interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> float:
     """Seconds until the earliest pending claim may be tried again (0 when one may be tried now)."""
-    timeouts = self._pending_timeouts.values() if self._pending_claims else ()
+    timeouts: Collection[float] = self._pending_timeouts.values() if self._pending_claims else ()
     if not timeouts:
         return 0.0
     return max(0.0, min(timeouts) - time.time())
@@ -59,7 +68,24 @@ def apply_fixes() -> None:
     InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check  # type: ignore[method-assign]
 
 
-def kv_get(instance: DagsterInstance, keys: set[str]) -> dict[str, str]:
+def _fixed_in_process_executor(init_context: InitExecutorContext) -> Executor:
+    apply_fixes()
+    create = in_process_executor.executor_creation_fn
+    assert create is not None
+    return create(init_context)
+
+
+# Dagster's in-process executor, made in the run's own process after the fix is applied there: no import of
+# the code location patches Dagster, and every run that waits for a pool slot has the fix.
+run_executor = ExecutorDefinition(
+    name=in_process_executor.name,
+    config_schema=in_process_executor.config_schema.as_field(),
+    executor_creation_fn=_fixed_in_process_executor,
+    description=in_process_executor.description,
+)
+
+
+def kv_get(instance: DagsterInstance, keys: set[str]) -> Mapping[str, str]:
     """Values of the instance's key-value store (keys not stored are left out)."""
     return instance.daemon_cursor_storage.get_cursor_values(keys)
 
@@ -79,7 +105,7 @@ def daemon_heartbeats(instance: DagsterInstance) -> dict[str, float]:
     return {kind: beat.timestamp for kind, beat in instance.get_daemon_heartbeats().items()}
 
 
-def workspace_context(instance: DagsterInstance, workspace_yaml: str) -> Any:
+def workspace_context(instance: DagsterInstance, workspace_yaml: str) -> WorkspaceProcessContext:
     """A workspace process context over a workspace file, as the webserver and the daemon make one."""
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -87,7 +113,9 @@ def workspace_context(instance: DagsterInstance, workspace_yaml: str) -> Any:
     return WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[workspace_yaml]))
 
 
-def backfill_iteration(process: Any, logger: logging.Logger) -> list[Any]:
+def backfill_iteration(
+    process: WorkspaceProcessContext, logger: logging.Logger
+) -> list[SerializableErrorInfo | None]:
     """One pass of the backfill daemon over the instance's backfills."""
     from dagster._daemon.backfill import execute_backfill_iteration
 
@@ -108,7 +136,7 @@ def log_as_batch(
     batched = getattr(context.instance.event_log_storage, "batches_check_evaluations", False)
     together = [event for event in events if batched or not isinstance(event, AssetCheckEvaluation)]
     alone = [event for event in events if not batched and isinstance(event, AssetCheckEvaluation)]
-    batch_id = generate_event_batch_id()
+    batch_id: str = generate_event_batch_id()  # type: ignore[no-untyped-call]  # unannotated in Dagster: a uuid4 string
     logged = []
     for index, event in enumerate(together):
         batch = DagsterEventBatchMetadata(batch_id, index == len(together) - 1)

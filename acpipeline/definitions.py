@@ -5,10 +5,11 @@ templates). Secrets are passed as `EnvVar`s, so their values never land in run c
 from __future__ import annotations
 
 import os
+from typing import Any, overload
 
-from dagster import Definitions, EnvVar, in_process_executor, mem_io_manager
+from dagster import Definitions, EnvVar, mem_io_manager
 
-from acpipeline.dagster_compat import apply_fixes
+from acpipeline.dagster_compat import run_executor
 from acpipeline.demo.world import apply_saved_world
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
@@ -24,7 +25,6 @@ from acpipeline.settings import (
 )
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 
-apply_fixes()
 # Every code server imports this module, and so does every run it starts (a child process with the code
 # server's environment): Dagster's settings for range runs reach the runs on any instance (the Postgres one
 # of deploy/ too) without an operator exporting them. An explicit setting still wins.
@@ -32,12 +32,16 @@ apply_dagster_env()
 apply_saved_world()  # `dagster dev` in a checkout where `acpipeline demo` ran: the demo's PDS and media
 
 
-def _env(name: str, default: str | None = None):
+@overload
+def _env(name: str) -> str | None: ...
+@overload
+def _env(name: str, default: str) -> str: ...
+def _env(name: str, default: str | None = None) -> str | None:
     """An EnvVar when the variable is set (resolved at run time, never stored), else the default."""
     return EnvVar(name) if os.environ.get(name) else default
 
 
-def build_resources() -> dict:
+def build_resources() -> dict[str, Any]:
     return {
         "mongo": MongoResource(
             connection_string=_env("MONGODB_CONNECTION_STRING"),
@@ -66,7 +70,7 @@ def build_definitions() -> Definitions:
         schedules=[reconcile_schedule],
         resources=build_resources(),
         # The three stages of a partition (and a wipe) run in one process: no per-step process start-up.
-        executor=in_process_executor,
+        executor=run_executor,
     )
 
 

@@ -31,7 +31,7 @@ import shutil
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dagster import DagsterInstance, Field, StringSource
@@ -40,15 +40,11 @@ from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import _event_logs_directory
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    INDEX_SHARD_NAME,
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-    SqliteEventLogStorage,
-)
-from dagster._core.storage.sqlite import create_db_conn_string
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
 from acpipeline.settings import apply_dagster_env
 
@@ -96,7 +92,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Any
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> PooledSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
@@ -190,7 +186,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with self.run_connection(run_ids.pop()) as conn:
             conn.execute(insert, rows)
         with self.index_transaction() as conn:
-            ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
+            ids = [_inserted_id(conn.execute(insert, row).inserted_primary_key) for row in rows]
             stored = list(zip(events, ids, strict=True))
             asset_events = [(event, event_id) for event, event_id in stored if _type(event) in ASSET_TYPES]
             if asset_events:
@@ -225,6 +221,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines = OrderedDict()
         self._db_lock = threading.Lock()
         self._in_transaction = threading.local()
+
+
+def _inserted_id(primary_key: Row[Any] | None) -> int:
+    """The id of the event row one insert made (SQLAlchemy's `inserted_primary_key`: None only for an
+    insert of many rows at once)."""
+    if primary_key is None:
+        raise RuntimeError("the event log's index gave no id for an inserted event")
+    event_id: int = primary_key[0]
+    return event_id
 
 
 def _type(event: EventLogEntry) -> str | None:

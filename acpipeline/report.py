@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from acpipeline.sync.outcome import COUNTS
+
 if TYPE_CHECKING:  # the command line imports this module before it needs Dagster
     from acpipeline.sync.runner import PartitionResult
 
-COLUMNS = [
-    "handle", "media", "desired", "created", "updated", "deleted", "unchanged", "not_in_mongodb", "failed",
-    "duration_s",
-]  # fmt: skip
+COLUMNS = ["handle", "media", *COUNTS, "duration_s"]
 # Seconds between the plain progress lines when the output is not a terminal.
 PLAIN_EVERY_S = float(os.environ.get("ACPIPELINE_PROGRESS_SECONDS", "30"))
 
@@ -75,20 +74,22 @@ class Totals:
     def of(cls, results: list[PartitionResult]) -> Totals:
         totals = cls(accounts=len({r.handle for r in results}), partitions=len(results))
         for result in results:
-            meta = result.metadata
-            empty = result.skipped and not meta.get("desired")
+            totals.failed_partitions += not result.ok
+            totals.run += not result.skipped
+            outcome = result.outcome
+            if outcome is None:
+                continue
+            empty = result.skipped and not outcome.desired
             totals.empty += empty
             totals.skipped += result.skipped and not empty
-            totals.run += not result.skipped
-            totals.created += meta.get("created") or 0
-            totals.updated += meta.get("updated") or 0
-            totals.deleted += meta.get("deleted") or 0
-            totals.not_in_mongodb += meta.get("not_in_mongodb") or 0
-            totals.failed_items += meta.get("failed") or 0
-            totals.failed_partitions += not result.ok
-            if meta.get("deferred_until"):
+            totals.created += outcome.created
+            totals.updated += outcome.updated
+            totals.deleted += outcome.deleted
+            totals.not_in_mongodb += outcome.not_in_mongodb
+            totals.failed_items += outcome.failed
+            if outcome.deferred_until:
                 totals.deferred += 1
-                totals.deferred_until = max(totals.deferred_until, str(meta["deferred_until"]))
+                totals.deferred_until = max(totals.deferred_until, outcome.deferred_until)
         return totals
 
     @property
@@ -151,7 +152,7 @@ def print_sync(
             else "users have no ATProto account and were"
         )
         print(f"{len(without_account)} {who} skipped: {shown}{more}", file=out)
-    verb = "dry run of " if any(r.metadata.get("dry_run") for r in results) else "synced "
+    verb = "dry run of " if any(r.dry_run for r in results) else "synced "
     print(verb + Totals.of(results).line(elapsed_s), file=out)
 
 

@@ -115,7 +115,7 @@ def test_a_live_item_whose_source_broke_keeps_its_record(world):
     sub, handle, did = add_user(world, db, "keeps")
     ids = add_paintings(world, db, sub, 3)
     first = sync(world, [handle], ["painting"])[(handle, "painting")]
-    assert first.ok and first.metadata["created"] == 3, first.row()
+    assert first.ok and first.outcome.created == 3, first.row()
     before = {r["value"]["ref"]: r for r in listed_over_http(world.pds_url, did, PAINTING)}
 
     # The owner's first painting is still live, but now names an image storage does not have (a slug
@@ -125,7 +125,7 @@ def test_a_live_item_whose_source_broke_keeps_its_record(world):
     assert again.ok, again.row()
     reasons = {f["ref"]: f["reason"] for f in again.row()["failed_items"]}
     assert list(reasons) == [str(ids[0])] and "404" in reasons[str(ids[0])], reasons
-    assert (again.metadata["created"], again.metadata["updated"], again.metadata["deleted"]) == (0, 0, 0)
+    assert (again.outcome.created, again.outcome.updated, again.outcome.deleted) == (0, 0, 0)
     after = {r["value"]["ref"]: r for r in listed_over_http(world.pds_url, did, PAINTING)}
     assert after == before  # the record of the failed item is kept as it was, the others untouched
     assert db["paintings"].find_one({"_id": ids[0]})["atproto"]["uri"] == before[str(ids[0])]["uri"]

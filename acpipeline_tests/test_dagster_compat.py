@@ -4,6 +4,8 @@ slot sleeps between its claims instead of spinning."""
 
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -21,10 +23,12 @@ from dagster import (
     Output,
     StaticPartitionsDefinition,
     asset,
+    execute_job,
     in_process_executor,
     job,
     mem_io_manager,
     op,
+    reconstructable,
 )
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
@@ -59,11 +63,23 @@ def test_the_fix_waits_until_the_next_claim(monkeypatch):
     assert dagster_compat.interval_to_next_pending_claim_check(idle) == 0
 
 
+@op(pool="writes")
+def write() -> None:
+    pass
+
+
+@job(executor_def=dagster_compat.run_executor)
+def one_write():
+    write()
+
+
 def test_a_run_waiting_for_a_pool_slot_does_not_spin(monkeypatch):
     """Another run holds the pool's only slot for 3 s; the waiting run's executor loop goes round a few
-    times (once per back-off), not thousands."""
-    import acpipeline.definitions  # noqa: F401  (applies the fix, as in every run)
-
+    times (once per back-off), not thousands. The run goes through its job's own executor, as a launched run
+    does (`execute_in_process` would put Dagster's in its place), starting from Dagster's spinning wait."""
+    monkeypatch.setattr(
+        InstanceConcurrencyContext, "interval_to_next_pending_claim_check", dagster_compat._DAGSTERS_OWN
+    )
     rounds = 0
     own_next_step = ActiveExecution.get_next_step
 
@@ -74,14 +90,6 @@ def test_a_run_waiting_for_a_pool_slot_does_not_spin(monkeypatch):
 
     monkeypatch.setattr(ActiveExecution, "get_next_step", counted)
 
-    @op(pool="writes")
-    def write() -> None:
-        pass
-
-    @job
-    def one_write():
-        write()
-
     with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
         storage = instance.event_log_storage
         storage.initialize_concurrency_limit_to_default("writes")
@@ -89,11 +97,28 @@ def test_a_run_waiting_for_a_pool_slot_does_not_spin(monkeypatch):
         release = threading.Timer(3, storage.free_concurrency_slot_for_step, ("other-run", "other-step"))
         release.start()
         try:
-            result = one_write.execute_in_process(instance=instance)
+            with execute_job(reconstructable(one_write), instance=instance) as result:
+                assert result.success
         finally:
             release.cancel()
-        assert result.success
     assert rounds < 50, f"{rounds} rounds of the executor loop while waiting 3 s for a slot"
+
+
+def test_the_code_location_runs_its_jobs_with_the_fixed_executor_and_patches_nothing_on_import():
+    from acpipeline.definitions import defs
+    from acpipeline.operations.jobs import SYNC_JOB_NAME
+    from acpipeline.operations.wipe import WIPE_JOB_NAME
+
+    names = (SYNC_JOB_NAME, WIPE_JOB_NAME)
+    jobs = [defs.resolve_implicit_global_asset_job_def(), *(defs.resolve_job_def(name) for name in names)]
+    assert all(job.executor_def is dagster_compat.run_executor for job in jobs), [j.name for j in jobs]
+    probe = (
+        "import acpipeline.definitions\n"
+        "from acpipeline import dagster_compat as c\n"
+        "print(c.InstanceConcurrencyContext.interval_to_next_pending_claim_check is c._DAGSTERS_OWN)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
 def test_the_key_value_store_keeps_what_the_sensor_stores():

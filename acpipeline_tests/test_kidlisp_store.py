@@ -60,7 +60,7 @@ def test_platform_records_are_adopted_by_code_and_records_mongodb_lacks_are_kept
     row = result.row()
     assert result.ok and result.check_passed, row
     assert (row["desired"], row["created"], row["updated"], row["deleted"]) == (3, 1, 2, 1), row
-    assert row["not_in_mongodb"] == 1 and result.metadata["not_in_mongodb"] == 1, row
+    assert row["not_in_mongodb"] == 1 and result.outcome and result.outcome.not_in_mongodb == 1, row
     listed = {r["uri"].rsplit("/", 1)[-1]: r["value"] for r in records(world, did, KIDLISP)}
     by_code: dict[str, list[str]] = {}
     for rkey, value in listed.items():

@@ -14,8 +14,8 @@ MOOD = "computer.aesthetic.mood"
 
 
 def no_writes(result) -> bool:
-    meta = result.metadata
-    return (meta["created"], meta["updated"], meta["deleted"], meta["commits"]) == (0, 0, 0, 0)
+    meta = result.outcome
+    return (meta.created, meta.updated, meta.deleted, meta.commits) == (0, 0, 0, 0)
 
 
 def test_mongodb_refusing_the_write_back_fails_the_partition_and_the_next_run_links_without_writing(
@@ -44,7 +44,7 @@ def test_mongodb_refusing_the_write_back_fails_the_partition_and_the_next_run_li
     # Not proven converged (no mark was made), so the next run lists, adopts, links: no PDS write.
     second = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
     assert second.ok and second.check_passed, second.row()
-    assert no_writes(second) and second.metadata["mongo_updates"] == 450, second.row()
+    assert no_writes(second) and second.outcome.mongo_updates == 450, second.row()
     assert_mirrored(world.pds_url, db, did, "moods", MOOD, expected_moods(db, sub))
 
 
@@ -73,8 +73,8 @@ def test_documents_changed_during_a_run_converge_on_the_next(world, proxy_for, c
     second = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
     assert second.ok and second.check_passed, second.row()
     expected = (0, 1, 0) if change == "edit" else (0, 0, 1)
-    meta = second.metadata
-    assert (meta["created"], meta["updated"], meta["deleted"]) == expected, second.row()
+    meta = second.outcome
+    assert (meta.created, meta.updated, meta.deleted) == expected, second.row()
     assert_mirrored(world.pds_url, db, did, "moods", MOOD, expected_moods(db, sub))
     third = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
     assert third.skipped or no_writes(third), third.row()

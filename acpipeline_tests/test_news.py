@@ -76,8 +76,8 @@ def test_news_creates_adopts_edits_removes_dead_and_skips_bluesky_copies(world):
     adopted_rkey = platform_record(world, db, sub, did, theirs)
 
     first = sync(world, [handle], ["news"])[(handle, "news")]
-    meta = first.metadata
-    assert first.ok and (meta["created"], meta["updated"], meta["deleted"]) == (3, 0, 0), first.row()
+    meta = first.outcome
+    assert first.ok and (meta.created, meta.updated, meta.deleted) == (3, 0, 0), first.row()
     assert [f["ref"] for f in first.row()["failed_items"]] == [str(too_long["_id"])]
     assert "body: maxLength 10000 UTF-8 bytes (has 11000)" in first.row()["failed_items"][0]["reason"]
 
@@ -104,14 +104,14 @@ def test_news_creates_adopts_edits_removes_dead_and_skips_bluesky_copies(world):
 
     db["news-posts"].update_one({"_id": live["_id"]}, {"$set": {"title": "the oven bakes every tape now"}})
     db["news-posts"].update_one({"_id": plain["_id"]}, {"$set": {"status": "dead"}})
-    second = sync(world, [handle], ["news"])[(handle, "news")].metadata
-    assert (second["created"], second["updated"], second["deleted"]) == (0, 1, 1)
+    second = sync(world, [handle], ["news"])[(handle, "news")].outcome
+    assert (second.created, second.updated, second.deleted) == (0, 1, 1)
     listed = {r["value"]["ref"]: r["value"] for r in records(world, did, NEWS.nsid)}
     assert set(listed) == {str(d["_id"]) for d in (live, bad_url, theirs)}
     assert listed[str(live["_id"])]["headline"] == "the oven bakes every tape now"
     assert "rkey" not in db["news-posts"].find_one({"_id": plain["_id"]})["atproto"]
 
     rev = head(world, did)
-    third = sync(world, [handle], ["news"])[(handle, "news")].metadata
-    assert (third["created"], third["updated"], third["deleted"], third["commits"]) == (0, 0, 0, 0)
+    third = sync(world, [handle], ["news"])[(handle, "news")].outcome
+    assert (third.created, third.updated, third.deleted, third.commits) == (0, 0, 0, 0)
     assert head(world, did) == rev

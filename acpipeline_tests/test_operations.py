@@ -337,7 +337,7 @@ def test_sensor_requests_a_tape_partition_when_its_zip_appears(world, monkeypatc
     assert driver.tick() == {partition_key(handle, "tape"): "tape-zip-appeared"}
     assert driver.tick() == {}  # seen present: not requested again
     result = sync(world, [handle], ["tape"])[(handle, "tape")]
-    assert result.ok and result.metadata["created"] == 1
+    assert result.ok and result.outcome.created == 1
     assert driver.tick() == {}
     assert driver.state().zips == {}
 

@@ -160,7 +160,7 @@ def test_a_platform_record_of_an_oven_mp4_is_adopted_without_a_write(world, tmp_
     result = tapes.sync()
 
     assert result.ok and result.check_passed, result.error
-    assert (result.metadata["created"], result.metadata["updated"], result.metadata["deleted"]) == (0, 0, 0)
+    assert (result.outcome.created, result.outcome.updated, result.outcome.deleted) == (0, 0, 0)
     assert head(world, tapes.did) == before  # no commit at all
     [record] = tapes.records().values()
     assert record["uri"].endswith(rkey)
@@ -176,7 +176,7 @@ def test_an_oven_tape_without_a_record_gets_the_ovens_bytes_and_poster_frame(wor
     mp4, thumbnail = oven_mp4(tmp_path), oven_thumbnail()
     doc = tapes.baked("ovn2", mp4, thumbnail)
 
-    assert tapes.sync().metadata["created"] == 1
+    assert tapes.sync().outcome.created == 1
     record = tapes.records()[str(doc["_id"])]
     assert cid_of(record) == blob_cid(mp4)
     assert cid_of(record, "thumbnail") == blob_cid(thumbnail)
@@ -184,7 +184,7 @@ def test_an_oven_tape_without_a_record_gets_the_ovens_bytes_and_poster_frame(wor
 
     fetched = len(world.media.requested)
     again = tapes.sync()
-    assert again.metadata["unchanged"] == 1 and again.metadata["updated"] == 0
+    assert again.outcome.unchanged == 1 and again.outcome.updated == 0
     assert len(world.media.requested) == fetched  # cached by URL: nothing fetched again
 
 
@@ -193,7 +193,7 @@ def test_a_tape_the_oven_has_not_baked_gets_our_encode_of_the_zip(world, status)
     tapes = Tapes(world, "unbaked")
     doc = tapes.add("unb1", **({"mp4Status": status} if status else {}))
 
-    assert tapes.sync().metadata["created"] == 1
+    assert tapes.sync().outcome.created == 1
     record = tapes.records()[str(doc["_id"])]
     assert record["value"]["zipUrl"] == "https://aesthetic.computer/media/tapes/unb1"
     assert record["value"]["thumbnail"]["mimeType"] == "image/jpeg"
@@ -216,7 +216,7 @@ def test_a_finished_bake_switches_the_record_to_the_ovens_bytes(world, tmp_path)
     )
     result = tapes.sync()
 
-    assert result.metadata["updated"] == 1
+    assert result.outcome.updated == 1
     record = tapes.records()[str(doc["_id"])]
     assert ours != blob_cid(mp4) == cid_of(record)
     # no oven poster frame: ours from the earlier encode stays
@@ -234,7 +234,7 @@ def test_an_oven_mp4_not_faststart_or_from_elsewhere_is_refused_for_our_encode(w
 
     result = tapes.sync()
 
-    assert result.metadata["created"] == 2 and not result.metadata["failed"]
+    assert result.outcome.created == 2 and not result.outcome.failed
     by_ref = tapes.records()
     sources = tapes.sources()
     for doc, reason in (
@@ -265,7 +265,7 @@ def test_a_native_tape_syncs_from_its_mp4_without_a_zip(world, tmp_path):
 
     result = tapes.sync()
 
-    assert result.metadata["created"] == 2, result.metadata
+    assert result.outcome.created == 2, result.outcome
     assert not [p for p in world.media.requested if p.endswith(".zip")]
     by_ref, sources = tapes.records(), tapes.sources()
     first, second = (by_ref[str(docs[c]["_id"])]["value"] for c in ("nat1", "nat2"))

@@ -126,8 +126,8 @@ def test_new_thumbnails_are_uploaded_once_in_the_blob_stage(world, proxy_for):  
     result = sync(world, [handle], ["painting"])[(handle, "painting")]
 
     assert result.ok and result.check_passed, result.row()
-    meta = result.metadata
-    assert (meta["created"], meta["failed"]) == (12, 0), result.row()
+    meta = result.outcome
+    assert (meta.created, meta.failed) == (12, 0), result.row()
     # Every thumbnail once, all of them in the blob stage (before it was recorded).
     stage = blob_stage(world, handle, "painting", result.run_id)
     uploaded = order.uploads()
@@ -136,7 +136,7 @@ def test_new_thumbnails_are_uploaded_once_in_the_blob_stage(world, proxy_for):  
     assert set(uploaded) == set(thumbnails(world, did).values())
     assert stage["blobs_pre_uploaded"] == 12 and "pre_upload_stopped" not in stage, str(stage)
     # The record stage counts only what it uploaded itself: nothing.
-    assert meta["blobs_uploaded"] == 0 and meta["blob_bytes_uploaded"] == 0
+    assert meta.blobs_uploaded == 0 and meta.blob_bytes_uploaded == 0
     assert proxy.answered[(APPLY, 400)] == 0
     for cid in uploaded:  # the PDS serves each one: the records made them permanent
         assert blob_bytes_match_cid(world.client.get_blob(did, cid), cid)
@@ -196,7 +196,7 @@ def test_a_dry_run_uploads_nothing(world, proxy_for):  # noqa: F811
     result = sync(world, [handle], ["painting"], dry_run=True)[(handle, "painting")]
 
     assert result.ok, result.row()
-    assert result.metadata["dry_run"] and len(result.metadata["plan"]) == 5
+    assert result.dry_run and len(result.row()["planned"]) == 5
     assert proxy.requests[UPLOAD] == 0 and proxy.requests[APPLY] == 0
     stage = blob_stage(world, handle, "painting", result.run_id)
     assert stage["blobs_pre_uploaded"] == 0 and stage["pre_upload_stopped"] == "dry run", stage
@@ -208,7 +208,7 @@ def test_items_already_linked_are_not_pre_uploaded(world, proxy_for):  # noqa: F
     sub, handle, did = add_user(world, db, "linked")
     add_paintings(world, db, sub, 3)
     first = sync(world, [handle], ["painting"])[(handle, "painting")]
-    assert first.ok and first.metadata["created"] == 3
+    assert first.ok and first.outcome.created == 3
     # A linked painting gets another image (a new slug, so a new thumbnail: an update), and a new one comes.
     changed = db["paintings"].find_one({"user": sub, "atproto.rkey": {"$exists": True}})
     assert changed is not None
@@ -221,13 +221,13 @@ def test_items_already_linked_are_not_pre_uploaded(world, proxy_for):  # noqa: F
     result = sync(world, [handle], ["painting"])[(handle, "painting")]
 
     assert result.ok and result.check_passed, result.row()
-    assert (result.metadata["created"], result.metadata["updated"]) == (1, 1), result.row()
+    assert (result.outcome.created, result.outcome.updated) == (1, 1), result.row()
     after = thumbnails(world, did)
     new_cid, changed_cid = after[str(new)], after[str(changed["_id"])]
     stage = blob_stage(world, handle, "painting", result.run_id)
     # Only the new painting's thumbnail went in the blob stage; the linked one's in the record stage.
     assert stage["blobs_pre_uploaded"] == 1, stage
-    assert result.metadata["blobs_uploaded"] == 1, result.row()
+    assert result.outcome.blobs_uploaded == 1, result.row()
     assert sorted(order.uploads()) == sorted([new_cid, changed_cid])
     assert order.uploads_before(stage["ended_at"]) == [new_cid]
     assert_converged(world, db, handle, ["painting"])
@@ -247,7 +247,7 @@ def test_a_pre_upload_older_than_the_window_is_uploaded_again(world, proxy_for, 
     assert result.ok and result.check_passed, result.row()
     stage = blob_stage(world, handle, "painting", result.run_id)
     assert stage["blobs_pre_uploaded"] == 4, stage
-    assert result.metadata["blobs_uploaded"] == 4, result.row()  # the record stage uploaded them again
+    assert result.outcome.blobs_uploaded == 4, result.row()  # the record stage uploaded them again
     assert proxy.requests[UPLOAD] == 8
     cids = set(thumbnails(world, did).values())
     assert sorted(order.uploads()) == sorted([*cids, *cids])
@@ -270,7 +270,7 @@ def test_a_blob_an_update_or_delete_dereferences_is_uploaded_again_before_the_wr
     nuked = add_painting(world, db, sub, nuked_png, second=0)
     changed = add_painting(world, db, sub, changed_png, second=1)
     first = sync(world, [handle], ["painting"])[(handle, "painting")]
-    assert first.ok and first.metadata["created"] == 2
+    assert first.ok and first.outcome.created == 2
     before = thumbnails(world, did)
     x_nuked, x_changed = before[str(nuked)], before[str(changed)]
     db["paintings"].update_one({"_id": nuked}, {"$set": {"nuked": True}})
@@ -286,8 +286,8 @@ def test_a_blob_an_update_or_delete_dereferences_is_uploaded_again_before_the_wr
     result = sync(world, [handle], ["painting"])[(handle, "painting")]
 
     assert result.ok and result.check_passed, result.row()
-    meta = result.metadata
-    assert (meta["created"], meta["updated"], meta["deleted"]) == (2, 1, 1), result.row()
+    meta = result.outcome
+    assert (meta.created, meta.updated, meta.deleted) == (2, 1, 1), result.row()
     after = thumbnails(world, did)
     assert after[str(copy_of_nuked)] == x_nuked and after[str(copy_of_changed)] == x_changed
     stage = blob_stage(world, handle, "painting", result.run_id)
@@ -296,7 +296,7 @@ def test_a_blob_an_update_or_delete_dereferences_is_uploaded_again_before_the_wr
     # No write was refused for a missing blob: both were uploaded again before their creates, after the
     # delete (the first write) and the update (the second) had dereferenced them.
     assert proxy.answered[(APPLY, 400)] == 0
-    assert meta["blobs_uploaded"] == 3, result.row()  # the changed painting's new thumbnail, and those two
+    assert meta.blobs_uploaded == 3, result.row()  # the changed painting's new thumbnail, and those two
     assert order.uploaded_after_write(x_nuked, 2) and order.uploaded_after_write(x_changed, 3)
     for cid in (x_nuked, x_changed):
         assert blob_bytes_match_cid(world.client.get_blob(did, cid), cid)
@@ -332,7 +332,7 @@ def test_without_a_session_the_blob_stage_leaves_uploads_to_the_record_stage(wor
     assert refused >= 1 and proxy.answered[(LOGIN, 200)] == 1, proxy.answered
     stage = blob_stage(world, handle, "painting", result.run_id)
     assert stage["blobs_pre_uploaded"] == 0 and stage["pre_upload_accounts_without_session"] == 1, stage
-    assert result.metadata["blobs_uploaded"] == 3 == proxy.requests[UPLOAD], result.row()
+    assert result.outcome.blobs_uploaded == 3 == proxy.requests[UPLOAD], result.row()
     assert_converged(world, db, handle, ["painting"])
 
 
@@ -363,7 +363,7 @@ def test_a_pre_upload_the_pds_lost_is_uploaded_again_and_the_write_sent_again(wo
     assert errors.count("BlobNotFound") == 1, errors  # refused once for the lost blob, then sent again
     stage = blob_stage(world, handle, "painting", result.run_id)
     assert stage["blobs_pre_uploaded"] == 2, stage
-    assert result.metadata["blobs_uploaded"] >= 1 and result.metadata["created"] == 2, result.row()
+    assert result.outcome.blobs_uploaded >= 1 and result.outcome.created == 2, result.row()
     assert blob_bytes_match_cid(world.client.get_blob(did, lost["cid"]), lost["cid"])
     assert_converged(world, db, handle, ["painting"])
 

@@ -42,13 +42,13 @@ def test_a_limit_beyond_the_retry_budget_defers_the_partition_and_the_sensor_res
     limiter = HeldWindowLimiter(points=1250, window_s=20, ahead_s=20)
     proxy_for(limiter=limiter)
     result = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
-    meta = result.metadata
+    meta = result.outcome
     assert result.ok and result.deferred, result.row()
     # Deferred until the reset the 429 announced, without waiting for it: one 429 (the window is held, so any
     # write sent after it would be refused and announced again), two batches written.
-    until = datetime.fromisoformat(meta["deferred_until"]).timestamp()
+    until = datetime.fromisoformat(meta.deferred_until).timestamp()
     assert len(limiter.announced) == 1 and limiter.announced[0] <= until <= limiter.announced[0] + 1
-    assert (meta["created"], meta["deferred_writes"], limiter.refused) == (400, 50, 1)  # one 429, no storm
+    assert (meta.created, meta.deferred_writes, limiter.refused) == (400, 50, 1)  # one 429, no storm
     assert status_word(result.row()).startswith("deferred until")
     assert result.check_passed is False  # the partition does not look synced
     listed = listed_over_http(world.pds_url, did, MOOD)
@@ -64,7 +64,7 @@ def test_a_limit_beyond_the_retry_budget_defers_the_partition_and_the_sensor_res
 
     again = sync(world, [handle], ["mood"], full=False)[(handle, "mood")]
     assert again.ok and not again.deferred and again.check_passed, again.row()
-    assert again.metadata["created"] == 50
+    assert again.outcome.created == 50
     assert_mirrored(world.pds_url, db, did, "moods", MOOD, expected_moods(db, sub))
     assert_rerun_writes_nothing(world, handle, ["mood"])
     print(f"\nFIGURES rate limit: 1 partition deferred ({limiter.refused} 429), resumed after the reset")
@@ -89,17 +89,17 @@ def test_the_reference_pds_with_its_own_rate_limits_defers_the_heavy_user(world,
         client.close()
     deferred = {media: r for (_, media), r in results.items() if r.deferred}
     assert deferred and all(r.ok for r in results.values()), [r.row() for r in results.values()]
-    created = sum(r.metadata.get("created", 0) for r in results.values())
+    created = sum(r.outcome.created for r in results.values())
     points = 3 * created
-    assert points <= 5000 < 3 * sum(r.metadata["desired"] for r in results.values())
+    assert points <= 5000 < 3 * sum(r.outcome.desired for r in results.values())
     # One 429: after it, the account's writes wait, its other partitions defer without asking again.
     refused = proxy.answered[("com.atproto.repo.applyWrites", 429)]
     assert refused == 1 and sum(n for (_, status), n in proxy.answered.items() if status == 429) == 1
     for (_, media), result in results.items():  # what was written is linked
         collection = db[MEDIA[media].collection]
         linked = collection.count_documents({"user": heavy["_id"], "atproto.rkey": {"$exists": True}})
-        assert linked == result.metadata.get("created", 0), (media, linked)
-    until = max(r.metadata["deferred_until"] for r in deferred.values())
+        assert linked == result.outcome.created, (media, linked)
+    until = max(r.outcome.deferred_until for r in deferred.values())
     print(
         f"\nFIGURES reference PDS with its rate limits on: heavy user {created} records created "
         f"({points} of 5,000 points), {refused} 429s, {len(deferred)} partitions deferred until {until}"

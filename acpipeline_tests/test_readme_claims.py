@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bson import ObjectId
-from dagster import DagsterRunStatus, RunsFilter
+from dagster import AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
 from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH
 from acpipeline.cli import main
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.instance import ensure_dagster_home, get_instance, open_instance
 from acpipeline.operations.schedule import reconcile_schedule
+from acpipeline.sync.assets import atproto_records
 from acpipeline.sync.partitions import (
     FULL_TAG,
     RANGE_END_TAG,
@@ -446,9 +447,7 @@ def test_paintings_link_hash_code_and_kidlisp_dollar_code(world):
     kidlisp = {"_id": ObjectId(), "user": sub, "code": "kd7", "source": "(wipe purple)", "when": T0}
     db["kidlisp"].insert_one(kidlisp)
     results = sync(world, [handle], ["painting", "kidlisp"])
-    assert all(r.ok and r.metadata["created"] == 1 for r in results.values()), [
-        r.row() for r in results.values()
-    ]
+    assert all(r.ok and r.outcome.created == 1 for r in results.values()), [r.row() for r in results.values()]
     code = db["paintings"].find_one({"_id": painting})["code"]
     (value,) = [r["value"] for r in listed_over_http(world.pds_url, did, MEDIA["painting"].nsid)]
     assert value["acUrl"] == f"{AC}/#{code}" and value["imageUrl"] == f"{AC}/media/paintings/{code}"
@@ -467,7 +466,7 @@ def test_a_news_headline_over_300_is_a_failed_item_and_its_record_stays(world):
     fits, over = news_post(sub, 1, "h" * 300), news_post(sub, 2, "o" * 301)
     db["news-posts"].insert_many([fits, over])
     first = sync(world, [handle], ["news"])[(handle, "news")]
-    assert first.ok and first.metadata["created"] == 1, first.row()
+    assert first.ok and first.outcome.created == 1, first.row()
     failures = first.row()["failed_items"]
     assert [f["ref"] for f in failures] == [str(over["_id"])]
     assert "headline: maxLength 300 UTF-8 bytes (has 301)" in failures[0]["reason"], failures
@@ -477,7 +476,7 @@ def test_a_news_headline_over_300_is_a_failed_item_and_its_record_stays(world):
     # edited over the limit: failed, and the record it had is kept as it was
     db["news-posts"].update_one({"_id": fits["_id"]}, {"$set": {"title": "h" * 299 + "é"}})  # 301 bytes
     second = sync(world, [handle], ["news"])[(handle, "news")]
-    assert second.ok and (second.metadata["updated"], second.metadata["deleted"]) == (0, 0), second.row()
+    assert second.ok and (second.outcome.updated, second.outcome.deleted) == (0, 0), second.row()
     assert {f["ref"] for f in second.row()["failed_items"]} == {str(fits["_id"]), str(over["_id"])}
     assert listed_over_http(world.pds_url, did, MEDIA["news"].nsid) == listed
 
@@ -500,7 +499,7 @@ def test_a_429_on_one_accounts_write_holds_that_accounts_writes_only(world, prox
     started = time.monotonic()
     free = sync(world, [spared], ["mood"], full=False)[(spared, "mood")]  # after the 429, another account
     assert free.ok and not free.deferred and free.check_passed, free.row()
-    assert free.metadata["created"] == 2 and time.monotonic() - started < 60
+    assert free.outcome.created == 2 and time.monotonic() - started < 60
     assert len(listed_over_http(world.pds_url, spared_did, MEDIA["mood"].nsid)) == 2
     assert proxy.faults[("429", APPLY)] == 1
 
@@ -518,7 +517,7 @@ def test_a_deferring_run_is_tagged_acpipeline_deferred(world, proxy_for, monkeyp
     assert result.ok and result.deferred, result.row()
     (run,) = world.instance.get_runs(filters=RunsFilter(tags={DEFERRED_TAG: "true"}))
     assert run.run_id == result.run_id and run.status == DagsterRunStatus.SUCCESS
-    assert run.tags["acpipeline/deferred_until"] == result.metadata["deferred_until"]
+    assert run.tags["acpipeline/deferred_until"] == result.outcome.deferred_until
 
 
 def test_no_blob_is_uploaded_for_a_batch_the_pds_would_refuse(world, proxy_for, monkeypatch):  # noqa: F811
@@ -534,8 +533,13 @@ def test_no_blob_is_uploaded_for_a_batch_the_pds_would_refuse(world, proxy_for, 
     assert moods.deferred and proxy.requests[APPLY] == 1
     paintings = sync(world, [handle], ["painting"], full=False)[(handle, "painting")]
     assert paintings.ok and paintings.deferred, paintings.row()
-    assert paintings.metadata["deferred_writes"] == 2 and paintings.metadata["blobs"] == 2
-    assert proxy.requests[UPLOAD] == 0 and paintings.metadata["blobs_uploaded"] == 0
+    key = partition_key(handle, "painting")
+    (record,) = world.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=atproto_records.key, asset_partitions=[key]), limit=1
+    ).records
+    assert record.asset_materialization and record.asset_materialization.metadata["blobs"].value == 2
+    assert paintings.outcome.deferred_writes == 2
+    assert proxy.requests[UPLOAD] == 0 and paintings.outcome.blobs_uploaded == 0
     assert proxy.requests[APPLY] == 1  # no second 429 either
 
 

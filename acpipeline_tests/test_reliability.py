@@ -137,11 +137,11 @@ def assert_converged(world, db, handle: str, media: list[str]) -> Counter[str]:
 def assert_rerun_writes_nothing(world, handle: str, media: list[str]) -> None:
     again = sync(world, [handle], media)
     for result in again.values():
-        meta = result.metadata
+        meta = result.outcome
         assert result.ok and result.check_passed, result.row()
-        writes = (meta["created"], meta["updated"], meta["deleted"], meta["commits"], meta["mongo_updates"])
+        writes = (meta.created, meta.updated, meta.deleted, meta.commits, meta.mongo_updates)
         assert writes == (0, 0, 0, 0, 0), result.row()
-        assert meta["blobs_uploaded"] == 0, result.row()
+        assert meta.blobs_uploaded == 0, result.row()
 
 
 def step_error(world, run_id: str) -> str:
@@ -226,10 +226,10 @@ def test_sync_through_injected_faults_lands_every_record_exactly_once(world, pro
 
     for result in results.values():
         assert result.ok and result.check_passed, result.row()
-        meta = result.metadata
+        meta = result.outcome
         # Lost answers are settled from the fresh listing: every record counted once as created.
-        assert meta["created"] == meta["desired"] and meta["failed"] == 0, result.row()
-    assert results[(handle_a, "mood")].metadata["desired"] == 450
+        assert meta.created == meta.desired and meta.failed == 0, result.row()
+    assert results[(handle_a, "mood")].outcome.desired == 450
     injected = proxy.faults_by_kind()
     assert set(injected) == {f.kind for f in FAULTS}, injected  # every kind was met and survived
     assert sum(proxy.faults[(k, APPLY)] for k in ("502_after", "drop_after", "500_after")) >= 2
@@ -252,10 +252,10 @@ def test_lost_write_answers_are_replanned_never_duplicated(world, proxy_for):
     result = sync(world, [handle], ["mood"])[(handle, "mood")]
 
     assert result.ok and result.check_passed, result.row()
-    meta = result.metadata
-    assert meta["replans"] == 3
-    assert (meta["created"], meta["unchanged"]) == (450, 0)
-    assert meta["commits"] == 1  # only the last batch was answered: 200 + 200 applied unseen, 50 seen
+    meta = result.outcome
+    assert meta.replans == 3
+    assert (meta.created, meta.unchanged) == (450, 0)
+    assert meta.commits == 1  # only the last batch was answered: 200 + 200 applied unseen, 50 seen
     assert proxy.requests[APPLY] == 4
     assert assert_converged(world, db, handle, ["mood"])["mood"] == 0
     assert_rerun_writes_nothing(world, handle, ["mood"])
@@ -275,7 +275,7 @@ def test_blobs_are_uploaded_again_when_a_replan_needs_them(world, proxy_for, fau
 
     assert result.ok and result.check_passed, result.row()
     assert proxy.requests[UPLOAD] == uploads
-    assert result.metadata["replans"] == 1 and result.metadata["created"] == 4
+    assert result.outcome.replans == 1 and result.outcome.created == 4
     client = PdsClient(proxy.url)  # getBlob is retried like every other call
     for record in records(world, did, "computer.aesthetic.painting"):
         cid = record["value"]["thumbnail"]["ref"]["$link"]

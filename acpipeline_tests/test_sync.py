@@ -69,7 +69,7 @@ def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
                 # the CID the checks expect of a value sent (`RecordSync.state_after`) is the PDS's
                 assert record_cid(record["value"]) == record["cid"], (name, record)
             result = results[(handle, name)]
-            assert len(listed) == result.metadata["desired"], (handle, name)
+            assert len(listed) == result.outcome.desired, (handle, name)
     assert total > 40
 
     # anonymous work lives in the art account; moods carry their text in `mood`
@@ -122,14 +122,14 @@ def test_small_dataset_syncs_every_media_type_and_a_rerun_writes_nothing(world):
     # the quick path: partitions that failed nothing are proven converged and not run at all
     quick = sync(world, full=False)
     skipped = {key for key, r in quick.items() if r.skipped}
-    assert skipped == {key for key, r in results.items() if not r.metadata["failed"]}
+    assert skipped == {key for key, r in results.items() if not r.outcome.failed}
     assert all(r.ok for r in quick.values())
     again = sync(world)
     for result in again.values():
-        meta = result.metadata
+        meta = result.outcome
         assert result.ok and result.check_passed
-        assert (meta["created"], meta["updated"], meta["deleted"]) == (0, 0, 0), result.row()
-        assert (meta["commits"], meta["blobs_uploaded"], meta["mongo_updates"]) == (0, 0, 0), result.row()
+        assert (meta.created, meta.updated, meta.deleted) == (0, 0, 0), result.row()
+        assert (meta.commits, meta.blobs_uploaded, meta.mongo_updates) == (0, 0, 0), result.row()
     assert {a.did: head(world, a.did) for a in accounts.values()} == heads
     assert link_snapshot(db) == links
 
@@ -149,7 +149,7 @@ def test_nuke_edit_and_dry_run(world):
         }
     )
     first = sync(world, [handle], ["mood", "piece"])
-    assert first[(handle, "mood")].metadata["created"] == 4
+    assert first[(handle, "mood")].outcome.created == 4
 
     db["moods"].update_one({"_id": ids[0]}, {"$set": {"mood": "one, edited"}})
     db["moods"].update_one({"_id": ids[1]}, {"$set": {"deleted": True}})
@@ -175,8 +175,8 @@ def test_nuke_edit_and_dry_run(world):
     assert all(after[k][1] is not None and after[k][1] != before[k][1] for k in keys), (before, after)
 
     done = sync(world, [handle], ["mood", "piece"])
-    assert (done[(handle, "mood")].metadata["updated"], done[(handle, "mood")].metadata["deleted"]) == (1, 2)
-    assert done[(handle, "piece")].metadata["deleted"] == 1
+    assert (done[(handle, "mood")].outcome.updated, done[(handle, "mood")].outcome.deleted) == (1, 2)
+    assert done[(handle, "piece")].outcome.deleted == 1
     moods = {r["value"]["ref"]: r["value"]["mood"] for r in records(world, did, "computer.aesthetic.mood")}
     assert moods == {str(ids[0]): "one, edited", str(ids[3]): "four"}
     assert records(world, did, "computer.aesthetic.piece") == []
@@ -235,7 +235,7 @@ def test_adopts_platform_records_and_resolves_duplicates(world):
 
     result = sync(world, [handle], ["mood"])[(handle, "mood")]
     assert result.ok and result.check_passed
-    assert (result.metadata["created"], result.metadata["updated"], result.metadata["deleted"]) == (0, 2, 2)
+    assert (result.outcome.created, result.outcome.updated, result.outcome.deleted) == (0, 2, 2)
     listed = records(world, did, "computer.aesthetic.mood")
     assert len(listed) == 3
     by_ref = {r["value"]["ref"]: r for r in listed}
@@ -263,8 +263,8 @@ def test_writes_are_batched_by_count_and_by_size(world):
         ]
     )
     results = sync(world, [handle], ["mood", "kidlisp"])
-    assert results[(handle, "mood")].metadata["commits"] == 3  # 200 + 200 + 50
-    assert results[(handle, "kidlisp")].metadata["commits"] == 3  # ~1.9 MB in bodies under 1 MB each
+    assert results[(handle, "mood")].outcome.commits == 3  # 200 + 200 + 50
+    assert results[(handle, "kidlisp")].outcome.commits == 3  # ~1.9 MB in bodies under 1 MB each
     assert len(records(world, did, "computer.aesthetic.mood")) == 450
     assert len(records(world, did, "computer.aesthetic.kidlisp")) == 40
     assert all(r.check_passed for r in results.values())
@@ -305,19 +305,17 @@ def test_quick_path_runs_what_changed_and_anything_after_a_foreign_write(world):
     first = sync(world, [handle], ["mood", "piece", "tape"], full=False)
     assert not first[(handle, "mood")].skipped and not first[(handle, "piece")].skipped
     # nothing on either side (no tape in MongoDB, none on the PDS): no run, even the first time
-    assert first[(handle, "tape")].skipped and first[(handle, "tape")].metadata["desired"] == 0
+    assert first[(handle, "tape")].skipped and first[(handle, "tape")].outcome.desired == 0
     assert all(r.skipped for r in sync(world, [handle], ["mood", "piece", "tape"], full=False).values())
     assert not sync(world, [handle], ["tape"], full=True)[(handle, "tape")].skipped
 
     db["moods"].update_one({"_id": ids[0]}, {"$set": {"mood": "one, edited"}})
     edited = sync(world, [handle], ["mood", "piece"], full=False)
-    assert not edited[(handle, "mood")].skipped and edited[(handle, "mood")].metadata["updated"] == 1
+    assert not edited[(handle, "mood")].skipped and edited[(handle, "mood")].outcome.updated == 1
     assert edited[(handle, "piece")].skipped
 
     # any write to the account outside a sync (here: another collection) voids every mark of the account
     create_other_record(world, db, sub, did)
     after = sync(world, [handle], ["mood", "piece"], full=False)
     assert not any(r.skipped for r in after.values())
-    assert all(
-        r.metadata["created"] == r.metadata["updated"] == r.metadata["deleted"] == 0 for r in after.values()
-    )
+    assert all(r.outcome.created == r.outcome.updated == r.outcome.deleted == 0 for r in after.values())

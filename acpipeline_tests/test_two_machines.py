@@ -82,7 +82,7 @@ def test_a_run_on_a_fresh_machine_neither_logs_in_nor_re_encodes(shared, monkeyp
             r.row() for r in first.values() if not (r.ok and r.check_passed)
         ]
         a_logins, a_derived = proxy.requests[LOGIN], dict(derived)
-        accounts = {handle for (handle, _), r in first.items() if r.metadata.get("desired")}
+        accounts = {handle for (handle, _), r in first.items() if r.outcome.desired}
         assert a_logins == len(accounts) >= 3
         assert a_derived["encode_tape"] >= 2 and a_derived["painting_thumbnail"] >= 5, a_derived
         assert sessions.count_documents({}) == a_logins
@@ -105,7 +105,7 @@ def test_a_run_on_a_fresh_machine_neither_logs_in_nor_re_encodes(shared, monkeyp
         second = sync(world)
         b_seconds = time.monotonic() - started
         assert all(r.ok and r.check_passed for r in second.values())
-        assert all(r.metadata["created"] == r.metadata["updated"] == 0 for r in second.values())
+        assert all(r.outcome.created == r.outcome.updated == 0 for r in second.values())
         assert proxy.requests[LOGIN] == a_logins  # no login on machine B
         assert proxy.requests[APPLY] == before[APPLY]
         assert derived == dict.fromkeys(DERIVE, 0)  # no thumbnail made, no tape encoded again

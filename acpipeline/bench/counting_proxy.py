@@ -286,7 +286,7 @@ def summarize(exchanges: list[Exchange], origin: float | None = None) -> dict[st
     events = sorted([(e.start, 1, e.method) for e in exchanges] + [(e.end, -1, e.method) for e in exchanges])
     in_flight: Counter[str] = Counter()
     peak: Counter[str] = Counter()
-    alone: Counter[str] = Counter()
+    alone: dict[str, float] = {}  # seconds (a Counter's values are counts)
     busy = serial = 0.0
     previous = events[0][0]
     for moment, step, method in events:
@@ -295,7 +295,8 @@ def summarize(exchanges: list[Exchange], origin: float | None = None) -> dict[st
             busy += moment - previous
         if total == 1:
             serial += moment - previous
-            alone[next(m for m, n in in_flight.items() if n)] += moment - previous
+            only = next(m for m, n in in_flight.items() if n)
+            alone[only] = alone.get(only, 0) + moment - previous
         in_flight[method] += step
         peak[method] = max(peak[method], in_flight[method])
         previous = moment
@@ -307,7 +308,7 @@ def summarize(exchanges: list[Exchange], origin: float | None = None) -> dict[st
         row["server_s"] += e.upstream_s
         row["new_connections"] += e.new_connection
     for method, row in methods.items():
-        row.update(max_in_flight=peak[method], alone_s=alone[method])
+        row.update(max_in_flight=peak[method], alone_s=alone.get(method, 0))
         for key in ("s", "server_s", "alone_s"):
             row[key] = round(row[key], 2)
     first = min(e.start for e in exchanges)

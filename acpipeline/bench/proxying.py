@@ -37,7 +37,7 @@ def end_to_end(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) -> 
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The request's body, whole: by Content-Length, or de-chunked."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:

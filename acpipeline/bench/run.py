@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
@@ -32,6 +32,9 @@ from acpipeline.bench.counting_proxy import WRITE_METHODS, CountingProxy, Exchan
 from acpipeline.bench.memory import PssReader
 from acpipeline.bench.strategies import PreparedRecord, write_ceiling, write_platform_style
 from acpipeline.core.media import MEDIA
+
+if TYPE_CHECKING:
+    from acpipeline.resources.pds import PdsClient
 
 HEAVY = "jeffrey.at.aesthetic.computer"
 ART = "art.at.aesthetic.computer"
@@ -115,9 +118,9 @@ def _cpu_seconds(pds_pid: int) -> dict[str, float]:
     }
 
 
-def _prepared(client, did: str, home: Path) -> list[PreparedRecord]:
+def _prepared(client: PdsClient, did: str, home: Path) -> list[PreparedRecord]:
     """The account's records as the pipeline wrote them, with their blobs' bytes from the blob cache."""
-    out = []
+    out: list[PreparedRecord] = []
     for rules in MEDIA.values():
         for record in client.list_records(did, rules.nsid):
             value = record["value"]
@@ -140,7 +143,7 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
     for record in records:
         materialization = record.asset_materialization
         if materialization and materialization.partition == f"{handle}|tape":
-            meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
             derived = int(meta["derived_in_run"])
             return float(meta.get("video_seconds", 0.0)), float(meta["seconds_in_run"]), derived
     raise RuntimeError(f"no tape blob stage was recorded for {handle}")
@@ -149,7 +152,7 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
 def run_bench(
     json_path: str | None = None,
     size: str = "bench",
-    log=print,
+    log: Callable[[str], None] = print,
     rtt_ms: float | None = None,
     bandwidth_mbit: float | None = None,
     trace_path: str | None = None,
@@ -212,6 +215,8 @@ def run_bench(
         )
         mongo.close()
         heavy = summary.user(HEAVY)
+        if heavy.did is None:
+            raise RuntimeError(f"the bench dataset made no PDS account for {HEAVY}")
         sync = [sys.executable, "-m", "acpipeline.cli", "sync", "--json"]
         # On loopback the syncs reach the PDS and the storage directly (the no-op ones through the counting
         # proxy); over a network, everything goes through the proxies.

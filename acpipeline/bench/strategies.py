@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -31,7 +32,7 @@ class PreparedRecord:
 
     collection: str
     rkey: str
-    value: dict
+    value: dict[str, Any]
     blobs: tuple[tuple[bytes, str], ...] = ()
 
 
@@ -43,7 +44,8 @@ def _ok(response: httpx.Response) -> httpx.Response:
 
 def _login(http: httpx.Client, identifier: str, password: str) -> str:
     body = {"identifier": identifier, "password": password}
-    return _ok(http.post("/xrpc/com.atproto.server.createSession", json=body)).json()["accessJwt"]
+    token: str = _ok(http.post("/xrpc/com.atproto.server.createSession", json=body)).json()["accessJwt"]
+    return token
 
 
 def _upload_blobs(http: httpx.Client, auth: dict[str, str], record: PreparedRecord) -> None:

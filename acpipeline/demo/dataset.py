@@ -39,7 +39,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from PIL import Image, ImageDraw
@@ -48,6 +48,9 @@ from acpipeline.demo import SIZES  # defined there: the command line reads it wi
 from acpipeline.demo.media_server import BLOBS_BUCKET
 from acpipeline.errors import OperatorError
 from acpipeline.settings import DEFAULT_BLOBS_URL
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
 
 CreateAccount = Callable[[str, str], str]  # (pds_handle, password) -> did
 
@@ -1735,7 +1738,7 @@ assert tuple(_SCENARIOS) == SIZES, "acpipeline.demo.SIZES names every scenario"
 
 
 def seed_dataset(
-    db: Any,
+    db: MongoDatabase,
     media_root: Path,
     create_account: CreateAccount,
     size: str = "small",
@@ -1818,7 +1821,8 @@ def seed_dataset(
 
 def _has_account(user: dict[str, Any]) -> bool:
     """What the sync reads as an account: a DID, a password and a handle, nested or in flat fields."""
-    atproto = user.get("atproto") if isinstance(user.get("atproto"), dict) else {}
+    nested = user.get("atproto")
+    atproto: dict[str, Any] = nested if isinstance(nested, dict) else {}
     return all(atproto.get(key) or user.get(f"atproto_{key}") for key in ("did", "password", "handle"))
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
@@ -24,6 +24,9 @@ from acpipeline.localpds.server import LocalPds
 from acpipeline.localpds.server import start as start_pds
 from acpipeline.resources.pds import PdsClient, PdsError
 from acpipeline.settings import acpipeline_home
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
 
 TEMPLATE_ENV = {
     "image_url": "ACPIPELINE_IMAGE_URL",
@@ -60,7 +63,7 @@ def refuse_a_real_database() -> None:
 
 def start_environment(
     media_root: Path | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
     *,
     rate_limits: bool = False,
     rate_limit_bypass_key: str | None = None,
@@ -106,7 +109,12 @@ def create_demo_account(client: PdsClient, handle: str, password: str, email: st
 
 
 def seed(
-    pds_url: str, media_root: Path, db, size: str = "small", seed_value: int = 7, log=print
+    pds_url: str,
+    media_root: Path,
+    db: MongoDatabase,
+    size: str = "small",
+    seed_value: int = 7,
+    log: Callable[[str], None] = print,
 ) -> DatasetSummary:
     """Create the demo accounts on the PDS and fill the embedded store (replacing earlier demo data:
     a fresh local PDS has none of the old accounts).
@@ -147,7 +155,7 @@ def seed(
 
 def write_platform_records(
     client: PdsClient,
-    db: Any,
+    db: MongoDatabase,
     summary: DatasetSummary,
     workers: int = ACCOUNT_WORKERS,
     progress: Callable[[str], None] | None = None,

@@ -121,7 +121,7 @@ def apply_saved_world(require_running: bool = False) -> SavedWorld | None:
     return world
 
 
-def start_background(log=print) -> SavedWorld:
+def start_background(log: Callable[[str], None] = print) -> SavedWorld:
     """Start the world's background process and wait until its services answer."""
     from acpipeline.localpds import server
 

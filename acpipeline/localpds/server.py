@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def is_installed() -> bool:
     )
 
 
-def install(log=print) -> None:
+def install(log: Callable[[str], None] = print) -> None:
     """Install Node 22 and the PDS from the lockfiles (about 2 minutes on an empty npm cache)."""
     if is_installed():
         return
@@ -73,7 +74,8 @@ def install(log=print) -> None:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port) of an AF_INET socket
+        return port
 
 
 @dataclass
@@ -81,7 +83,7 @@ class LocalPds:
     """A running reference PDS; `stop()` ends it by its own process id."""
 
     url: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     data_dir: Path
     admin_password: str
     rate_limit_bypass_key: str | None = field(repr=False, default=None)
@@ -111,7 +113,7 @@ def start(
     rate_limits: bool = False,
     rate_limit_bypass_key: str | None = None,
     timeout_s: float = 120.0,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> LocalPds:
     """Start a fresh PDS (new data directory, new PLC: every start has no accounts) and wait for it.
     `rate_limits`: the PDS's own limits on (per IP, and write points per account), off in dev mode;

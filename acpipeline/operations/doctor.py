@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dagster import Definitions
-from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from acpipeline.core.batches import MAX_WRITES
@@ -32,7 +31,7 @@ from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance
 from acpipeline.operations.fingerprint import projection
 from acpipeline.resources import resolved, shared_state
-from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.pds import (
     PdsClient,
     PdsError,
@@ -89,7 +88,7 @@ class Doctor:
     pds_url: str | None
     storage: StorageResource
     sample: int = DEFAULT_SAMPLE
-    db: Database[Any] | None = None
+    db: MongoDatabase | None = None
     accounts: Accounts | None = None
     client: PdsClient | None = None
 
@@ -275,7 +274,7 @@ def _waits(spent: int, allowed: int, window_s: float) -> float:
     return max(0, math.ceil(spent / allowed) - 1) * window_s
 
 
-def read_backlog(db: Database[Any], accounts: Accounts) -> list[PartitionBacklog]:
+def read_backlog(db: MongoDatabase, accounts: Accounts) -> list[PartitionBacklog]:
     """Per partition with a backlog: the items MongoDB wants (not removed, no problem) that are not linked to
     a record yet, read as the sync reads them (the media rules, grouped by owner as `owner_filter` does)."""
     handle_by_owner = {account.owner: account.handle for account in accounts.by_handle.values()}

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from acpipeline.core.fingerprint import EMPTY, combine, item_digest
 from acpipeline.core.items import Item
 from acpipeline.core.link_fields import LINK, MIRROR
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.sync.extract import Account, read_all
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
 
 
 def projection(media: str) -> dict[str, int]:
@@ -42,7 +45,7 @@ class SourceScan:
         return slots[MEDIA_NAMES.index(media)] if slots else EMPTY
 
 
-def scan_sources(db: Any, accounts: Iterable[Account]) -> SourceScan:
+def scan_sources(db: MongoDatabase, accounts: Iterable[Account]) -> SourceScan:
     """Digest every partition of the given accounts: one projected `find` per collection, grouped in
     Python (the embedded store's `aggregate` is ~30x slower than this)."""
     handle_by_owner = {account.owner: account.handle for account in accounts}

@@ -17,6 +17,8 @@ linked), registers the handles as partitions, then times:
 Nothing leaves this machine: no PDS or storage is contacted (the sensor finds no tape to check).
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import random
@@ -24,9 +26,17 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+    from dagster._core.workspace.context import WorkspaceProcessContext
+
+    from acpipeline.resources.mongo import MongoDatabase
 
 PROJECT = Path(__file__).resolve().parents[2]
 SYNC_ASSETS = ("source_items", "media_blobs", "atproto_records")
@@ -34,14 +44,14 @@ COLLECTIONS = {"paintings": 0.3, "moods": 0.3, "pieces": 0.05, "kidlisp": 0.3, "
 
 
 @contextmanager
-def timed(label: str, figures: dict[str, float]):
+def timed(label: str, figures: dict[str, float]) -> Iterator[None]:
     started = time.perf_counter()
     yield
     figures[label] = time.perf_counter() - started
     print(f"  {label}: {figures[label]:.2f} s", flush=True)
 
 
-def fill(db, handles: int, documents: int, seed: int = 5) -> list[str]:
+def fill(db: MongoDatabase, handles: int, documents: int, seed: int = 5) -> list[str]:
     from bson import ObjectId
 
     rng = random.Random(seed)
@@ -116,7 +126,9 @@ def graphql_probe(figures: dict[str, float], keys: list[str], iterate: int) -> N
         launched = result.data["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         backfill_id = launched["backfillId"]
-        print(f"  backfill {backfill_id}: {instance.get_backfill(backfill_id).status.value}", flush=True)
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None, backfill_id
+        print(f"  backfill {backfill_id}: {backfill.status.value}", flush=True)
         if iterate:
             # The daemon turns every partition of a backfill into a queued run in one pass; time that on a
             # slice (the whole backfill would take hours here) and cancel the big one first.
@@ -128,7 +140,9 @@ def graphql_probe(figures: dict[str, float], keys: list[str], iterate: int) -> N
             backfill_iteration(process, instance, small, figures)
 
 
-def backfill_iteration(process, instance, backfill_id: str, figures: dict[str, float]) -> None:
+def backfill_iteration(
+    process: WorkspaceProcessContext, instance: DagsterInstance, backfill_id: str, figures: dict[str, float]
+) -> None:
     """One pass of the backfill daemon (the run queue is not served here, so nothing executes)."""
     import logging
 
@@ -216,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 scheduled_execution_time=datetime.now(UTC),
             ) as context,
         ):
-            requests = reconcile_schedule.evaluate_tick(context).run_requests
+            requests = reconcile_schedule.evaluate_tick(context).run_requests or []  # None: it skipped
         print(f"    {len(requests)} run requests", flush=True)
         if not args.no_graphql:
             keys = [partition_key(h, m) for h in handles for m in MEDIA_NAMES]

@@ -21,14 +21,15 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.operations.automation import default_schedule_status
 from acpipeline.operations.jobs import sync_job
-from acpipeline.resources.mongo import MongoResource
-from acpipeline.resources.pds import PdsResource
+from acpipeline.resources.mongo import MongoDatabase, MongoResource
+from acpipeline.resources.pds import PdsClient, PdsResource
 from acpipeline.sync.converged import prove_selection
 from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import (
     FULL_TAG,
+    HANDLE_PARTITIONS,
+    PartitionRange,
     few_ranges,
-    handle_partitions,
     partition_ranges,
     register_handles,
 )
@@ -53,10 +54,12 @@ def full_recheck_slice(handles: list[str], day: date, days: int) -> set[str]:
     return set(handles[n * size : (n + 1) * size])
 
 
-def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[RunRequest] | SkipReason:
+def reconcile_requests(
+    context: ScheduleEvaluationContext, db: MongoDatabase, client: PdsClient
+) -> list[RunRequest] | SkipReason:
     register_handles(context.instance, db)
     accounts = find_accounts(db)
-    registered = context.instance.get_dynamic_partitions(handle_partitions.name)
+    registered = context.instance.get_dynamic_partitions(HANDLE_PARTITIONS)
     handles = [h for h in registered if h in accounts.by_handle]
     gone = len(registered) - len(handles)
     if gone:
@@ -69,7 +72,7 @@ def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[R
     # The others: only the partitions not proven converged now (the runs check the proof again).
     rest = [(h, m) for h in handles if h not in full for m in MEDIA_NAMES]
     _, proven = prove_selection(client, db, accounts, rest)
-    batches = (
+    batches: tuple[tuple[list[PartitionRange], dict[str, str]], ...] = (
         (partition_ranges(registered, [(h, m) for h in handles if h in full for m in MEDIA_NAMES],
                           media_together=True), {FULL_TAG: "true"}),
         (few_ranges(registered, [k for k in rest if k not in proven]), {}),
@@ -100,5 +103,7 @@ def reconcile_requests(context: ScheduleEvaluationContext, db, client) -> list[R
     "of the accounts re-checked in full each night, and of the others every partition not proven converged, "
     "in runs of up to 250 partitions.",
 )
-def reconcile_schedule(context: ScheduleEvaluationContext, mongo: MongoResource, pds: PdsResource):
+def reconcile_schedule(
+    context: ScheduleEvaluationContext, mongo: MongoResource, pds: PdsResource
+) -> list[RunRequest] | SkipReason:
     return reconcile_requests(context, mongo.db(), pds.client())

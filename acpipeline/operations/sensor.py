@@ -35,7 +35,7 @@ import json
 import time
 import uuid
 import zlib
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -53,21 +53,23 @@ from dagster import (
     sensor,
 )
 
+from acpipeline.core.fingerprint import EMPTY
 from acpipeline.core.items import Item, ItemProblem
 from acpipeline.core.media import MEDIA_NAMES, TAPE
 from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.operations.automation import default_sensor_status
-from acpipeline.operations.fingerprint import EMPTY, scan_sources
+from acpipeline.operations.fingerprint import scan_sources
 from acpipeline.operations.jobs import sync_job
-from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.storage import StorageResource
 from acpipeline.sync.assets import DEFERRED_TAG, atproto_records, deferred_of_runs
 from acpipeline.sync.extract import find_accounts
 from acpipeline.sync.partitions import (
+    HANDLE_PARTITIONS,
     RANGE_END_TAG,
     RANGE_START_TAG,
     few_ranges,
-    handle_partitions,
+    keys_of_run,
     partition_key,
     range_members,
     register_handles,
@@ -219,7 +221,7 @@ def queued_partitions(instance: DagsterInstance, keys: list[str]) -> dict[str, s
     the schedule's and backfills' runs); a range stands for every partition in it."""
     waiting = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
     wanted = set(keys)
-    order: list[str] | None = None
+    order: Sequence[str] | None = None
     found: dict[str, str] = {}
     for run in instance.get_runs(filters=RunsFilter(statuses=waiting)):
         if run.asset_selection is not None and atproto_records.key not in run.asset_selection:
@@ -227,7 +229,7 @@ def queued_partitions(instance: DagsterInstance, keys: list[str]) -> dict[str, s
         if PARTITION_TAG in run.tags:
             covered = [run.tags[PARTITION_TAG]]
         elif RANGE_START_TAG in run.tags and RANGE_END_TAG in run.tags:
-            order = order if order is not None else instance.get_dynamic_partitions(handle_partitions.name)
+            order = order if order is not None else instance.get_dynamic_partitions(HANDLE_PARTITIONS)
             members = range_members(order, run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG])
             covered = [partition_key(h, m) for h, m in members]
         else:
@@ -311,8 +313,8 @@ def run_requests(
     """The partitions to sync as runs over ranges, per media type, at most `PARTITIONS_PER_RUN` each
     (`few_ranges`), each with the requested partitions it covers. Each run carries `REQUEST_TAG`:
     `<batch>.<n>`."""
-    order = instance.get_dynamic_partitions(handle_partitions.name)
-    wanted = {tuple(key.rpartition("|")[::2]): why for key, why in requests.items()}
+    order = instance.get_dynamic_partitions(HANDLE_PARTITIONS)
+    wanted = dict(zip(keys_of_run(requests), requests.values(), strict=True))
     out = []
     for n, partition_range in enumerate(few_ranges(order, list(wanted))):
         members = [m for m in range_members(order, partition_range.start, partition_range.end) if m in wanted]
@@ -330,7 +332,7 @@ def run_requests(
 
 
 def evaluate(
-    db: Any,
+    db: MongoDatabase,
     instance: DagsterInstance,
     storage: StorageResource,
     previous: SensorState | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import Definitions
 
@@ -13,6 +13,10 @@ from acpipeline.resources import resolved
 from acpipeline.sync.extract import extract_items, find_accounts
 from acpipeline.sync.records import list_existing
 
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
+    from acpipeline.resources.pds import PdsClient
+
 
 def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[str, Any]]:
     """Per partition: items MongoDB wants synced vs records on the PDS, and of those the records the sync
@@ -22,7 +26,7 @@ def partition_status(defs: Definitions, handles: list[str] | None) -> list[dict[
         return _status(mongo.db(), pds.client(), handles)
 
 
-def _status(db: Any, client: Any, handles: list[str] | None) -> list[dict[str, Any]]:
+def _status(db: MongoDatabase, client: PdsClient, handles: list[str] | None) -> list[dict[str, Any]]:
     client.describe_server()  # a PDS that does not answer is named even when there is nothing to count
     accounts = find_accounts(db)
     rows = []

@@ -18,6 +18,7 @@ affected `atproto_records` partition, two events in the wipe's own run:
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ from acpipeline.core.link_fields import has_link, link_unset
 from acpipeline.core.media import MEDIA, MEDIA_NAMES, MediaRules
 from acpipeline.core.plan import Write
 from acpipeline.errors import OperatorError
-from acpipeline.resources.mongo import MongoResource
+from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.pds import PdsClient, PdsError, PdsResource, Session, TransientWriteError
 from acpipeline.sync.assets import CHECK, POOL, atproto_records
 from acpipeline.sync.extract import Account, extract_items, find_account, owner_filter
@@ -88,7 +89,13 @@ def link_filter(rules: MediaRules, owner: str | None) -> dict[str, Any] | None:
 class AccountWipe:
     """One account's wipe, usable without Dagster (the op below wraps it)."""
 
-    def __init__(self, client: PdsClient, db: Any, account: Account, log=None):
+    def __init__(
+        self,
+        client: PdsClient,
+        db: MongoDatabase,
+        account: Account,
+        log: Callable[[str], None] | None = None,
+    ):
         self.client, self.db, self.account = client, db, account
         self.log = log or (lambda message: None)
         self._session: Session | None = None
@@ -191,7 +198,7 @@ def _table(rows: list[CollectionWipe]) -> MetadataValue:
 )
 def wipe_records(
     context: OpExecutionContext, config: WipeConfig, mongo: MongoResource, pds: PdsResource
-) -> Output[dict]:
+) -> Output[dict[str, Any]]:
     _check_config(config)
     db = mongo.db()
     register_handles(context.instance, db)
@@ -216,9 +223,9 @@ def wipe_records(
         f"{config.handle}: {verb} {total['records_on_pds'] if config.dry_run else total['records_deleted']} "
         f"records in {len(rows)} collections"
     )
-    value = {"handle": config.handle, "did": account.did, "dry_run": config.dry_run, **total}
+    value: dict[str, Any] = {"handle": config.handle, "did": account.did, "dry_run": config.dry_run, **total}
     value["collections"] = [r.row() for r in rows]
-    metadata = {
+    metadata: dict[str, str | int | MetadataValue] = {
         "handle": config.handle,
         "did": account.did,
         "dry_run": config.dry_run,
@@ -231,7 +238,7 @@ def wipe_records(
 
 def _mark_wiped(context: OpExecutionContext, handle: str, row: CollectionWipe) -> None:
     key = partition_key(handle, row.media)
-    metadata = {
+    metadata: dict[str, str | int] = {
         "wiped": True,
         "records_deleted": row.deleted,
         "links_cleared": row.links_cleared,
@@ -241,7 +248,7 @@ def _mark_wiped(context: OpExecutionContext, handle: str, row: CollectionWipe) -
     }
     context.log_event(AssetObservation(asset_key=atproto_records.key, partition=key, metadata=metadata))
     context.log_event(
-        AssetCheckEvaluation(
+        AssetCheckEvaluation(  # type: ignore[arg-type]  # log_event takes it; Dagster's annotation omits it
             asset_key=atproto_records.key,
             check_name=CHECK.name,
             passed=row.desired == 0,
@@ -259,7 +266,7 @@ def _mark_wiped(context: OpExecutionContext, handle: str, row: CollectionWipe) -
     "confirm_handle). Restore by syncing the account's partitions.",
     tags={"acpipeline/operation": "wipe"},
 )
-def wipe_job():
+def wipe_job() -> None:
     wipe_records()
 
 
@@ -299,9 +306,9 @@ def run_wipe(
     if result.success:
         return WipeOutcome(True, result.output_for_node(WIPE_OP_NAME), run_id=result.run_id)
     failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
+    info = failure.step_failure_data.error if failure else None
     error = "run failed"
-    if failure:
-        info = failure.event_specific_data.error
+    if info is not None:
         while info.cause is not None and (info.cls_name or "").startswith("Dagster"):
             info = info.cause  # Dagster's "Error occurred while executing op" wraps what went wrong
         error = info.message.strip().splitlines()[0]

@@ -4,28 +4,35 @@ every process Dagster starts shares."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import pymongo
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
 from acpipeline.errors import OperatorError
 from acpipeline.settings import DEFAULT_DATABASE, acpipeline_home
 
+# The platform's documents as pymongo hands them out (the embedded store's client follows pymongo's API).
+MongoClient: TypeAlias = pymongo.MongoClient[dict[str, Any]]
+MongoDatabase: TypeAlias = Database[dict[str, Any]]
+MongoCollection: TypeAlias = Collection[dict[str, Any]]
+
 
 def embedded_path() -> str:
     return str(acpipeline_home() / "mongo")
 
 
-class MongoResource(ConfigurableResource):
+# Bare, as Dagster documents: `ConfigurableResource[...]` would derive a pydantic generic class at run time.
+class MongoResource(ConfigurableResource):  # type: ignore[type-arg]
     """`connection_string` None means the embedded store."""
 
     connection_string: str | None = None
     database: str = DEFAULT_DATABASE
-    _client: Any = PrivateAttr(default=None)
+    _client: MongoClient | None = PrivateAttr(default=None)
 
     @property
     def is_embedded(self) -> bool:
@@ -34,23 +41,25 @@ class MongoResource(ConfigurableResource):
     def describe(self) -> str:
         if self.is_embedded:
             return f"embedded store at {embedded_path()} (database {self.database})"
-        host = self.connection_string.split("://", 1)[-1].split("@")[-1].split("/")[0].split("?")[0]
+        host = (self.connection_string or "").split("://", 1)[-1].split("@")[-1].split("/")[0].split("?")[0]
         return f"MongoDB at {host} (database {self.database})"
 
-    def db(self) -> Database:
+    def db(self) -> MongoDatabase:
         if self._client is None:
             self._client = self._connect()
         return self._client[self.database]
 
-    def _connect(self) -> Any:
+    def _connect(self) -> MongoClient:
         if self.is_embedded:
             import litemongo
 
-            return litemongo.connect(embedded_path(), tz_aware=True)
+            # litemongo is untyped; its client (mongomock's) answers pymongo's API.
+            embedded: MongoClient = litemongo.connect(embedded_path(), tz_aware=True)
+            return embedded
         try:
             # Invalid UTF-8 in a document is read as U+FFFD, which the item checks report as one failed
             # item, instead of an exception that would fail the whole partition.
-            client = pymongo.MongoClient(
+            client: MongoClient = pymongo.MongoClient(
                 self.connection_string,
                 serverSelectionTimeoutMS=8000,
                 tz_aware=True,
@@ -70,7 +79,7 @@ class MongoResource(ConfigurableResource):
             ) from None
         return client
 
-    def teardown_after_execution(self, context: Any) -> None:
+    def teardown_after_execution(self, context: InitResourceContext | None) -> None:
         self.close()
 
     def close(self) -> None:

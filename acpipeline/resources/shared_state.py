@@ -19,12 +19,13 @@ import fcntl
 import os
 import threading
 from pathlib import Path
-from typing import Any
-
-from pymongo.collection import Collection
+from typing import TYPE_CHECKING
 
 from acpipeline.errors import OperatorError
 from acpipeline.settings import DEFAULT_DATABASE
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoCollection, MongoResource
 
 SHARED_STATE_ENV = "ACPIPELINE_SHARED_STATE"
 CACHE_DIR_ENV = "ACPIPELINE_CACHE_DIR"
@@ -52,9 +53,9 @@ def cache_dir() -> Path | None:
 # One connection per process and setting; with the embedded store one per thread, since its SQLite
 # connections belong to the thread that opened them. A forked child never uses (nor closes) its parent's:
 # pymongo's clients and SQLite connections must not cross a fork.
-_resources: dict[tuple[Any, ...], Any] = {}
+_resources: dict[tuple[str, str], MongoResource] = {}  # (connection string, database)
 _threads = threading.local()
-_inherited: list[Any] = []
+_inherited: list[object] = []
 _lock = threading.Lock()
 
 
@@ -66,7 +67,7 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def collection(name: str) -> Collection:
+def collection(name: str) -> MongoCollection:
     """One of our collections, in the MongoDB the sync reads (as `MONGODB_CONNECTION_STRING` and
     `MONGODB_NAME` say now)."""
     from acpipeline.resources.mongo import MongoResource, embedded_path
@@ -94,8 +95,8 @@ class _Embedded:
         self.used: set[str] = set()
 
 
-def _embedded(database: str, folder: str, name: str) -> Collection:
-    pid, mine = getattr(_threads, "resources", (None, {}))
+def _embedded(database: str, folder: str, name: str) -> MongoCollection:
+    pid, mine = _thread_resources()
     if pid != os.getpid():  # a forked child: the parent's connections stay as they are
         _inherited.extend(mine.values())
         mine = {}
@@ -110,7 +111,15 @@ def _embedded(database: str, folder: str, name: str) -> Collection:
     return found
 
 
-def _first_use(found: Collection, folder: Path) -> None:
+def _thread_resources() -> tuple[int | None, dict[tuple[str, str], _Embedded]]:
+    """(the process that opened them, this thread's embedded connections by (database, folder))."""
+    pid: int | None
+    mine: dict[tuple[str, str], _Embedded]
+    pid, mine = getattr(_threads, "resources", (None, {}))
+    return pid, mine
+
+
+def _first_use(found: MongoCollection, folder: Path) -> None:
     """The embedded store opens a collection's file on its first use, and two connections doing so at once
     (threads or processes) may both try to record the file's format: one fails. First uses take turns."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,7 +136,7 @@ def close() -> None:
     with _lock:
         resources = list(_resources.values())
         _resources.clear()
-    pid, mine = getattr(_threads, "resources", (None, {}))
+    pid, mine = _thread_resources()
     if pid == os.getpid():
         resources += [embedded.resource for embedded in mine.values()]
         mine.clear()

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from acpipeline.core.items import ItemProblem
@@ -51,7 +51,8 @@ class StorageUnavailable(FetchProblem):
 FILE_PLACEHOLDERS = frozenset({"bucket", "user", "user_dir", "slug"})
 
 
-class StorageResource(ConfigurableResource):
+# Bare, as Dagster documents: `ConfigurableResource[...]` would derive a pydantic generic class at run time.
+class StorageResource(ConfigurableResource):  # type: ignore[type-arg]
     """URL templates take {bucket}, {user}, {user_dir} ("{user}/" or "") and {slug}; `blobs_url` (the
     oven's bucket) takes {key}."""
 
@@ -80,7 +81,7 @@ class StorageResource(ConfigurableResource):
             )
         return self._http
 
-    def teardown_after_execution(self, context: Any) -> None:
+    def teardown_after_execution(self, context: InitResourceContext | None) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None

@@ -13,6 +13,7 @@ import ctypes.util
 import gc
 import re
 from collections.abc import Callable
+from typing import Any
 
 from celery.signals import task_postrun
 from dagster import DagsterError, DagsterInstance
@@ -24,7 +25,7 @@ from acpipeline.run_workers.launcher import CeleryRunLauncher
 UNSET = re.compile(r'environment variable "(\w+)" which is not set')
 
 
-def _launcher_settings() -> dict:
+def _launcher_settings() -> dict[str, Any]:
     """The instance's CeleryRunLauncher settings; a plain line (no traceback) when the instance has none."""
     try:
         with DagsterInstance.get() as instance:
@@ -51,7 +52,6 @@ def _libc_malloc_trim() -> Callable[[int], int] | None:
 MALLOC_TRIM = _libc_malloc_trim()
 
 
-@task_postrun.connect
 def _give_back_freed_memory(**_: object) -> None:
     """After each run: a run's big buffers (images, ZIPs, MP4s) are freed when it ends, but glibc keeps
     their pages for later allocations; a process that lives for many runs gives them back to the system
@@ -61,7 +61,9 @@ def _give_back_freed_memory(**_: object) -> None:
         MALLOC_TRIM(0)
 
 
-app = make_app(_launcher_settings())
+task_postrun.connect(_give_back_freed_memory)  # as `@task_postrun.connect` would (Celery is untyped)
+
+app = make_app(_launcher_settings())  # type: ignore[no-untyped-call]  # unannotated in dagster_celery
 execute_job = create_execute_job_task(app)
 resume_job = create_resume_job_task(app)
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,13 +28,11 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     Config,
+    DagsterEvent,
     DagsterInstance,
     Failure,
     MetadataValue,
     Output,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 
@@ -51,6 +50,7 @@ from acpipeline.sync.cache import DerivedCache
 from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_revs, prove, source_fingerprint
 from acpipeline.sync.extract import Account, extract_owners, find_accounts
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.outcome import PartitionOutcome
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
 from acpipeline.sync.pre_upload import PreUploader, PreUploadStats, never_linked, not_wanted_in
 from acpipeline.sync.records import RecordSync, SyncReport
@@ -282,7 +282,7 @@ def atproto_records(
     media_blobs: dict[str, dict[str, Derived]],
     mongo: MongoResource,
     pds: PdsResource,
-):
+) -> Iterator[DagsterEvent | AssetCheckEvaluation | Output[None]]:
     client = pds.client()
     db = mongo.db()
     state = ConvergedState(acpipeline_home())
@@ -414,8 +414,7 @@ def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bo
         asset_key=context.asset_key,
         partition=source.key,
         metadata={
-            "desired": n, "created": 0, "updated": 0, "deleted": 0, "unchanged": n, "failed": 0,
-            "not_in_mongodb": proof.not_in_mongodb, "proven_converged": True,
+            **PartitionOutcome.proven(n, proof.not_in_mongodb).metadata(),
             "proof": "empty on both sides" if proof.empty else "source unchanged since its last clean sync, "
             "no commit to the collection since",
             "repo_rev": proof.rev,
@@ -483,7 +482,9 @@ class _ThreadStores:
             self._made.clear()
 
 
-def _settle(context: AssetExecutionContext, links: LinkWriter, state: ConvergedState, waiting: list[Synced]):
+def _settle(
+    context: AssetExecutionContext, links: LinkWriter, state: ConvergedState, waiting: list[Synced]
+) -> Iterator[DagsterEvent]:
     """Write the gathered links, then log the waiting partitions' events (one batch for the event log) and
     write their marks."""
     links.flush()
@@ -527,13 +528,16 @@ def _sync_partition(
         rev=source.rev,
     )
     report = sync.run(dry_run=config.dry_run)
-    metadata = report_metadata(report, client.url, time.monotonic() - started)
-    metadata.update(_source_metadata(source))
-    metadata.update(_blob_metadata(derived))
-    metadata["source_fingerprint"] = source.fingerprint
-    metadata["proven_converged"] = False
-    if report.deferred_until is not None:
-        return _deferred(context, source, report, metadata, config.dry_run)
+    outcome = report.outcome(time.monotonic() - started)
+    metadata = {
+        **outcome.metadata(),
+        **_records_metadata(report, client.url),
+        **_source_metadata(source),
+        **_blob_metadata(derived),
+        "source_fingerprint": source.fingerprint,
+    }
+    if outcome.deferred_until is not None:
+        return _deferred(context, source, report, outcome.deferred_until, metadata, config.dry_run)
     check, rev = holds_desired(context, reads, sync, source.key)
     if config.dry_run:
         # An observation, not a materialization: a dry run must not make the partition look synced.
@@ -554,6 +558,7 @@ def _deferred(
     context: AssetExecutionContext,
     source: PartitionSource,
     report: SyncReport,
+    until: str,
     metadata: dict[str, Any],
     dry_run: bool,
 ) -> Synced:
@@ -561,8 +566,7 @@ def _deferred(
     window resets. Materialized with `status: deferred` (its history says how far it got) and a failed check
     that names the time, without asking the PDS again; no convergence mark, so the next run plans it, and
     the run is tagged for the sensor to request it again after that time."""
-    until = datetime.fromtimestamp(report.deferred_until or 0, UTC).isoformat(timespec="seconds")
-    metadata.update(status="deferred", deferred_until=until, deferred_writes=report.deferred_writes)
+    metadata["status"] = "deferred"
     note = f"{source.key}: the PDS's rate limit defers {report.deferred_writes or 'its'} writes until {until}"
     kind = AssetObservation if dry_run else AssetMaterialization
     event = kind(asset_key=context.asset_key, partition=source.key, metadata=metadata)
@@ -615,31 +619,10 @@ def holds_desired(
     return evaluation, rev
 
 
-def report_metadata(report: SyncReport, pds_url: str, duration_s: float) -> dict:
+def _records_metadata(report: SyncReport, pds_url: str) -> dict[str, Any]:
+    """Where to see the partition's records."""
     records_url = (
         f"{pds_url.rstrip('/')}/xrpc/com.atproto.repo.listRecords?repo={report.did}"
         f"&collection={MEDIA[report.media].nsid}"
     )
-    failed_table = MetadataValue.table(
-        records=[TableRecord({"ref": ref, "reason": reason[:500]}) for ref, reason in report.failed[:500]],
-        schema=TableSchema(columns=[TableColumn("ref", "string"), TableColumn("reason", "string")]),
-    )
-    return {
-        "desired": report.desired,
-        "created": report.created,
-        "updated": report.updated,
-        "deleted": report.deleted,
-        "unchanged": report.unchanged,
-        "not_in_mongodb": report.not_in_mongodb,
-        "failed": len(report.failed),
-        "blobs_uploaded": report.blobs_uploaded,
-        "blob_bytes_uploaded": report.blob_bytes_uploaded,
-        "commits": report.commits,
-        "mongo_updates": report.mongo_updates,
-        "replans": report.replans,
-        "duration_s": round(duration_s, 2),
-        "did": report.did,
-        "records": MetadataValue.url(records_url),
-        "failed_items": failed_table,
-        "plan": MetadataValue.json(report.planned[:500]),
-    }
+    return {"did": report.did, "records": MetadataValue.url(records_url)}

@@ -34,7 +34,7 @@ def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection
     Switching a new file to WAL takes an exclusive lock that SQLite's busy timeout does not wait for, so
     partition runs starting together in several processes would fail with "database is locked": the
     first use is serialised with a file lock."""
-    db = sqlite3.connect(path, timeout=30, **options)
+    db: sqlite3.Connection = sqlite3.connect(path, timeout=30, **options)  # no `factory` among the options
     # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits, which for a cache
     # and for convergence marks only means doing that work again. FULL syncs the disk on every commit.
     db.execute("PRAGMA synchronous=NORMAL")

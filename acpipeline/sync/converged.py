@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from pymongo.errors import DuplicateKeyError
 
@@ -38,12 +38,15 @@ from acpipeline.core.items import Item
 from acpipeline.core.lexicon import default_lexicon_dir
 from acpipeline.core.media import MEDIA
 from acpipeline.resources import shared_state
-from acpipeline.resources.pds import PdsError
+from acpipeline.resources.pds import PdsClient, PdsError
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
 from acpipeline.sync.extract import Accounts, extract_owners
 from acpipeline.sync.repo_reads import RepoReads, latest_commit, repo_collections
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoCollection, MongoDatabase
 
 FINGERPRINT_VERSION = "fp-v2"
 LIST_REPOS_PAGE = 1000
@@ -68,7 +71,7 @@ def source_fingerprint(items: list[Item]) -> str:
     return f"{_RULES_VERSION}:{combine(item_digest(item) for item in items)}"
 
 
-def latest_revs(client: Any, dids: Iterable[str]) -> dict[str, str]:
+def latest_revs(client: PdsClient, dids: Iterable[str]) -> dict[str, str]:
     """The latest commit rev of each account: `listRepos` pages (1,000 accounts a call), then
     `getLatestCommit` for any the listing did not show; accounts the PDS does not know are left out."""
     wanted = set(dids)
@@ -101,7 +104,7 @@ class Mark:
     not_in_mongodb: int = 0  # records it kept then that stand for no MongoDB document
 
 
-def _marks_collection() -> Any:
+def _marks_collection() -> MongoCollection:
     # Looked up at each use: a state is used from more than one thread, and the embedded store's
     # connections belong to their thread.
     return shared_state.collection(shared_state.MARKS)
@@ -113,6 +116,10 @@ def _marks_of(stored: dict[str, Any]) -> dict[str, Mark]:
 
 def _plain_marks(marks: dict[str, Mark]) -> dict[str, list[Any]]:
     return {media: [mark.fingerprint, mark.desired, mark.not_in_mongodb] for media, mark in marks.items()}
+
+
+# A change of an account's (rev, marks): the new ones, or None to leave them as they are.
+_Change: TypeAlias = Callable[[str | None, dict[str, Mark]], tuple[str | None, dict[str, Mark]] | None]
 
 
 class ConvergedState:
@@ -162,7 +169,7 @@ class ConvergedState:
         stored, marks = self.load(did)
         return marks if stored == rev else {}
 
-    def _update(self, did: str, change: Callable[[str | None, dict[str, Mark]], Any]) -> None:
+    def _update(self, did: str, change: _Change) -> None:
         if self._shared:
             self._update_shared(did, change)
             return
@@ -180,7 +187,7 @@ class ConvergedState:
             self._db.execute("ROLLBACK")
             raise
 
-    def _update_shared(self, did: str, change: Callable[[str | None, dict[str, Mark]], Any]) -> None:
+    def _update_shared(self, did: str, change: _Change) -> None:
         """Read, change, write only if nobody wrote in between (the document's version `v`), else again."""
         marks = _marks_collection()
         for _ in range(MARK_UPDATE_TRIES):
@@ -205,7 +212,7 @@ class ConvergedState:
         """Our write to `media` built on commit `previous` (swapCommit) and made `new`: the other marks
         valid at `previous` hold at `new`. Any other history invalidates them."""
 
-        def change(rev, marks):
+        def change(rev: str | None, marks: dict[str, Mark]) -> tuple[str, dict[str, Mark]] | None:
             if rev == previous:
                 return new, {m: k for m, k in marks.items() if m != media}
             if rev is None or rev < new:
@@ -217,7 +224,7 @@ class ConvergedState:
     def mark(self, did: str, rev: str, media: str, mark: Mark) -> None:
         """`media` was verified converged with the repository at `rev`."""
 
-        def change(stored, marks):
+        def change(stored: str | None, marks: dict[str, Mark]) -> tuple[str, dict[str, Mark]] | None:
             if stored == rev:
                 return rev, {**marks, media: mark}
             if stored is None or stored < rev:
@@ -227,7 +234,7 @@ class ConvergedState:
         self._update(did, change)
 
     def unmark(self, did: str, media: str) -> None:
-        def change(stored, marks):
+        def change(stored: str | None, marks: dict[str, Mark]) -> tuple[str | None, dict[str, Mark]] | None:
             return (stored, {m: k for m, k in marks.items() if m != media}) if media in marks else None
 
         self._update(did, change)
@@ -260,7 +267,7 @@ class Turn:
     """One writer's turn at an account: `head`, the (cid, rev) our last commit to it made, if known. It may be
     stale (another tool wrote since): a swapCommit on it then fails unapplied, and the writer asks the PDS."""
 
-    def __init__(self, lock: Any, head: tuple[str, str] | None) -> None:
+    def __init__(self, lock: TextIO, head: tuple[str, str] | None) -> None:
         self._lock, self.head = lock, head
 
     def made(self, cid: str, rev: str) -> None:
@@ -291,7 +298,7 @@ class Proof:
 
 
 def prove(
-    client: Any,
+    client: PdsClient,
     state: ConvergedState,
     partitions: dict[tuple[str, str], tuple[str, list[Item]]],
     revs: dict[str, str] | None = None,
@@ -328,7 +335,7 @@ def prove(
 
 
 def prove_selection(
-    client: Any, db: Any, accounts: Accounts, keys: list[tuple[str, str]], full: bool = False
+    client: PdsClient, db: MongoDatabase, accounts: Accounts, keys: list[tuple[str, str]], full: bool = False
 ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], Proof]]:
     """Before any run starts (the CLI, the schedule): each partition's estimated work, and the partitions
     proven converged (none with `full`). One query per media type for all the selected owners."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from pymongo.collection import Collection
-from pymongo.database import Database
+from typing import TYPE_CHECKING, Any
 
 from acpipeline.core.items import Item
 from acpipeline.core.media import MediaRules
 from acpipeline.settings import ART_GUEST_ID
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoCollection, MongoDatabase
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class Accounts:
 
 def _credentials(user: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(did, handle, password) from `atproto.{did,handle,password}` or the older flat fields."""
-    atproto = user.get("atproto") if isinstance(user.get("atproto"), dict) else {}
+    nested = user.get("atproto")
+    atproto: dict[str, Any] = nested if isinstance(nested, dict) else {}
     did = atproto.get("did") or user.get("atproto_did")
     handle = atproto.get("handle") or user.get("atproto_handle")
     password = atproto.get("password") or user.get("atproto_password")
@@ -41,7 +42,7 @@ def _credentials(user: dict[str, Any]) -> tuple[str | None, str | None, str | No
 _PROJECTION = {"atproto": 1, "atproto_did": 1, "atproto_handle": 1, "atproto_password": 1}
 
 
-def find_accounts(db: Database) -> Accounts:
+def find_accounts(db: MongoDatabase) -> Accounts:
     """Users with an ATProto account (`did` and `password` both present), keyed by PDS handle."""
     by_handle: dict[str, Account] = {}
     without: list[str] = []
@@ -55,7 +56,7 @@ def find_accounts(db: Database) -> Accounts:
     return Accounts(by_handle=by_handle, without_account=sorted(without))
 
 
-def find_account(db: Database, handle: str) -> Account | None:
+def find_account(db: MongoDatabase, handle: str) -> Account | None:
     """One account by its PDS handle, without scanning every user."""
     for user in read_all(
         db["users"], {"$or": [{"atproto.handle": handle}, {"atproto_handle": handle}]}, _PROJECTION
@@ -72,7 +73,7 @@ def owner_filter(owner: str | None) -> dict[str, Any]:
 
 
 def read_all(
-    collection: Collection, filter: dict[str, Any], fields: dict[str, int] | None = None
+    collection: MongoCollection, filter: dict[str, Any], fields: dict[str, int] | None = None
 ) -> list[dict[str, Any]]:
     """Every matching document, projected.
 
@@ -86,17 +87,17 @@ def read_all(
     return list(cursor)
 
 
-def extract_items(db: Database, rules: MediaRules, owner: str | None) -> list[Item]:
+def extract_items(db: MongoDatabase, rules: MediaRules, owner: str | None) -> list[Item]:
     """Every document of the owner in the media's collection, removed ones included (they drive
     deletes), as items sorted by `when`."""
     return extract_owners(db, rules, [owner])[owner]
 
 
-def _embedded(collection: Collection) -> bool:
+def _embedded(collection: MongoCollection) -> bool:
     return type(collection).__module__.startswith("litemongo.")
 
 
-def _read_owned(collection: Collection, owners: list[str | None]) -> list[dict[str, Any]]:
+def _read_owned(collection: MongoCollection, owners: list[str | None]) -> list[dict[str, Any]]:
     """The documents whose `user` is one of `owners`. The embedded store evaluates `$in` in Python, one
     list scan per document (100 owners over 30,000 documents: 1.4 s); reading everything and keeping the
     owners' documents with a set takes 0.7 s whatever the number of owners. A server answers `$in` itself."""
@@ -112,7 +113,9 @@ def _read_owned(collection: Collection, owners: list[str | None]) -> list[dict[s
     return read_all(collection, query)
 
 
-def extract_owners(db: Database, rules: MediaRules, owners: list[str | None]) -> dict[str | None, list[Item]]:
+def extract_owners(
+    db: MongoDatabase, rules: MediaRules, owners: list[str | None]
+) -> dict[str | None, list[Item]]:
     """`extract_items` for many owners at once: one query (a batched run reads each collection once)."""
     found: dict[str | None, list[Item]] = {owner: [] for owner in owners}
     named = [owner for owner in owners if owner is not None]

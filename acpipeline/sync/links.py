@@ -20,10 +20,13 @@ import fcntl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pymongo import UpdateOne
-from pymongo.database import Database
 from pymongo.errors import PyMongoError
+
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
 
 FLUSH_AT = 2000  # gathered updates that trigger a write (a run of 250 painting partitions has ~1,700)
 
@@ -34,7 +37,7 @@ class LinkWriteFailed(Exception):
 
 
 class LinkWriter:
-    def __init__(self, db: Database, lock_dir: Path | None = None, flush_at: int = FLUSH_AT) -> None:
+    def __init__(self, db: MongoDatabase, lock_dir: Path | None = None, flush_at: int = FLUSH_AT) -> None:
         """`lock_dir`: where the per-collection locks live (the embedded store); None, no lock."""
         self.db = db
         self.lock_dir = lock_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dagster import (
     DagsterInstance,
@@ -12,12 +13,15 @@ from dagster import (
     MultiPartitionsDefinition,
     StaticPartitionsDefinition,
 )
-from pymongo.database import Database
 
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.sync.extract import find_accounts
 
-handle_partitions = DynamicPartitionsDefinition(name="handle")
+if TYPE_CHECKING:
+    from acpipeline.resources.mongo import MongoDatabase
+
+HANDLE_PARTITIONS = "handle"  # the name of the handles' dynamic partitions in the instance
+handle_partitions = DynamicPartitionsDefinition(name=HANDLE_PARTITIONS)
 media_partitions = StaticPartitionsDefinition(MEDIA_NAMES)
 sync_partitions = MultiPartitionsDefinition({"handle": handle_partitions, "media": media_partitions})
 
@@ -32,13 +36,13 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
-def register_handles(instance: DagsterInstance, db: Database) -> list[str]:
+def register_handles(instance: DagsterInstance, db: MongoDatabase) -> list[str]:
     """Add the handle of every user with an ATProto account that is not a partition yet; returns them.
     In one call: adding a handle invalidates Dagster's partition status cache of every asset."""
-    known = set(instance.get_dynamic_partitions(handle_partitions.name))
+    known = set(instance.get_dynamic_partitions(HANDLE_PARTITIONS))
     new = sorted(set(find_accounts(db).by_handle) - known)
     if new:
-        instance.add_dynamic_partitions(handle_partitions.name, new)
+        instance.add_dynamic_partitions(HANDLE_PARTITIONS, new)
     return new
 
 
@@ -93,26 +97,26 @@ def partition_ranges(
         by_handle.setdefault(handle, set()).add(media)
     groups: dict[tuple[str, ...], list[str]] = {}
     for handle in sorted(by_handle, key=position.__getitem__):
-        media = by_handle[handle]
-        if media_together and len(media) == len(MEDIA_NAMES):
+        names = by_handle[handle]
+        if media_together and len(names) == len(MEDIA_NAMES):
             groups.setdefault(tuple(MEDIA_NAMES), []).append(handle)
         else:
-            for name in media:
+            for name in names:
                 groups.setdefault((name,), []).append(handle)
     ranges = []
-    for media, handles in groups.items():
-        per_range = max(1, per_run // len(media))
+    for media_range, handles in groups.items():
+        per_range = max(1, per_run // len(media_range))
         first = last = None
         for handle in handles:
             if first is not None and last is not None:
                 fits = position[handle] - position[first] < per_range
                 if not (fits and (bridge_gaps or position[handle] == position[last] + 1)):
-                    ranges.append(_range(order, first, last, media))
+                    ranges.append(_range(order, first, last, media_range))
                     first = None
             first = handle if first is None else first
             last = handle
         if first is not None and last is not None:
-            ranges.append(_range(order, first, last, media))
+            ranges.append(_range(order, first, last, media_range))
     return ranges
 
 

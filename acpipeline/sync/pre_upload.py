@@ -32,13 +32,16 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acpipeline.core.items import Blob, Derived, Item
 from acpipeline.errors import OperatorError
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session
 from acpipeline.settings import upload_concurrency
 from acpipeline.sync.extract import Account
+
+if TYPE_CHECKING:
+    from dagster import DagsterRun
 
 FRESH_ENV = "ACPIPELINE_PRE_UPLOAD_FRESH_S"
 DEFAULT_FRESH_S = 300.0
@@ -57,7 +60,7 @@ def fresh_s() -> float:
     return max(0.0, seconds)
 
 
-def not_wanted_in(run: Any) -> str | None:
+def not_wanted_in(run: DagsterRun) -> str | None:
     """Why the run's blob stage must not upload anything (None: it may): a dry run (the record stage's
     `dry_run` config, or the CLI's tag), a run without the record stage, or the setting at 0."""
     ops = (getattr(run, "run_config", None) or {}).get("ops") or {}

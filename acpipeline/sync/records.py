@@ -23,6 +23,7 @@ from acpipeline.resources.pds.repo import RepoSnapshot
 from acpipeline.settings import upload_concurrency
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.outcome import COUNTS, SHOWN_AT_MOST, TRAFFIC, PartitionOutcome
 from acpipeline.sync.pre_upload import PreUploaded, fresh
 from acpipeline.sync.repo_reads import RepoReads, after_commit, existing_in, latest_commit
 
@@ -57,6 +58,21 @@ class SyncReport:
     # after it plans them again from the PDS.
     deferred_until: float | None = None
     deferred_writes: int = 0
+
+    def outcome(self, duration_s: float) -> PartitionOutcome:
+        """What the sync did, for its materialization: the counts it kept, with the failed items counted."""
+        stop = self.deferred_until
+        until = None if stop is None else datetime.fromtimestamp(stop, UTC).isoformat(timespec="seconds")
+        names = [name for name in (*COUNTS, *TRAFFIC, "deferred_writes") if name != "failed"]  # a list here
+        kept = {name: getattr(self, name) for name in names}
+        return PartitionOutcome(
+            **kept,
+            failed=len(self.failed),
+            duration_s=duration_s,
+            deferred_until=until,
+            failed_items=tuple(self.failed[:SHOWN_AT_MOST]),
+            plan=tuple(self.planned[:SHOWN_AT_MOST]),
+        )
 
 
 def build_desired(

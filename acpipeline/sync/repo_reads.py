@@ -38,13 +38,13 @@ LIMITS: RepoLimits = DEFAULT_REPO_LIMITS  # what a CAR may hold (`resources/pds/
 SCHEMA = "CREATE TABLE IF NOT EXISTS repos(did TEXT PRIMARY KEY, rev TEXT, commit_cid TEXT, records BLOB)"
 
 
-def latest_commit(client: Any, did: str) -> tuple[str, str]:
+def latest_commit(client: PdsClient, did: str) -> tuple[str, str]:
     """(cid, rev) of the account's latest commit."""
     answer = client.call("GET", "com.atproto.sync.getLatestCommit", params={"did": did})
     return answer["cid"], answer["rev"]
 
 
-def repo_collections(client: Any, did: str) -> set[str]:
+def repo_collections(client: PdsClient, did: str) -> set[str]:
     """The collections that hold records in the account's repository."""
     return set(client.call("GET", "com.atproto.repo.describeRepo", params={"repo": did})["collections"])
 

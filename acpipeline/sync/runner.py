@@ -10,31 +10,38 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import psutil
 from dagster import (
-    DagsterEventType,
+    AssetCheckEvaluation,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
+    ExecuteInProcessResult,
+    JsonMetadataValue,
     RunsFilter,
-    TableMetadataValue,
 )
+from dagster._core.events import AssetObservationData, StepMaterializationData
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster_shared.error import SerializableErrorInfo
 
 from acpipeline.core.media import MEDIA_NAMES
-from acpipeline.dagster_compat import free_pool_slots
+from acpipeline.dagster_compat import apply_fixes, free_pool_slots
 from acpipeline.errors import OperatorError
 from acpipeline.instance import get_instance, open_instance
 from acpipeline.resources import resolved
+from acpipeline.resources.mongo import MongoDatabase, MongoResource
+from acpipeline.resources.pds import PdsClient, PdsResource
 from acpipeline.sync.converged import Proof, prove_selection
-from acpipeline.sync.extract import find_accounts
+from acpipeline.sync.extract import Accounts, find_accounts
+from acpipeline.sync.outcome import COUNTS, PartitionOutcome
 from acpipeline.sync.partitions import (
     FULL_TAG,
+    HANDLE_PARTITIONS,
     PartitionRange,
-    handle_partitions,
     partition_key,
     partition_ranges,
     range_members,
@@ -47,53 +54,40 @@ class PartitionResult:
     handle: str
     media: str
     ok: bool
-    metadata: dict[str, Any] = field(default_factory=dict)
+    outcome: PartitionOutcome | None = None  # None when the run recorded nothing for it (it failed first)
     check_passed: bool | None = None
     error: str | None = None
     run_id: str = ""
     skipped: bool = False  # proven converged: no run was needed (see acpipeline.sync.converged)
+    dry_run: bool = False
 
     def row(self) -> dict[str, Any]:
-        keys = (
-            "desired",
-            "created",
-            "updated",
-            "deleted",
-            "unchanged",
-            "not_in_mongodb",
-            "failed",
-            "duration_s",
-        )
+        figures = self.outcome.row(self.dry_run) if self.outcome else _NO_FIGURES
         return {
             "handle": self.handle,
             "media": self.media,
             "ok": self.ok,
-            **{k: self.metadata.get(k) for k in keys},
+            **figures,
             "check_passed": self.check_passed,
-            "failed_items": self.metadata.get("failed_items") or [],
-            "planned": self.metadata.get("plan", []) if self.metadata.get("dry_run") else [],
             "error": self.error,
             "run_id": self.run_id,
             "skipped": self.skipped,
-            "proven_converged": bool(self.metadata.get("proven_converged")),
-            "deferred_until": self.metadata.get("deferred_until"),
         }
 
     @property
     def deferred(self) -> bool:
         """The PDS's rate limit stopped it until `deferred_until`; the rest waits for a later run."""
-        return bool(self.metadata.get("deferred_until"))
+        return bool(self.outcome and self.outcome.deferred_until)
 
     @property
     def clean(self) -> bool:
         """Succeeded with nothing failed and the check passed: what makes a partition converged."""
-        return self.skipped or (self.ok and self.check_passed is True and not self.metadata.get("failed"))
+        return self.skipped or (
+            self.ok and self.check_passed is True and not (self.outcome and self.outcome.failed)
+        )
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, TableMetadataValue):
-        return [record.data for record in value.records]
-    return getattr(value, "value", value)
+_NO_FIGURES: dict[str, Any] = {**PartitionOutcome().row(dry_run=False), **dict.fromkeys(COUNTS)}
 
 
 # Told of each batch of finished partitions and how many were selected (for progress on a terminal).
@@ -129,8 +123,8 @@ def run_partitions(
 def _run_partitions(
     defs: Definitions,
     instance: DagsterInstance | None,
-    mongo: Any,
-    pds: Any,
+    mongo: MongoResource,
+    pds: PdsResource,
     handles: list[str] | None,
     media: list[str] | None,
     dry_run: bool,
@@ -190,21 +184,20 @@ def _run_partitions(
 
 
 def _proven_result(handle: str, media: str, proof: Proof) -> PartitionResult:
-    n = proof.desired
-    metadata = {
-        "desired": n, "unchanged": n, "created": 0, "updated": 0, "deleted": 0, "failed": 0,
-        "not_in_mongodb": proof.not_in_mongodb,
-    }  # fmt: skip
-    return PartitionResult(handle, media, True, metadata, True, skipped=True)
+    outcome = PartitionOutcome.proven(proof.desired, proof.not_in_mongodb)
+    return PartitionResult(handle, media, True, outcome, True, skipped=True)
 
 
 def _cli_ranges(
-    instance: DagsterInstance, db: Any, keys: list[tuple[str, str]], work: dict[tuple[str, str], float]
+    instance: DagsterInstance,
+    db: MongoDatabase,
+    keys: list[tuple[str, str]],
+    work: dict[tuple[str, str], float],
 ) -> list[PartitionRange]:
     """The runs: ranges per media type as a backfill cuts them, the most work first (the short ones fill in
     beside the long ones)."""
     register_handles(instance, db)
-    order = instance.get_dynamic_partitions(handle_partitions.name)
+    order = instance.get_dynamic_partitions(HANDLE_PARTITIONS)
     ranges = partition_ranges(order, keys)
 
     def work_of(r: PartitionRange) -> float:
@@ -213,7 +206,7 @@ def _cli_ranges(
     return sorted(ranges, key=work_of, reverse=True)
 
 
-_FORKED: tuple[Definitions, dict, dict] | None = None
+_FORKED: tuple[Definitions, dict[str, Any], dict[str, str]] | None = None
 
 
 def sync_workers() -> int:
@@ -235,7 +228,7 @@ def _worker_instance() -> DagsterInstance:
     return open_instance()
 
 
-def log_in_ahead(client: Any, accounts: Any, ranges: list[PartitionRange]) -> threading.Thread:
+def log_in_ahead(client: PdsClient, accounts: Accounts, ranges: list[PartitionRange]) -> threading.Thread:
     """Sessions for the accounts of the runs that start first, made while the workers start: a login costs
     the PDS about 0.35 s of password hashing, otherwise waited for at the start of the record stage.
     Accounts with a live saved session cost nothing. A failed login is left for the run to report."""
@@ -257,9 +250,10 @@ def _execute(
     defs: Definitions,
     instance: DagsterInstance,
     partition_range: PartitionRange,
-    run_config: dict,
-    tags: dict,
+    run_config: dict[str, Any],
+    tags: dict[str, str],
 ) -> list[PartitionResult]:
+    apply_fixes()  # `execute_in_process` runs Dagster's own executor, not the code location's `run_executor`
     me = psutil.Process()
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
@@ -267,7 +261,7 @@ def _execute(
         raise_on_error=False,
         tags={**tags, **partition_range.tags(), PID_TAG: str(me.pid), STARTED_TAG: str(me.create_time())},
     )
-    order = instance.get_dynamic_partitions(handle_partitions.name)
+    order = instance.get_dynamic_partitions(HANDLE_PARTITIONS)
     return _outcome(range_members(order, partition_range.start, partition_range.end), result)
 
 
@@ -297,28 +291,33 @@ def _alive(pid: int, started: float) -> bool:
     try:
         process = psutil.Process(pid)
         # A killed worker whose parent died too may linger as a zombie nobody reaps: it is gone as well.
-        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < 1.0
+        return bool(process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < 1.0)
     except psutil.Error:
         return False
 
 
-def _outcome(keys: list[tuple[str, str]], result: Any) -> list[PartitionResult]:
+def _outcome(keys: list[tuple[str, str]], result: ExecuteInProcessResult) -> list[PartitionResult]:
     """Each partition's result from the run's events: its own materialization (or dry-run observation)
     of the records, its check, and its reason when the run names it failed."""
-    metadata: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, PartitionOutcome] = {}
     checks: dict[str, bool] = {}
     failed: dict[str, str] = {}
     for event in result.all_events:
         data = event.event_specific_data
-        if event.event_type in (DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION):
-            entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
-            if entry is not None and entry.asset_key.to_user_string() == "atproto_records":
-                metadata[str(entry.partition)] = {k: _plain(v) for k, v in entry.metadata.items()}
-        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+        entry = (
+            data.materialization
+            if isinstance(data, StepMaterializationData)
+            else data.asset_observation
+            if isinstance(data, AssetObservationData)
+            else None
+        )
+        if entry is not None and entry.asset_key.to_user_string() == "atproto_records":
+            outcomes[str(entry.partition)] = PartitionOutcome.from_metadata(entry.metadata)
+        elif isinstance(data, AssetCheckEvaluation):
             checks[str(data.partition)] = data.passed
-        elif event.event_type == DagsterEventType.STEP_FAILURE:
+        elif isinstance(data, StepFailureData):
             named = data.user_failure_data and data.user_failure_data.metadata.get("failed_partitions")
-            if named is not None:
+            if isinstance(named, JsonMetadataValue) and isinstance(named.value, dict):
                 failed.update(named.value)
             else:
                 failed.setdefault("*", _root_cause(data.error) if data.error else "run failed")
@@ -328,13 +327,18 @@ def _outcome(keys: list[tuple[str, str]], result: Any) -> list[PartitionResult]:
         key = partition_key(handle, media)
         # A failure the run does not pin on partitions (a stage that crashed) is every partition's.
         error = failed.get(key) or failed.get("*")
-        meta = {**metadata.get(key, {}), "dry_run": dry_run}
-        out.append(PartitionResult(handle, media, error is None, meta, checks.get(key), error, result.run_id))
+        outcome = outcomes.get(key)
+        out.append(
+            PartitionResult(
+                handle, media, error is None, outcome, checks.get(key), error, result.run_id, dry_run=dry_run
+            )
+        )
     return out
 
 
-def _root_cause(info: Any) -> str:
+def _root_cause(info: SerializableErrorInfo) -> str:
     """The message of the exception beneath Dagster's own wrappers (a failed login, a missing account)."""
-    while info.cause is not None and info.cls_name.startswith("Dagster"):
+    while info.cause is not None and (info.cls_name or "").startswith("Dagster"):
         info = info.cause
-    return info.message.strip().splitlines()[0]
+    message: str = info.message
+    return message.strip().splitlines()[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from acpipeline.core.batches import encode_body
@@ -70,7 +70,8 @@ class PdsClient(Sessions):
         return str(data["did"])
 
 
-class PdsResource(ConfigurableResource):
+# Bare, as Dagster documents: `ConfigurableResource[...]` would derive a pydantic generic class at run time.
+class PdsResource(ConfigurableResource):  # type: ignore[type-arg]
     """The platform's PDS (`PDS_URL`); `PDS_ADMIN_PASSWORD` is only needed to create accounts.
     `retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s per call. The rate-limit bypass key
     is read by the client from `ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY` in the run's process, never through
@@ -88,7 +89,7 @@ class PdsResource(ConfigurableResource):
             self._client = PdsClient(self.url, retry_budget_s=self.retry_budget_s)
         return self._client
 
-    def teardown_after_execution(self, context: Any) -> None:
+    def teardown_after_execution(self, context: InitResourceContext | None) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
