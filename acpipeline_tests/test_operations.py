@@ -19,17 +19,11 @@ from acpipeline.cli import main
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.demo.dataset import build_tape_zip, zip_key
 from acpipeline.instance import get_instance
-from acpipeline.operations import sensor as sensor_module
+from acpipeline.operations import requested_runs, tape_zips
 from acpipeline.operations.fingerprint import projection, read_all
 from acpipeline.operations.schedule import full_recheck_slice, reconcile_schedule
-from acpipeline.operations.sensor import (
-    SensorState,
-    decode_state,
-    encode_state,
-    load_state,
-    new_content_sensor,
-    save_state,
-)
+from acpipeline.operations.sensor import new_content_sensor
+from acpipeline.operations.sensor_state import SensorState, decode_state, encode_state, load_state, save_state
 from acpipeline.operations.wipe import run_wipe
 from acpipeline.settings import ART_GUEST_ID
 from acpipeline.sync.partitions import (
@@ -292,7 +286,7 @@ def test_sensor_retries_lost_requests_and_leaves_a_partition_that_keeps_failing_
     changed = {mood: "source-changed", piece: "source-changed"}
     assert driver.tick(launch=None) == changed  # the daemon made no run of these requests
     assert driver.tick() == {}  # it may yet
-    monkeypatch.setattr(sensor_module, "MISSING_RUN_GRACE_S", 0)
+    monkeypatch.setattr(requested_runs, "MISSING_RUN_GRACE_S", 0)
     assert driver.tick(launch=DagsterRunStatus.FAILURE) == {mood: "retry", piece: "retry"}  # lost: 1
     assert driver.tick(launch=DagsterRunStatus.FAILURE) == {mood: "retry", piece: "retry"}  # failed: 2
     assert driver.tick() == {}  # failed 3 times in a row: the nightly reconcile's now
@@ -314,7 +308,7 @@ def test_sensor_first_tick_requests_partitions_never_synced(world):
 
 
 def test_sensor_requests_a_tape_partition_when_its_zip_appears(world, monkeypatch):
-    monkeypatch.setattr(sensor_module, "ZIP_RECHECK_S", 0)
+    monkeypatch.setattr(tape_zips, "ZIP_RECHECK_S", 0)
     db = world.db()
     sub, handle, _ = add_user(world, db, "taper")
     tape = {

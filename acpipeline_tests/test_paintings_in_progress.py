@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from bson import ObjectId
 
-from acpipeline.operations.sensor import partition_key
+from acpipeline.sync.partitions import partition_key
 
 from .helpers import T0, add_user, records, sync
 from .test_operations import SensorDriver

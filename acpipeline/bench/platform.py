@@ -46,7 +46,7 @@ Method:
   use it too (they are not the pipeline). With `on`, a run may defer partitions that hit an account's write
   points (runs tagged `acpipeline/deferred`), and a run may fail on a limit: the pass is reported, not
   raised, as long as the backfill ends. Each pass reports the deferred partitions
-  (`acpipeline.sync.assets.deferred_of_runs`), the 429 answers, and `floor_s`: the time the global limit
+  (`acpipeline.sync.deferral.deferred_of_runs`), the 429 answers, and `floor_s`: the time the global limit
   alone would impose on the PDS requests the pass made (every request but getRepo at 10 a second;
   the limiter's window is fixed, so a pass under 3,000 requests could go faster), with `time / floor`.
   A probe (describeServer without and with the key, directly to the PDS) checks that the limits apply
@@ -693,7 +693,7 @@ def _pass_runs(instance: DagsterInstance, backfill_id: str, order: list[str]) ->
     """The pass's runs from the instance: statuses, partitions per run, and where the wall time went."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from acpipeline.sync.assets import DEFERRED_TAG
+    from acpipeline.sync.deferral import DEFERRED_TAG
     from acpipeline.sync.partitions import RANGE_END_TAG, RANGE_START_TAG, range_members
 
     records = instance.get_run_records(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
@@ -878,7 +878,7 @@ class Servers:
         """One backfill of `keys` through GraphQL, timed from the launch to its COMPLETED status, with the
         requests both proxies (PDS, storage) forwarded meanwhile. `strict` False (the PDS's limits on): a
         backfill that ends with failed runs is reported instead of raised."""
-        from acpipeline.sync.assets import deferred_of_runs
+        from acpipeline.sync.deferral import deferred_of_runs
 
         pds_proxy, storage_proxy = proxies
         before = pds_proxy.write_counts()

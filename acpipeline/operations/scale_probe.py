@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         from acpipeline.core.media import MEDIA_NAMES
         from acpipeline.definitions import build_definitions
         from acpipeline.operations.schedule import reconcile_schedule
-        from acpipeline.operations.sensor import encode_state, evaluate, load_state, save_state
+        from acpipeline.operations.sensor import evaluate
+        from acpipeline.operations.sensor_state import encode_state, load_state, save_state
         from acpipeline.resources.mongo import MongoResource
         from acpipeline.resources.storage import StorageResource
         from acpipeline.sync.partitions import partition_key, register_handles

@@ -7,7 +7,6 @@ run are recorded as materialized, then the record stage raises naming the failed
 its backfills then show as failed."""
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -15,7 +14,6 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
@@ -29,7 +27,6 @@ from dagster import (
     BetaWarning,
     Config,
     DagsterEvent,
-    DagsterInstance,
     Failure,
     MetadataValue,
     Output,
@@ -39,7 +36,7 @@ from dagster import (
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.media import MEDIA
 from acpipeline.core.verdict import judge
-from acpipeline.dagster_compat import kv_get, kv_set, log_as_batch
+from acpipeline.dagster_compat import log_as_batch
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsClient, PdsResource
@@ -48,6 +45,7 @@ from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
 from acpipeline.sync.converged import ConvergedState, Mark, Proof, latest_revs, prove, source_fingerprint
+from acpipeline.sync.deferral import record_deferred
 from acpipeline.sync.extract import Account, extract_owners, find_accounts
 from acpipeline.sync.links import LinkWriter
 from acpipeline.sync.outcome import PartitionOutcome
@@ -376,30 +374,6 @@ def atproto_records(
         + "; ".join(f"{key}: {reason}" for key, reason in list(failed.items())[:20]),
         metadata={"failed_partitions": MetadataValue.json(failed)},
     )
-
-
-DEFERRED_TAG = "acpipeline/deferred"  # "true" on a run that left partitions for after a rate-limit reset
-DEFERRED_UNTIL_TAG = "acpipeline/deferred_until"
-DEFERRED_KEY = "acpipeline/deferred/"  # + run id: the run's deferred partitions, in Dagster's key-value store
-
-
-def record_deferred(instance: DagsterInstance, run_id: str, deferred: dict[str, float]) -> None:
-    """The partitions the run left for after the PDS's rate-limit window, where the sensor finds them: the
-    map in the key-value store under the run's id, and tags on the run (the sensor's one query, the UI)."""
-    kv_set(instance, {DEFERRED_KEY + run_id: json.dumps(deferred, sort_keys=True)})
-    latest = datetime.fromtimestamp(max(deferred.values()), UTC).isoformat(timespec="seconds")
-    instance.add_run_tags(run_id, {DEFERRED_TAG: "true", DEFERRED_UNTIL_TAG: latest})
-
-
-def deferred_of_runs(instance: DagsterInstance, run_ids: list[str]) -> dict[str, float]:
-    """The partitions those runs deferred, each with the latest time it must wait for."""
-    stored = kv_get(instance, {DEFERRED_KEY + run_id for run_id in run_ids})
-    out: dict[str, float] = {}
-    for value in stored.values():
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            for key, until in json.loads(value).items():
-                out[key] = max(out.get(key, 0.0), float(until))
-    return out
 
 
 def _proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool) -> "Synced":
