@@ -1,0 +1,5 @@
+"""`python -m acpipeline.cli`."""
+
+from acpipeline.cli import run
+
+run()
