@@ -21,14 +21,9 @@ from acpipeline.settings import (
     DEFAULT_GUEST_IMAGE_URL,
     DEFAULT_IMAGE_URL,
     DEFAULT_ZIP_URL,
-    apply_dagster_env,
 )
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
 
-# Every code server imports this module, and so does every run it starts (a child process with the code
-# server's environment): Dagster's settings for range runs reach the runs on any instance (the Postgres one
-# of deploy/ too) without an operator exporting them. An explicit setting still wins.
-apply_dagster_env()
 apply_saved_world()  # `dagster dev` in a checkout where `acpipeline demo` ran: the demo's PDS and media
 
 

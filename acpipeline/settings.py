@@ -42,14 +42,10 @@ def apply_dagster_env() -> None:
     """`DAGSTER_ENV` in this process's environment (and so in the servers and runs it starts), unless the
     operator set those variables otherwise. Dagster reads them with `os.getenv` when it creates a run (the
     planned events: in the daemon, the webserver or the CLI) and as a run stores its events (the batch
-    size: in the run), so every one of those processes calls this, none relying on an export:
-    - any process that opens the project's SQLite instance (`dagster.yaml`'s event log,
-      `acpipeline.event_log`, as the instance registers it): `dagster dev` and every service it starts,
-      `dagster-webserver`, `dagster-daemon run`, the runs;
-    - the code location (`acpipeline.definitions`): every code server and the runs it starts, whatever
-      the instance (the Postgres one of `deploy/` included);
-    - the `acpipeline` CLI (`acpipeline.instance.ensure_dagster_home`).
-    The Postgres webserver and daemon of `deploy/` get them from `deploy/acpipeline.env`."""
+    size: in the run), so every one of those processes calls this as it opens the instance, none relying
+    on an export: the project's SQLite event log (`acpipeline.event_log`, `dagster.yaml`) and PostgreSQL
+    storage (`acpipeline.postgres_storage`, `deploy/dagster.yaml`) when Dagster builds them from the
+    instance's configuration, and the `acpipeline` CLI (`acpipeline.cli.main`)."""
     for name, value in DAGSTER_ENV.items():
         os.environ.setdefault(name, value)
 

@@ -7,7 +7,8 @@ repository root with nothing exported (issue 27).
   and queue settings of `dagster.yaml` still in force.
 - Dagster reads `DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS` and `DAGSTER_EVENT_BATCH_SIZE` from the
   environment of the process that creates a run and of the run: `dagster dev`, `dagster-webserver`,
-  `dagster-daemon run` and the code location must get them with nobody exporting them.
+  `dagster-daemon run` and the runs must get them with nobody exporting them (from opening the project's
+  instance, not from importing the code location).
 
 `conftest.py` puts those settings in this process's environment, so every command here starts from a clean
 one: no `DAGSTER_*`, `ACPIPELINE_*`, `MONGODB_*` or `PDS_*` variable but the ones a test names
@@ -287,14 +288,28 @@ def test_dagster_daemon_run_gets_the_settings(tmp_path):
 
 
 @pytest.mark.parametrize("explicit", [None, "false"])
-def test_the_code_location_carries_the_settings(tmp_path, explicit):
-    """Every code server imports the code location, and every run it starts does too, on any instance
-    (deploy/'s Postgres one included); an operator's explicit value still wins."""
+def test_a_process_that_opens_the_instance_gets_the_settings_and_the_code_location_sets_none(
+    tmp_path, explicit
+):
+    """Importing the code location leaves the environment as it was; opening the project's instance (what
+    a run, the daemon and the webserver do; deploy/'s PostgreSQL storage: test_postgres_storage) puts the
+    settings in it; an operator's explicit value still wins."""
     name = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
-    settings = {"ACPIPELINE_HOME": str(tmp_path / "home")}
+    settings = {
+        "ACPIPELINE_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(_home_with_project_instance(tmp_path)),
+    }
     if explicit is not None:
         settings[name] = explicit
-    script = "import json, os, acpipeline.definitions; print(json.dumps(dict(os.environ)))"
+    script = (
+        "import json, os\n"
+        "before = dict(os.environ)\n"
+        "import acpipeline.definitions\n"
+        "imported = dict(os.environ)\n"
+        "from dagster import DagsterInstance\n"
+        "DagsterInstance.get().event_log_storage\n"
+        "print(json.dumps([before == imported, dict(os.environ)]))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,
@@ -304,6 +319,7 @@ def test_the_code_location_carries_the_settings(tmp_path, explicit):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    environment = json.loads(done.stdout.strip().splitlines()[-1])
+    unchanged, environment = json.loads(done.stdout.strip().splitlines()[-1])
+    assert unchanged, "importing acpipeline.definitions changed the environment"
     expected = dict(DAGSTER_ENV, **({name: explicit} if explicit else {}))
     assert {k: environment.get(k) for k in DAGSTER_ENV} == expected

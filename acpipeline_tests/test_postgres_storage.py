@@ -3,6 +3,7 @@ the URL's parts given separately, both through `deploy/dagster.yaml`'s storage c
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,7 @@ from dagster_postgres.run_storage import PostgresRunStorage
 
 from acpipeline.dagster_compat import kv_get, kv_set
 from acpipeline.postgres_storage import PostgresEventLog, PostgresStorage, psycopg2_url
+from acpipeline.settings import DAGSTER_ENV
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -139,3 +141,16 @@ def test_the_storage_is_built_as_dagsters_with_its_own_event_log(postgres):
         for storage in (dagsters, ours):
             for part in (storage.run_storage, storage.event_log_storage, storage.schedule_storage):
                 part.dispose()
+
+
+def test_a_process_opening_the_deploy_instance_gets_dagsters_settings_for_range_runs(
+    postgres, tmp_path, monkeypatch
+):
+    """The runs, daemon and webserver of deploy/ take Dagster's settings from opening the instance, not
+    from importing the code location (which changes no setting)."""
+    for name in DAGSTER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    config = {"postgres_url": postgres.url(postgres.create_database("settings"))}
+    with _instance(tmp_path / "dagster_home", config) as instance:
+        assert isinstance(instance.event_log_storage, PostgresEventLog)
+        assert {name: os.environ.get(name) for name in DAGSTER_ENV} == DAGSTER_ENV
