@@ -9,8 +9,8 @@ import time
 from collections import Counter
 
 from acpipeline.core.media import MEDIA_NAMES
-from acpipeline.sync.assets import ACCOUNTS_AT_ONCE
 from acpipeline.sync.partitions import FULL_TAG, handle_partitions, partition_ranges, register_handles
+from acpipeline.sync.record_stage import ACCOUNTS_AT_ONCE
 from acpipeline.sync.runner import _execute
 
 from .helpers import add_moods, add_user

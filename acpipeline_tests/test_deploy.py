@@ -52,7 +52,7 @@ from acpipeline.core.media import MEDIA
 from acpipeline.localpds.server import free_port
 from acpipeline.operations.wipe import WIPE_JOB_NAME, WIPE_OP_NAME
 from acpipeline.settings import DAGSTER_ENV
-from acpipeline.sync.assets import CHECK
+from acpipeline.sync.partition_sync import CHECK
 from acpipeline.sync.partitions import partition_key, register_handles
 
 from .helpers import add_moods, add_pieces, add_user, records, row_values

@@ -50,8 +50,9 @@ from acpipeline.core.plan import Write
 from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.pds import PdsClient, PdsError, PdsResource, Session, TransientWriteError
-from acpipeline.sync.assets import CHECK, POOL, atproto_records
+from acpipeline.sync.assets import POOL, atproto_records
 from acpipeline.sync.extract import Account, extract_items, find_account, owner_filter
+from acpipeline.sync.partition_sync import CHECK
 from acpipeline.sync.partitions import partition_key, register_handles
 
 WIPE_JOB_NAME = "wipe_account"
