@@ -16,7 +16,8 @@ from dagster._daemon.types import DaemonHeartbeat
 
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.instance import get_instance
-from acpipeline.operations.doctor import PartitionBacklog, check_dagster, check_ffmpeg, estimate_sync
+from acpipeline.operations.doctor.limits import PartitionBacklog, estimate_sync
+from acpipeline.operations.doctor.services import check_dagster, check_ffmpeg
 from acpipeline.resources.pds import RateLimitStatus, rate_limit_status
 from acpipeline.resources.pds.transport import RATELIMIT_BYPASS_ENV
 from acpipeline.settings import ART_GUEST_ID, ART_HANDLE
