@@ -28,10 +28,9 @@ from acpipeline.core.cid import blob_cid
 from acpipeline.core.items import Blob, Derived, Item, Link
 from acpipeline.core.lexicon import Lexicon, load_lexicons
 from acpipeline.core.media import MEDIA, MediaRules, record_ref
-from acpipeline.core.plan import Desired, Existing, Plan, not_in_mongodb, plan_writes
+from acpipeline.core.plan import Desired, Existing, Plan, build_desired, not_in_mongodb, plan_writes
 from acpipeline.core.tid import clock_id_for, decode_tid, encode_tid, is_tid, item_tid, micros_of
 from acpipeline.sync.extract import extract_owners
-from acpipeline.sync.records import build_desired
 
 from .property_settings import examples
 from .test_lexicons import _as_json_schema, published

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from acpipeline.core.items import Item
+from acpipeline.core.items import Derived, Item
+from acpipeline.core.lexicon import Lexicon
 from acpipeline.core.media.base import MediaRules, record_ref
 from acpipeline.core.tid import decode_tid, is_tid, item_tid
 
@@ -178,3 +179,28 @@ def plan_writes(
     order = {"delete": 0, "update": 1, "create": 2}
     plan.writes.sort(key=lambda w: order[w.action])
     return plan
+
+
+def build_desired(
+    rules: MediaRules, items: list[Item], derived: dict[str, Derived], lexicon: Lexicon
+) -> tuple[list[Desired], list[tuple[str, str]]]:
+    """Record values of every wanted item that can be built and passes the lexicon; the others failed."""
+    desired: list[Desired] = []
+    failed: list[tuple[str, str]] = []
+    for item in items:
+        if not item.wanted:
+            continue
+        if item.problem:
+            failed.append((item.ref, item.problem))
+            continue
+        got = derived.get(item.ref, Derived())
+        if got.problem:
+            failed.append((item.ref, got.problem))
+            continue
+        value = rules.value(item, got)
+        violations = lexicon.violations(value)
+        if violations:
+            failed.append((item.ref, "invalid record: " + "; ".join(str(v) for v in violations)))
+            continue
+        desired.append(Desired(item, value))
+    return desired, failed

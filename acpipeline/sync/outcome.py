@@ -6,7 +6,8 @@ names the counts before it loads Dagster."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 # What a sync of a partition counts, in the order the command line's table shows them.
@@ -97,3 +98,44 @@ def _plain(value: Any) -> Any:
     if isinstance(value, TableMetadataValue):
         return [record.data for record in value.records]
     return getattr(value, "value", value)
+
+
+@dataclass
+class SyncReport:
+    """What a sync of one partition counts as it goes (`records.RecordSync`); `outcome` freezes it."""
+
+    handle: str
+    media: str
+    did: str
+    desired: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    not_in_mongodb: int = 0  # records kept that stand for no MongoDB document (MongoDB not the whole truth)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    blobs_uploaded: int = 0
+    blob_bytes_uploaded: int = 0
+    commits: int = 0
+    mongo_updates: int = 0
+    planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's writes, with reasons
+    replans: int = 0
+    # The PDS's rate limit stopped the run before these writes, until then (epoch seconds); the next run
+    # after it plans them again from the PDS.
+    deferred_until: float | None = None
+    deferred_writes: int = 0
+
+    def outcome(self, duration_s: float) -> PartitionOutcome:
+        """What the sync did, for its materialization: the counts it kept, with the failed items counted."""
+        stop = self.deferred_until
+        until = None if stop is None else datetime.fromtimestamp(stop, UTC).isoformat(timespec="seconds")
+        names = [name for name in (*COUNTS, *TRAFFIC, "deferred_writes") if name != "failed"]  # a list here
+        kept = {name: getattr(self, name) for name in names}
+        return PartitionOutcome(
+            **kept,
+            failed=len(self.failed),
+            duration_s=duration_s,
+            deferred_until=until,
+            failed_items=tuple(self.failed[:SHOWN_AT_MOST]),
+            plan=tuple(self.planned[:SHOWN_AT_MOST]),
+        )

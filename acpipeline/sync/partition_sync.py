@@ -26,8 +26,8 @@ from acpipeline.core.verdict import judge
 from acpipeline.sync.converged import ConvergedState, Mark, Proof
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
-from acpipeline.sync.outcome import PartitionOutcome
-from acpipeline.sync.records import RecordSync, SyncReport
+from acpipeline.sync.outcome import PartitionOutcome, SyncReport
+from acpipeline.sync.records import RecordSync
 from acpipeline.sync.repo_reads import RepoReads, existing_in
 
 

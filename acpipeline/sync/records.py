@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,16 +13,16 @@ from pymongo import UpdateOne
 
 from acpipeline.core.batches import batch_writes, encode_body, write_op
 from acpipeline.core.items import Derived, Item
-from acpipeline.core.lexicon import Lexicon, load_lexicons
+from acpipeline.core.lexicon import load_lexicons
 from acpipeline.core.link_fields import link_set, link_unset
 from acpipeline.core.media import MediaRules
-from acpipeline.core.plan import Desired, Existing, Plan, Write, plan_writes
+from acpipeline.core.plan import Existing, Plan, Write, build_desired, plan_writes
 from acpipeline.resources.pds import PdsClient, PdsError, RateLimited, Session, TransientWriteError
 from acpipeline.resources.pds.repo import RepoSnapshot
 from acpipeline.settings import upload_concurrency
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
-from acpipeline.sync.outcome import COUNTS, SHOWN_AT_MOST, TRAFFIC, PartitionOutcome
+from acpipeline.sync.outcome import SyncReport
 from acpipeline.sync.pre_upload import PreUploaded, fresh
 from acpipeline.sync.repo_reads import RepoReads, after_commit, existing_in, latest_commit
 
@@ -34,70 +33,6 @@ OnCommit = Callable[[str, str], None]  # (the commit a write built on, the commi
 
 
 UPLOAD_BYTES_IN_FLIGHT = 64 * 1024 * 1024
-
-
-@dataclass
-class SyncReport:
-    handle: str
-    media: str
-    did: str
-    desired: int = 0
-    created: int = 0
-    updated: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    not_in_mongodb: int = 0  # records kept that stand for no MongoDB document (MongoDB not the whole truth)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
-    blobs_uploaded: int = 0
-    blob_bytes_uploaded: int = 0
-    commits: int = 0
-    mongo_updates: int = 0
-    planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's writes, with reasons
-    replans: int = 0
-    # The PDS's rate limit stopped the run before these writes, until then (epoch seconds); the next run
-    # after it plans them again from the PDS.
-    deferred_until: float | None = None
-    deferred_writes: int = 0
-
-    def outcome(self, duration_s: float) -> PartitionOutcome:
-        """What the sync did, for its materialization: the counts it kept, with the failed items counted."""
-        stop = self.deferred_until
-        until = None if stop is None else datetime.fromtimestamp(stop, UTC).isoformat(timespec="seconds")
-        names = [name for name in (*COUNTS, *TRAFFIC, "deferred_writes") if name != "failed"]  # a list here
-        kept = {name: getattr(self, name) for name in names}
-        return PartitionOutcome(
-            **kept,
-            failed=len(self.failed),
-            duration_s=duration_s,
-            deferred_until=until,
-            failed_items=tuple(self.failed[:SHOWN_AT_MOST]),
-            plan=tuple(self.planned[:SHOWN_AT_MOST]),
-        )
-
-
-def build_desired(
-    rules: MediaRules, items: list[Item], derived: dict[str, Derived], lexicon: Lexicon
-) -> tuple[list[Desired], list[tuple[str, str]]]:
-    """Record values of every wanted item that can be built and passes the lexicon; the others failed."""
-    desired: list[Desired] = []
-    failed: list[tuple[str, str]] = []
-    for item in items:
-        if not item.wanted:
-            continue
-        if item.problem:
-            failed.append((item.ref, item.problem))
-            continue
-        got = derived.get(item.ref, Derived())
-        if got.problem:
-            failed.append((item.ref, got.problem))
-            continue
-        value = rules.value(item, got)
-        violations = lexicon.violations(value)
-        if violations:
-            failed.append((item.ref, "invalid record: " + "; ".join(str(v) for v in violations)))
-            continue
-        desired.append(Desired(item, value))
-    return desired, failed
 
 
 def list_existing(client: PdsClient, did: str, nsid: str) -> list[Existing]:
