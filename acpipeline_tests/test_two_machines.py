@@ -19,7 +19,7 @@ from dagster._serdes import serialize_value
 
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.resources import shared_state
-from acpipeline.sync import blobs
+from acpipeline.sync import blobs, tape_blobs
 from acpipeline.sync.converged import ConvergedState, Mark
 from acpipeline.sync.runner import run_partitions
 
@@ -27,7 +27,7 @@ from .faultproxy import FaultProxy
 from .helpers import sync
 from .test_reliability import APPLY, LOGIN
 
-DERIVE = ("painting_thumbnail", "encode_tape")
+DERIVE = {"painting_thumbnail": blobs, "encode_tape": tape_blobs}  # each where the blob stage calls it
 
 
 @pytest.fixture
@@ -52,15 +52,15 @@ def _count_derivations(monkeypatch) -> dict[str, int]:
     """Thumbnails made and tapes encoded in this process (the test's runs are in-process); a broken ZIP's
     failed encode is not counted (a failure is not cached: every run tries it again)."""
     counts = dict.fromkeys(DERIVE, 0)
-    for name in DERIVE:
-        real = getattr(blobs, name)
+    for name, module in DERIVE.items():
+        real = getattr(module, name)
 
         def counting(*args, _real=real, _name=name, **kwargs):
             made = _real(*args, **kwargs)
             counts[_name] += 1
             return made
 
-        monkeypatch.setattr(blobs, name, counting)
+        monkeypatch.setattr(module, name, counting)
     return counts
 
 

@@ -40,10 +40,11 @@ from acpipeline.core.media import MEDIA
 from acpipeline.resources import shared_state
 from acpipeline.resources.pds import PdsClient, PdsError
 from acpipeline.settings import acpipeline_home
-from acpipeline.sync.blobs import TAPE_VERSION, THUMBNAIL_VERSION
+from acpipeline.sync.blobs import THUMBNAIL_VERSION
 from acpipeline.sync.cache import connect_local
 from acpipeline.sync.extract import Accounts, extract_owners
 from acpipeline.sync.repo_reads import RepoReads, latest_commit, repo_collections
+from acpipeline.sync.tape_blobs import TAPE_VERSION
 
 if TYPE_CHECKING:
     from acpipeline.resources.mongo import MongoCollection, MongoDatabase
