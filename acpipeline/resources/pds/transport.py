@@ -159,26 +159,13 @@ class Transport(ABC):
         not retried), so an untrusted answer never takes more memory than that."""
         attempts = Attempts(self.backoff, budget_s=self.retry_budget_s, sleep=self.sleep)
         refreshed = False
-        # A repository write is limited per account (write points an hour), so its pressure holds that
-        # account's writes only; blob uploads have a limit of their own (1,000 a day per IP with the PDS's
-        # limits on), so its 429 holds uploads only, not the records that need no blob; any other pressure
-        # holds every call to the PDS.
-        if session and nsid in REPO_WRITES:
-            throttle = self._write_throttle(session.did)
-        elif nsid == UPLOAD_BLOB:
-            throttle = self._write_throttle(UPLOADS)
-        else:
-            throttle = self.throttle
+        throttle = self._throttle_for(nsid, session)
         for _ in attempts:
             self._wait_for_throttle(nsid, attempts, throttle)
-            headers = {"Content-Type": content_type} if body is not None else {}
-            if bypass_limits and self._bypass_key is not None:
-                headers[RATELIMIT_BYPASS_HEADER] = self._bypass_key
             token = session.access if session is not None else bearer
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"
-            if max_bytes is not None:
-                headers["Accept-Encoding"] = "identity"  # a compressed answer could inflate past any bound
+            headers = self._headers(
+                content_type if body is not None else None, token, bypass_limits, max_bytes
+            )
             try:
                 request = self.http.build_request(
                     method, f"/xrpc/{nsid}", params=params, content=body, headers=headers
@@ -187,20 +174,7 @@ class Transport(ABC):
                 if max_bytes is not None:
                     response = _read_within(response, max_bytes, nsid)
             except httpx.TransportError as exc:
-                outcome = type(exc).__name__
-                if isinstance(exc, httpx.UnsupportedProtocol):
-                    raise OperatorError(
-                        f"PDS_URL {_safe_url(self.url)!r} is not an http(s) URL: check PDS_URL"
-                    ) from None
-                if isinstance(exc, httpx.ConnectError) and not self._answered:
-                    raise OperatorError(
-                        f"the PDS at {_safe_url(self.url)} does not answer ({outcome}): check PDS_URL"
-                    ) from None
-                if isinstance(exc, httpx.LocalProtocolError):  # our request is malformed: no retry helps
-                    raise PdsError(f"{nsid} could not be sent ({outcome})") from None
-                attempts.failed(outcome)
-                if not idempotent and not isinstance(exc, _UNSENT):
-                    raise TransientWriteError(f"{nsid}: {attempts.summary()}; outcome unknown") from None
+                self._not_answered(exc, nsid, attempts, idempotent)
                 continue
             self._answered = True
             throttle.observe(response)
@@ -232,6 +206,50 @@ class Transport(ABC):
             f"{nsid} failed after {attempts.count} attempts within {self.retry_budget_s:.0f} s: "
             + attempts.summary()
         )
+
+    def _throttle_for(self, nsid: str, session: Session | None) -> Throttle:
+        """A repository write is limited per account (write points an hour), so its pressure holds that
+        account's writes only; blob uploads have a limit of their own (1,000 a day per IP with the PDS's
+        limits on), so its 429 holds uploads only, not the records that need no blob; any other pressure
+        holds every call to the PDS."""
+        if session and nsid in REPO_WRITES:
+            return self._write_throttle(session.did)
+        if nsid == UPLOAD_BLOB:
+            return self._write_throttle(UPLOADS)
+        return self.throttle
+
+    def _headers(
+        self, content_type: str | None, token: str | None, bypass_limits: bool, max_bytes: int | None
+    ) -> dict[str, str]:
+        headers = {"Content-Type": content_type} if content_type is not None else {}
+        if bypass_limits and self._bypass_key is not None:
+            headers[RATELIMIT_BYPASS_HEADER] = self._bypass_key
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if max_bytes is not None:
+            headers["Accept-Encoding"] = "identity"  # a compressed answer could inflate past any bound
+        return headers
+
+    def _not_answered(
+        self, exc: httpx.TransportError, nsid: str, attempts: Attempts, idempotent: bool
+    ) -> None:
+        """A call the PDS did not answer: an operator's mistake or a request no retry can help raise; a
+        write that may have been sent raises (its outcome is unknown); otherwise it counts as a failed
+        attempt, to retry."""
+        outcome = type(exc).__name__
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            raise OperatorError(
+                f"PDS_URL {_safe_url(self.url)!r} is not an http(s) URL: check PDS_URL"
+            ) from None
+        if isinstance(exc, httpx.ConnectError) and not self._answered:
+            raise OperatorError(
+                f"the PDS at {_safe_url(self.url)} does not answer ({outcome}): check PDS_URL"
+            ) from None
+        if isinstance(exc, httpx.LocalProtocolError):  # our request is malformed: no retry helps
+            raise PdsError(f"{nsid} could not be sent ({outcome})") from None
+        attempts.failed(outcome)
+        if not idempotent and not isinstance(exc, _UNSENT):
+            raise TransientWriteError(f"{nsid}: {attempts.summary()}; outcome unknown") from None
 
     def wait_to_write(self, session: Session) -> None:
         """Before a batch's blob uploads: wait while the account's writes are held (within the retry budget),
