@@ -1,6 +1,6 @@
 """Scale probe: the sensor tick and a full backfill at the platform's size, in a throwaway instance and store.
 
-    python -m acpipeline.operations.scale_probe [--handles 4201] [--documents 100000] [--no-graphql]
+    python -m acpipeline.bench.scale_probe [--handles 4201] [--documents 100000] [--no-graphql]
                                                [--backfill-iteration N]
 
 Creates a temporary ACPIPELINE_HOME (embedded store) and DAGSTER_HOME, fills the store with `--handles`
