@@ -26,9 +26,10 @@ from dagster._core.definitions.backfill_policy import BackfillPolicyType
 from dagster._core.storage.event_log.base import PartitionKeyFilter
 
 from acpipeline.core.media import MEDIA_NAMES
+from acpipeline.sync.account_turns import account_turn
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
-from acpipeline.sync.converged import ConvergedState
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.marks import ConvergedState
 from acpipeline.sync.partitions import (
     FULL_TAG,
     handle_partitions,
@@ -356,8 +357,7 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     register_handles(world.instance, db)
     mood = partition_key(handle, "mood")
     assert run_range(world, mood, mood).success
-    state = ConvergedState(world.home)
-    with state.turn(did) as turn:
+    with account_turn(world.home / "locks", did) as turn:
         assert turn.head is not None and turn.head[1] == head(world, did)
 
     heads_asked, refused = [], []
@@ -397,8 +397,7 @@ def test_a_writer_starts_from_the_head_our_last_commit_made_and_recovers_when_it
     assert run_range(world, mood, mood).success and moved
     # stale: refused unapplied, then sent again on the head the PDS reports
     assert (len(heads_asked), refused) == (1, ["InvalidSwap"])
-    with state.turn(did) as turn:
+    with account_turn(world.home / "locks", did) as turn:
         assert turn.head is not None and turn.head[1] == head(world, did)
-    state.close()
     moods = sorted(r["value"]["mood"] for r in records(world, did, "computer.aesthetic.mood"))
     assert moods == ["one", "three", "two"]

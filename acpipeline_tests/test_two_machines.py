@@ -20,7 +20,7 @@ from dagster._serdes import serialize_value
 from acpipeline.demo.dataset import seed_dataset
 from acpipeline.resources import shared_state
 from acpipeline.sync import blobs, tape_blobs
-from acpipeline.sync.converged import ConvergedState, Mark
+from acpipeline.sync.marks import ConvergedState, Mark
 from acpipeline.sync.runner import run_partitions
 
 from .faultproxy import FaultProxy

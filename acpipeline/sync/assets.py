@@ -31,8 +31,9 @@ from acpipeline.resources.storage import StorageResource
 from acpipeline.settings import acpipeline_home
 from acpipeline.sync.blobs import LEXICON_VIDEO_MAX, derive_blobs
 from acpipeline.sync.cache import DerivedCache
-from acpipeline.sync.converged import ConvergedState, latest_revs, prove, source_fingerprint
+from acpipeline.sync.converged import latest_revs, prove, source_fingerprint
 from acpipeline.sync.extract import extract_owners, find_accounts
+from acpipeline.sync.marks import ConvergedState
 from acpipeline.sync.partition_sync import CHECK, PartitionSource, SyncConfig
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
 from acpipeline.sync.pre_upload import PreUploader, PreUploadStats, never_linked, not_wanted_in

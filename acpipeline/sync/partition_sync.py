@@ -23,9 +23,12 @@ from dagster import (
 from acpipeline.core.items import Derived, Item
 from acpipeline.core.media import MEDIA
 from acpipeline.core.verdict import judge
-from acpipeline.sync.converged import ConvergedState, Mark, Proof
+from acpipeline.settings import acpipeline_home
+from acpipeline.sync.account_turns import account_turn
+from acpipeline.sync.converged import Proof
 from acpipeline.sync.extract import Account
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.marks import ConvergedState, Mark
 from acpipeline.sync.outcome import PartitionOutcome, SyncReport
 from acpipeline.sync.records import RecordSync
 from acpipeline.sync.repo_reads import RepoReads, existing_in
@@ -162,7 +165,7 @@ def sync_partition(
         source.items,
         derived,
         on_commit=advanced,
-        turns=lambda: state.turn(account.did),
+        turns=lambda: account_turn(acpipeline_home() / "locks", account.did),
         links=links,
         reads=reads,
         rev=source.rev,

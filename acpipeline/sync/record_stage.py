@@ -25,9 +25,9 @@ from acpipeline.errors import OperatorError
 from acpipeline.resources.mongo import MongoDatabase
 from acpipeline.resources.pds import PdsClient
 from acpipeline.settings import acpipeline_home
-from acpipeline.sync.converged import ConvergedState
 from acpipeline.sync.deferral import record_deferred
 from acpipeline.sync.links import LinkWriter
+from acpipeline.sync.marks import ConvergedState
 from acpipeline.sync.partition_sync import (
     CHECK,
     PartitionSource,
