@@ -20,10 +20,10 @@ from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.demo.dataset import build_tape_zip, zip_key
 from acpipeline.instance import get_instance
 from acpipeline.operations import requested_runs, tape_zips
-from acpipeline.operations.fingerprint import projection, read_all
 from acpipeline.operations.schedule import full_recheck_slice, reconcile_schedule
 from acpipeline.operations.sensor import new_content_sensor
 from acpipeline.operations.sensor_state import SensorState, decode_state, encode_state, load_state, save_state
+from acpipeline.operations.source_scan import projection, read_all
 from acpipeline.operations.wipe import run_wipe
 from acpipeline.settings import ART_GUEST_ID
 from acpipeline.sync.partitions import (

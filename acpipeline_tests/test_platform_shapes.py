@@ -40,7 +40,7 @@ PAINTING, KIDLISP, TAPE = (f"computer.aesthetic.{name}" for name in ("painting",
 
 
 @dataclass
-class Synced:
+class SyncedPartition:
     world: World
     db: Any
     summary: DatasetSummary
@@ -75,7 +75,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def synced(pds_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synced]:
+def synced(pds_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncedPartition]:
     root = tmp_path_factory.mktemp("shapes")
     with pytest.MonkeyPatch.context() as env:
         home, dagster_home, media_root = root / "home", root / "dagster_home", root / "media"
@@ -98,7 +98,7 @@ def synced(pds_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             heads = {did: head(world, did) for did in dids}
             second = _cli("sync", "--full", "--json")
             after = {did: head(world, did) for did in dids}
-            yield Synced(world, db, summary, first, second, heads, after, dagster_home)
+            yield SyncedPartition(world, db, summary, first, second, heads, after, dagster_home)
         finally:
             client.close()
             media.stop()
@@ -117,7 +117,7 @@ def _deliberately_bad(summary: DatasetSummary) -> set[str]:
 # ---------------------------------------------------------------------------------------------- seeding
 
 
-def test_the_platform_records_exist_before_the_sync(synced: Synced) -> None:
+def test_the_platform_records_exist_before_the_sync(synced: SyncedPartition) -> None:
     """What write_platform_records made: PDS-assigned TIDs, the tape's link under `at` (not `atproto`)."""
     summary = synced.summary
     assert len(summary.platform_records) == 6
@@ -145,7 +145,7 @@ def test_platform_writes_are_batched_within_the_pds_limits() -> None:
 # ---------------------------------------------------------------------------------------------- the sync
 
 
-def test_paintings_in_progress_are_no_items_and_sealed_ones_sync(synced: Synced) -> None:
+def test_paintings_in_progress_are_no_items_and_sealed_ones_sync(synced: SyncedPartition) -> None:
     summary = synced.summary
     rows = synced.rows(synced.first)
     failed = {item["ref"]: item["reason"] for row in rows.values() for item in row["failed_items"]}
@@ -173,7 +173,7 @@ def test_paintings_in_progress_are_no_items_and_sealed_ones_sync(synced: Synced)
         assert value["thumbnail"]["mimeType"] == "image/png"
 
 
-def test_the_kidlisp_records_the_platform_wrote_are_adopted_by_their_code(synced: Synced) -> None:
+def test_the_kidlisp_records_the_platform_wrote_are_adopted_by_their_code(synced: SyncedPartition) -> None:
     summary = synced.summary
     for record in _platform(summary, KIDLISP):
         if record.ref is None:
@@ -196,7 +196,7 @@ def test_the_kidlisp_records_the_platform_wrote_are_adopted_by_their_code(synced
         assert {row["code"] for row in rows} <= set(codes)
 
 
-def test_a_kidlisp_record_whose_piece_mongodb_lacks_is_kept(synced: Synced) -> None:
+def test_a_kidlisp_record_whose_piece_mongodb_lacks_is_kept(synced: SyncedPartition) -> None:
     summary = synced.summary
     [orphan] = [record for record in _platform(summary, KIDLISP) if record.ref is None]
     assert summary.orphan_kidlisp_records == [
@@ -213,7 +213,7 @@ def test_a_kidlisp_record_whose_piece_mongodb_lacks_is_kept(synced: Synced) -> N
     assert len(listed) == row["desired"] + 1 == summary.owned_counts[orphan.owner]["kidlisp"] + 1
 
 
-def test_the_tape_record_the_platform_wrote_is_adopted_as_it_is(synced: Synced) -> None:
+def test_the_tape_record_the_platform_wrote_is_adopted_as_it_is(synced: SyncedPartition) -> None:
     summary = synced.summary
     [record] = _platform(summary, TAPE)
     [tape] = summary.platform_tapes
@@ -232,7 +232,7 @@ def test_the_tape_record_the_platform_wrote_is_adopted_as_it_is(synced: Synced) 
     assert row["updated"] == 0 and row["deleted"] == 0, row
 
 
-def test_a_second_full_sync_writes_nothing(synced: Synced) -> None:
+def test_a_second_full_sync_writes_nothing(synced: SyncedPartition) -> None:
     first = synced.rows(synced.first)
     assert synced.first.returncode == 0, synced.first.stderr[-3000:]
     assert synced.second.returncode == 0, synced.second.stderr[-3000:]
@@ -245,7 +245,7 @@ def test_a_second_full_sync_writes_nothing(synced: Synced) -> None:
 # ---------------------------------------------------------------------------------------------- secrets
 
 
-def _wip_secrets(synced: Synced) -> set[str]:
+def _wip_secrets(synced: SyncedPartition) -> set[str]:
     """The editor's capability hashes and the state-file ids of every planted painting with a `wip`."""
     refs = [*synced.summary.wip_paintings, *synced.summary.sealed_paintings]
     found = set()
@@ -274,7 +274,7 @@ def _files(root: Path, skip: set[str]) -> dict[str, bytes]:
     return found
 
 
-def test_the_editors_secrets_reach_no_log_metadata_or_output(synced: Synced) -> None:
+def test_the_editors_secrets_reach_no_log_metadata_or_output(synced: SyncedPartition) -> None:
     secrets = _wip_secrets(synced)
     places = _files(synced.dagster_home, skip=set())
     # ACPIPELINE_HOME's logs and caches; not the embedded MongoDB store, which holds the documents

@@ -1,7 +1,7 @@
 """The new-content sensor: every ~15 s, sync exactly the partitions whose source changed.
 
 A tick registers the handles of users who gained an ATProto account, digests every partition of every
-account from one projected `find` per collection (`fingerprint.py`), and requests the partitions whose digest
+account from one projected `find` per collection (`source_scan.py`), and requests the partitions whose digest
 differs from the state's as runs over ranges per media type (`run_requests`): new, edited, nuked/deleted or
 removed documents, new accounts, tape ZIPs that appeared (`tape_zips.py`), runs that did not succeed
 (`requested_runs.py`) and partitions a run deferred for the PDS's rate limit, once their time has come
@@ -31,7 +31,6 @@ from dagster import (
 from acpipeline.core.fingerprint import EMPTY
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.operations.automation import default_sensor_status
-from acpipeline.operations.fingerprint import scan_sources
 from acpipeline.operations.jobs import sync_job
 from acpipeline.operations.requested_runs import (
     MAX_FAILED_RUNS,
@@ -42,6 +41,7 @@ from acpipeline.operations.requested_runs import (
     settle_pending,
 )
 from acpipeline.operations.sensor_state import SensorState, load_state, save_state
+from acpipeline.operations.source_scan import scan_sources
 from acpipeline.operations.tape_zips import check_tape_zips
 from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.storage import StorageResource

@@ -70,7 +70,7 @@ class PartitionOutcome:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> PartitionOutcome:
         """Read back from a materialization's (or a dry run's observation's) metadata."""
-        plain = {key: _plain(value) for key, value in metadata.items()}
+        plain = {key: _plain_value(value) for key, value in metadata.items()}
         return cls(
             **{name: int(plain.get(name) or 0) for name in (*COUNTS, *TRAFFIC, "deferred_writes")},
             duration_s=plain.get("duration_s"),
@@ -92,7 +92,7 @@ class PartitionOutcome:
         }
 
 
-def _plain(value: Any) -> Any:
+def _plain_value(value: Any) -> Any:
     from dagster import TableMetadataValue
 
     if isinstance(value, TableMetadataValue):

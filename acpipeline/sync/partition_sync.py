@@ -88,7 +88,9 @@ def _blob_metadata(derived: dict[str, Derived]) -> dict[str, Any]:
     }
 
 
-def proven(context: AssetExecutionContext, source: PartitionSource, dry_run: bool) -> Synced:
+def proven_partition(
+    context: AssetExecutionContext, source: PartitionSource, dry_run: bool
+) -> SyncedPartition:
     """A proven-converged partition: a materialization saying so (backfills and the UI count it as done;
     an observation in a dry run), and its check carried over from the sync that made the mark. An empty one
     is marked, so later runs prove it from the mark instead of asking describeRepo again."""
@@ -122,14 +124,14 @@ def proven(context: AssetExecutionContext, source: PartitionSource, dry_run: boo
             "repo_rev": proof.rev,
         },
     )
-    synced = Synced([materialization, check], 0)
+    synced = SyncedPartition([materialization, check], 0)
     if proof.empty and not dry_run:
         synced.mark = (source.account.did, proof.rev, source.media, Mark(proof.fingerprint, 0))
     return synced
 
 
 @dataclass
-class Synced:
+class SyncedPartition:
     """A synced partition waiting for its links to be written: its events, and the mark it earned."""
 
     events: list[AssetMaterialization | AssetObservation | AssetCheckEvaluation]
@@ -147,7 +149,7 @@ def sync_partition(
     source: PartitionSource,
     derived: dict[str, Derived],
     links: LinkWriter,
-) -> Synced:
+) -> SyncedPartition:
     """Converge one partition: its materialization (or dry-run observation) and check, and the mark it earns
     once its links are written."""
     account = source.account
@@ -186,9 +188,9 @@ def sync_partition(
         # An observation, not a materialization: a dry run must not make the partition look synced.
         observation = AssetObservation(asset_key=context.asset_key, partition=source.key, metadata=metadata)
         note = (logging.INFO, f"dry run of {source.key}: {len(report.planned)} writes planned")
-        return Synced([observation, check], len(report.failed), notes=[note])
+        return SyncedPartition([observation, check], len(report.failed), notes=[note])
     event = AssetMaterialization(asset_key=context.asset_key, partition=source.key, metadata=metadata)
-    synced = Synced([event, check], len(report.failed))
+    synced = SyncedPartition([event, check], len(report.failed))
     if check.passed and not report.failed:
         mark = Mark(source.fingerprint, report.desired, report.not_in_mongodb)
         synced.mark = (account.did, rev, source.media, mark)
@@ -204,7 +206,7 @@ def _deferred(
     until: str,
     metadata: dict[str, Any],
     dry_run: bool,
-) -> Synced:
+) -> SyncedPartition:
     """The PDS's rate limit stopped the partition: what was written is linked, the rest waits until the
     window resets. Materialized with `status: deferred` (its history says how far it got) and a failed check
     that names the time, without asking the PDS again; no convergence mark, so the next run plans it, and
@@ -222,7 +224,9 @@ def _deferred(
         metadata={"deferred_until": until, "deferred_writes": report.deferred_writes},
     )
     until_s = None if dry_run else report.deferred_until
-    return Synced([event, check], len(report.failed), deferred_until=until_s, notes=[(logging.WARNING, note)])
+    return SyncedPartition(
+        [event, check], len(report.failed), deferred_until=until_s, notes=[(logging.WARNING, note)]
+    )
 
 
 def holds_desired(

@@ -32,8 +32,8 @@ from acpipeline.sync.partition_sync import (
     CHECK,
     PartitionSource,
     SyncConfig,
-    Synced,
-    proven,
+    SyncedPartition,
+    proven_partition,
     sync_partition,
 )
 from acpipeline.sync.partitions import PARTITIONS_PER_RUN
@@ -75,7 +75,7 @@ def _converge(
     # this thread only (the embedded store's connections belong to their thread).
     links = LinkWriter(db, lock_dir=acpipeline_home() / "locks" if embedded else None)
     stores = _ThreadStores(client)
-    waiting: list[Synced] = []
+    waiting: list[SyncedPartition] = []
     deferred: dict[str, float] = {}  # partition -> until (epoch seconds)
     by_account: dict[str, list[PartitionSource]] = {}
     syncing = ThreadPoolExecutor(ACCOUNTS_AT_ONCE, thread_name_prefix="account-sync")
@@ -84,16 +84,16 @@ def _converge(
             if source.account is None:
                 failed[key] = f"no user in MongoDB has the ATProto handle {source.handle} any more"
             elif source.proof is not None:
-                waiting.append(proven(context, source, config.dry_run))
+                waiting.append(proven_partition(context, source, config.dry_run))
             else:
                 by_account.setdefault(source.account.did, []).append(source)
-        yield from _settle(context, links, state, waiting)
+        yield from _write_links_then_log(context, links, state, waiting)
 
-        def sync_account(sources: list[PartitionSource]) -> list[tuple[str, Synced | str]]:
+        def sync_account(sources: list[PartitionSource]) -> list[tuple[str, SyncedPartition | str]]:
             """An account's partitions one after the other (its commits are a chain): each one's result, or
             why it failed; the others go on."""
             account_state, reads = stores.here()
-            out: list[tuple[str, Synced | str]] = []
+            out: list[tuple[str, SyncedPartition | str]] = []
             for source in sources:
                 try:
                     derived = media_blobs[source.key]
@@ -122,8 +122,8 @@ def _converge(
                 if config.strict and result.items_failed:
                     failed[key] = f"{result.items_failed} items failed (strict mode)"
             if links.pending >= links.flush_at or len(waiting) >= PARTITIONS_PER_RUN:
-                yield from _settle(context, links, state, waiting)
-        yield from _settle(context, links, state, waiting)
+                yield from _write_links_then_log(context, links, state, waiting)
+        yield from _write_links_then_log(context, links, state, waiting)
     except BaseException:
         # The run fails (or is stopped): the partitions under way end, and what the PDS already holds still
         # gets linked, if MongoDB lets it; the original error is the one reported.
@@ -195,8 +195,8 @@ class _ThreadStores:
             self._made.clear()
 
 
-def _settle(
-    context: AssetExecutionContext, links: LinkWriter, state: ConvergedState, waiting: list[Synced]
+def _write_links_then_log(
+    context: AssetExecutionContext, links: LinkWriter, state: ConvergedState, waiting: list[SyncedPartition]
 ) -> Iterator[DagsterEvent]:
     """Write the gathered links, then log the waiting partitions' events (one batch for the event log) and
     write their marks."""

@@ -41,7 +41,7 @@ class MediaRules(ABC):
     mongodb_is_whole_truth: ClassVar[bool] = True
     mirrors_link: ClassVar[bool] = False  # the link also under `at.` (core/link_fields.py)
     # The document fields `fields()` reads, besides `_id`, `user`, `when` and the removed flag: what change
-    # detection projects (operations/fingerprint.py; a test checks a projected document normalises the same).
+    # detection projects (operations/source_scan.py; a test checks a projected document normalises the same).
     source_fields: ClassVar[tuple[str, ...]] = ()
     blob_fields: ClassVar[tuple[str, ...]] = ()  # record fields that hold blobs
     # Optional record fields we add only when we write the record anyway: a record that lacks them (one the
@@ -70,9 +70,9 @@ class MediaRules(ABC):
         """Whether the document is an item at all: the platform's own content (not a copy of someone
         else's) and finished (not work in progress). Anything else is invisible to the sync: never desired,
         never failed, never a change the sensor sees."""
-        return self.ours(doc) and not self.in_progress(doc)
+        return self.is_own_content(doc) and not self.in_progress(doc)
 
-    def ours(self, doc: dict[str, Any]) -> bool:
+    def is_own_content(self, doc: dict[str, Any]) -> bool:
         """Whether the document is the platform's own content to mirror (not a copy of someone else's)."""
         return True
 

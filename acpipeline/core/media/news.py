@@ -25,7 +25,7 @@ class NewsRules(MediaRules):
     source_fields = ("title", "text", "url", "external")
     may_be_anonymous = False
 
-    def ours(self, doc: dict[str, Any]) -> bool:
+    def is_own_content(self, doc: dict[str, Any]) -> bool:
         return doc.get("external") is None
 
     def removed(self, doc: dict[str, Any]) -> str | None:

@@ -12,7 +12,7 @@ from acpipeline.core.media import MEDIA
 from acpipeline.errors import OperatorError
 from acpipeline.operations.doctor.base import CheckResult, Doctor, duration
 from acpipeline.operations.doctor.services import DESCRIBE
-from acpipeline.operations.fingerprint import projection
+from acpipeline.operations.source_scan import projection
 from acpipeline.resources.mongo import MongoDatabase
 from acpipeline.resources.pds import (
     PdsError,
