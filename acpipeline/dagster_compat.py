@@ -17,9 +17,8 @@ The fix. A step waiting for a pool slot (our record stage, in the `pds_writes` p
 loop sleeps for `InstanceConcurrencyContext.interval_to_next_pending_claim_check()`, which returns
 `min([0, *(ready_at - now ...)])`: never more than zero. So while a slot is taken, each waiting run polls
 without sleeping, on a full core, although it only asks the database again once its back-off (1 s,
-growing to 15 s) has passed. At the platform's size four runs share two cores and two slots: the two
-waiting runs took CPU from the two working ones (py-spy: about 15% of all run CPU was this loop). Dagster
-saw it too (dagster-io/dagster#20367, closed unmerged). The fix returns the time until the first
+growing to 15 s) has passed: waiting runs take CPU from the working ones on the same cores. Dagster saw it
+too (dagster-io/dagster#20367, closed unmerged). The fix returns the time until the first
 back-off ends, so the loop sleeps exactly until Dagster would look again: the same claims, at the same
 moments, without the spinning. When a Dagster release fixes it, the test says so and the fix goes."""
 
