@@ -10,8 +10,9 @@
 - `log_as_batch`: a step's own events handed to the event log as one batch, as Dagster does only for a range
   output's materializations (the record stage's per-partition events were two fifths of a no-op run's CPU).
 
-Two plug-ins subclass Dagster's storages by design, named in the instance's dagster.yaml:
-`acpipeline/event_log.py` (SQLite) and `acpipeline/postgres_storage.py` (deploy/dagster.yaml).
+Three plug-ins subclass Dagster's classes by design, named in the instance's dagster.yaml:
+`acpipeline/event_log.py` (SQLite) and `acpipeline/postgres_storage.py` (deploy/dagster.yaml), the storages;
+`acpipeline/settings_loader.py`, the secrets hook that hands the settings file to code servers and runs.
 
 The fix. A step waiting for a pool slot (our record stage, in the `pds_writes` pool) spins. Dagster's executor
 loop sleeps for `InstanceConcurrencyContext.interval_to_next_pending_claim_check()`, which returns

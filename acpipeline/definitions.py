@@ -10,7 +10,6 @@ from typing import Any, overload
 from dagster import Definitions, EnvVar, mem_io_manager
 
 from acpipeline.dagster_compat import run_executor
-from acpipeline.demo.world import apply_saved_world
 from acpipeline.operations import new_content_sensor, reconcile_schedule, sync_job, wipe_job
 from acpipeline.resources.mongo import MongoResource
 from acpipeline.resources.pds import PdsResource
@@ -23,8 +22,6 @@ from acpipeline.settings import (
     DEFAULT_ZIP_URL,
 )
 from acpipeline.sync.assets import atproto_records, media_blobs, source_items
-
-apply_saved_world()  # `dagster dev` in a checkout where `acpipeline demo` ran: the demo's PDS and media
 
 
 @overload

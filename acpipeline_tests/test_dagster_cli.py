@@ -49,6 +49,11 @@ from .test_deploy import LAUNCH_RUN
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOCATION = "acpipeline.definitions"  # workspace.yaml's python_module, which names the location
+PDS_RESOURCE = (
+    '{ topLevelResourceDetailsOrError(resourceSelector: {repositoryLocationName: "' + LOCATION + '", '
+    'repositoryName: "__repository__", resourceName: "pds"}) '
+    "{ ... on ResourceDetails { configuredValues { key value type } } } }"
+)
 SCRUBBED = ("DAGSTER_", "ACPIPELINE_", "MONGODB_", "PDS_")
 TEMP_HOME = re.compile(r"Using temporary directory (\S+) for storage")
 SERVER_TIMEOUT_S = 240  # two shared cores: a cold start of the webserver and its code server can be slow
@@ -151,6 +156,8 @@ def test_dagster_dev_in_the_checkout_with_nothing_exported(tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "dev.log"
     env = clean_env(ACPIPELINE_HOME=str(tmp_path / "home"), ACPIPELINE_AUTOMATION="stopped")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "settings.env").write_text('PDS_URL="http://127.0.0.1:9"\n')  # the settings file
     command = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     process = _start(command, env, log)  # in the checkout, its own process group
     temp_home: Path | None = None
@@ -171,6 +178,11 @@ def test_dagster_dev_in_the_checkout_with_nothing_exported(tmp_path):
             assert "PooledSqliteEventLogStorage" in instance["info"], instance["info"]
             assert instance["runQueueConfig"]["maxConcurrentRuns"] == 4
             assert instance["poolConfig"] == {"poolGranularity": "op", "defaultPoolLimit": 2}
+
+            # The code server loaded the code location with the settings file's variables in its
+            # environment (Dagster's secrets hook, dagster.yaml): the PDS resource reads PDS_URL from it.
+            pds = _graphql(http, url, PDS_RESOURCE)["topLevelResourceDetailsOrError"]["configuredValues"]
+            assert {"key": "url", "value": "PDS_URL", "type": "ENV_VAR"} in pds, pds
 
         # The webserver, the daemon and the code server it started (and so the runs) have the settings.
         services = _children(process, wanted=3, timeout_s=60)

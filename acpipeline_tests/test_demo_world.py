@@ -1,6 +1,6 @@
 """The README's walkthrough as a new user runs it, each command a process of its own with nothing exported:
-demo, look, wipe, restore, look again; the demo world stopped and brought back; `dagster` itself on the demo's
-data; and explicit settings winning over the saved demo world."""
+demo, look, wipe, restore, look again; the demo world stopped and brought back; its settings file; and
+explicit settings winning over it."""
 
 from __future__ import annotations
 
@@ -62,9 +62,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def one_line(result: subprocess.CompletedProcess, *needles: str) -> None:
+def one_line(result: subprocess.CompletedProcess, *needles: str, first: str | None = None) -> None:
+    """The command failed with one plain line naming the needles (after the line `first` names, if any)."""
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if first is not None:
+        assert len(lines) == 2 and first in lines[0], result.stderr
+        lines = lines[1:]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -104,38 +108,30 @@ def test_the_demo_world_serves_every_later_command(home):
     restored = {k: n - (kept_before[k] if k.startswith(HANDLE) else 0) for k, n in before.items()}
     assert on_pds(home) == restored
 
-    # Dagster's own command line (as `dagster dev`'s runs load the code) reaches the same world.
-    home("wipe", "--handle", HANDLE, "--media", "mood", "--yes")
-    assert on_pds(home, HANDLE)[f"{HANDLE}|mood"] == 0
-    materialize = home(
-        "asset",
-        "materialize",
-        "-m",
-        "acpipeline.definitions",
-        "--select",
-        "source_items,media_blobs,atproto_records",
-        "--partition",
-        f"{HANDLE}|mood",
-        module="dagster",
-    )
-    assert materialize.returncode == 0, materialize.stderr[-3000:]
-    assert on_pds(home) == restored
+    # The world's settings wait where any deployment's do, for `dagster dev` and its runs too
+    # (test_dagster_cli: the code server gets them), readable by the user only (the PDS's admin password).
+    settings = home.home / "settings.env"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    assert f'PDS_URL="{world.pds_url}"' in settings.read_text().splitlines()
 
-    # Explicit settings win over the saved world.
-    one_line(home("status", extra={"PDS_URL": "http://127.0.0.1:9"}), "http://127.0.0.1:9")
+    # Explicit settings win over the saved world's: none of the file applies, and a line says so.
+    ignored = f"{settings} not applied: the environment sets "
+    one_line(home("status", extra={"PDS_URL": "http://127.0.0.1:9"}), "http://127.0.0.1:9", first=ignored)
     one_line(
         home(
             "status",
             extra={"MONGODB_CONNECTION_STRING": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"},
         ),
         "127.0.0.1:9",
+        first=ignored + "MONGODB_CONNECTION_STRING otherwise",
     )
 
     # Down: every process of the world ends, and a command says how to bring it back.
     down = home("demo", "down")
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert not alive(world.pid) and not alive(world.pds_pid)
-    one_line(home("sync"), "acpipeline demo up")
+    one_line(home("sync"), "does not answer", f"PDS_URL: set in {settings}")
+    assert "acpipeline demo up" in settings.read_text()  # the file says how to bring the world back
     assert home("demo", "status").returncode == 1
 
     # Up: a new PDS (the old one's accounts died with it), seeded again; a sync restores everything.

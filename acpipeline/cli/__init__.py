@@ -9,23 +9,23 @@ import sys
 from acpipeline.cli.parser import build_parser
 from acpipeline.errors import OperatorError
 from acpipeline.settings import apply_dagster_env
-
-# The commands that work on the demo's world when it is this checkout's configuration (acpipeline.demo.world).
-DEMO_WORLD_COMMANDS = {"sync", "status", "wipe", "doctor", "lexicons"}
+from acpipeline.settings_file import apply_settings_file
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_dagster_env()  # for the runs this command creates and the servers `demo --serve` starts
+    settings, applied = apply_settings_file()
+    if settings.conflicts:
+        print(f"acpipeline: {settings.warning()}", file=sys.stderr)
     try:
-        if args.command in DEMO_WORLD_COMMANDS:
-            from acpipeline.demo.world import apply_saved_world
-
-            apply_saved_world(require_running=True)
         status: int = args.func(args)
         return status
     except OperatorError as exc:
-        print(f"acpipeline: {exc}", file=sys.stderr)
+        # A setting the message names that came from the settings file: say where it is set.
+        named = [name for name in applied if name in str(exc)]
+        where = f" ({', '.join(named)}: set in {settings.path})" if named else ""
+        print(f"acpipeline: {exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -111,6 +111,7 @@ def _bring_up_demo(size: str) -> SavedWorld:
         mongo.close()
     world.dataset = {"size": size, "counts": summary.counts}
     world.save()
+    print(f"its settings are in {demo_world.write_settings(world)}", flush=True)
     print(
         f"seeded the embedded store ({mongo.describe()}) in {summary.elapsed_seconds:.1f} s: "
         + ", ".join(f"{n} {c}" for c, n in summary.counts.items()),

@@ -1,12 +1,10 @@
 """The demo's world kept running in the background, so every command in the checkout works on its data.
 
 `acpipeline demo` (and `demo up`) start one background process (`python -m acpipeline.demo.world`) that owns
-the local PDS and the media server, and save their URLs in `ACPIPELINE_HOME/demo/world.json`. Every other
-command, `dagster dev` and the runs it starts read that file (`apply_saved_world`), so a second terminal
-reaches the same PDS, media and embedded store without exporting anything.
-
-It never reaches a production configuration: with `MONGODB_CONNECTION_STRING` set the saved world is
-ignored (the demo only ever seeds the embedded store), and an explicit `PDS_URL` or storage template wins.
+the local PDS and the media server, and save them in `ACPIPELINE_HOME/demo/world.json`. Their URLs go where
+any deployment's settings go, the product's settings file (`write_settings`), so every other command,
+`dagster dev` and the runs it starts reach the same PDS, media and embedded store without exporting
+anything; an environment that sets any of them otherwise (a real database, another PDS) keeps its own.
 
 The reference PDS keeps its DID directory in memory, so a PDS that stopped has lost every account: bringing
 the world back (`demo up`) starts a new one and seeds the demo data again.
@@ -30,13 +28,11 @@ import httpx
 
 from acpipeline.errors import OperatorError
 from acpipeline.settings import acpipeline_home
+from acpipeline.settings_file import SETTINGS_FILE, settings_path
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 BRING_BACK = "'acpipeline demo up' starts them again and re-seeds the demo data"
-NOT_RUNNING = (
-    f"the demo's PDS and media server are not running (stopped, or the machine restarted): {BRING_BACK}"
-)
 
 
 def world_dir() -> Path:
@@ -101,24 +97,30 @@ def is_running(world: SavedWorld) -> bool:
     )
 
 
-def apply_saved_world(require_running: bool = False) -> SavedWorld | None:
-    """The saved demo world's URLs in this process's environment, unless the configuration is a real one.
+SETTINGS_HEADER = "# The demo world's settings, written by `acpipeline demo` ({started})."
 
-    Returns the world applied (None when there is none, or MongoDB / the PDS are configured explicitly).
-    With `require_running`, a world that stopped is one plain line saying how to bring it back."""
-    if os.environ.get("MONGODB_CONNECTION_STRING"):
-        return None
-    world = load_saved_world()
-    if world is None:
-        return None
-    explicit_pds = os.environ.get("PDS_URL")
-    if explicit_pds and explicit_pds.rstrip("/") != world.pds_url.rstrip("/"):
-        return None
-    if require_running and not is_running(world):
-        raise OperatorError(NOT_RUNNING)
-    for name, value in world.environment().items():
-        os.environ.setdefault(name, value)
-    return world
+
+def write_settings(world: SavedWorld) -> Path:
+    """The world's settings in the product's settings file (`acpipeline.settings_file`), as an operator
+    writes a deployment's: every command, `dagster dev` and its runs then reach the demo's PDS, media and
+    embedded store with nothing exported. `MONGODB_CONNECTION_STRING` is set empty (the embedded store), so
+    a shell with a real database exported never mixes the two: the file then does not apply at all. A file
+    the demo did not write is left alone."""
+    path = settings_path()
+    if path.exists() and not path.read_text().startswith(SETTINGS_HEADER.split("(")[0]):
+        raise OperatorError(
+            f"{path} holds settings the demo did not write: move it, or set {SETTINGS_FILE} elsewhere"
+        )
+    header = SETTINGS_HEADER.format(started=world.started)
+    lines = [header, f"# Its services run in the background; {BRING_BACK}."]
+    values = {"MONGODB_CONNECTION_STRING": "", **world.environment()}
+    lines += [f"{name}={json.dumps(value)}" for name, value in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o600)  # the local PDS's admin password
+    tmp.replace(path)
+    return path
 
 
 def start_background(log: Callable[[str], None] = print) -> SavedWorld:

@@ -30,6 +30,8 @@ def _launcher_settings() -> dict[str, Any]:
     try:
         with DagsterInstance.get() as instance:
             launcher = instance.run_launcher
+            # The instance's settings file, before the code location loads (as a code server gets it).
+            instance.inject_env_vars(None)
     except DagsterError as error:  # no DAGSTER_HOME, or its dagster.yaml names a variable that is not set
         unset = UNSET.search(str(error))
         reason = (
