@@ -9,22 +9,24 @@ import sys
 from acpipeline.cli.parser import build_parser
 from acpipeline.errors import OperatorError
 from acpipeline.settings import apply_dagster_env
-from acpipeline.settings_file import apply_settings_file
+from acpipeline.settings_file import apply_settings_file, settings_path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_dagster_env()  # for the runs this command creates and the servers `demo --serve` starts
-    settings, applied = apply_settings_file()
-    if settings.conflicts:
-        print(f"acpipeline: {settings.warning()}", file=sys.stderr)
+    applied: dict[str, str] = {}
+    if getattr(args, "settings_file", True):  # the demo and the benchmarks make their own
+        settings, applied = apply_settings_file()
+        if settings.conflicts:
+            print(f"acpipeline: {settings.warning()}", file=sys.stderr)
     try:
         status: int = args.func(args)
         return status
     except OperatorError as exc:
         # A setting the message names that came from the settings file: say where it is set.
         named = [name for name in applied if name in str(exc)]
-        where = f" ({', '.join(named)}: set in {settings.path})" if named else ""
+        where = f" ({', '.join(named)}: set in {settings_path()})" if named else ""
         print(f"acpipeline: {exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -49,7 +49,7 @@ def _demo(sub: Subparsers) -> None:
     demo.add_argument("--seed-only", action="store_true", help="stop after seeding")
     demo.add_argument("--serve", action="store_true", help="afterwards open the Dagster UI (dagster dev)")
     demo.add_argument("--json", action="store_true")
-    demo.set_defaults(func=tools.cmd_demo)
+    demo.set_defaults(func=tools.cmd_demo, settings_file=False)  # it makes its own
 
 
 def _sync(sub: Subparsers) -> None:
@@ -121,7 +121,7 @@ def _bench(sub: Subparsers) -> None:
     )
     bench.add_argument("--size", choices=["bench", "small"], default="bench", help=argparse.SUPPRESS)
     bench.add_argument("--trace", metavar="PATH", help=argparse.SUPPRESS)  # every request, with --rtt
-    bench.set_defaults(func=tools.cmd_bench)
+    bench.set_defaults(func=tools.cmd_bench, settings_file=False)  # it makes its own
 
 
 def _status(sub: Subparsers) -> None:
