@@ -41,7 +41,7 @@ class Link:
     """One direction of a network path: every message arrives `delay_s` after it was sent, plus its bytes
     at `bandwidth_mbit` on a link all connections share (first come, first served)."""
 
-    def __init__(self, delay_s: float, bandwidth_mbit: float | None = None):
+    def __init__(self, delay_s: float, bandwidth_mbit: float | None = None) -> None:
         self.delay_s = delay_s
         self.bytes_per_s = bandwidth_mbit * 1e6 / 8 if bandwidth_mbit else None
         self._free_at = 0.0
@@ -98,7 +98,7 @@ class CountingProxy:
         rtt_ms: float = 0.0,
         bandwidth_mbit: float | None = None,
         name: str = "pds",
-    ):
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         parts = urlsplit(self.upstream)
         self._https = parts.scheme == "https"

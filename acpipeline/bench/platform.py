@@ -304,7 +304,7 @@ class ProcessSampler:
         roots: Iterable[int],
         others: dict[str, int] | None = None,
         interval_s: float = SAMPLE_INTERVAL_S,
-    ):
+    ) -> None:
         self.token, self.roots, self.interval_s = token, list(roots), interval_s
         self.others = dict(others or {})
         self.peak_bytes = 0
@@ -431,7 +431,7 @@ class TallyingProxy(CountingProxy):
 
     def __init__(
         self, upstream: str, rtt_ms: float = 0.0, bandwidth_mbit: float | None = None, name: str = "pds"
-    ):
+    ) -> None:
         super().__init__(upstream, rtt_ms, bandwidth_mbit, name=name)
         self.tally: dict[str, dict[str, Any]] = {}
 
@@ -761,7 +761,7 @@ class Servers:
         log: Callable[[str], None],
         layout: str = "production",
         launcher: str = "default",
-    ):
+    ) -> None:
         from acpipeline.localpds.server import free_port
 
         if layout not in LAYOUTS:

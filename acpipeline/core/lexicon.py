@@ -35,7 +35,7 @@ class Violation:
 
 
 class RecordInvalid(ValueError):
-    def __init__(self, nsid: str, violations: list[Violation]):
+    def __init__(self, nsid: str, violations: list[Violation]) -> None:
         self.violations = violations
         super().__init__(f"{nsid} record invalid: " + "; ".join(str(v) for v in violations))
 

@@ -96,7 +96,7 @@ class AccountWipe:
         db: MongoDatabase,
         account: Account,
         log: Callable[[str], None] | None = None,
-    ):
+    ) -> None:
         self.client, self.db, self.account = client, db, account
         self.log = log or (lambda message: None)
         self._session: Session | None = None

@@ -88,7 +88,7 @@ def collection(name: str) -> MongoCollection:
 class _Embedded:
     """This thread's connection to the embedded store, and the collections it has used."""
 
-    def __init__(self, database: str):
+    def __init__(self, database: str) -> None:
         from acpipeline.resources.mongo import MongoResource
 
         self.resource = MongoResource(database=database)

@@ -53,7 +53,7 @@ def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection
 class _SqliteIndex:
     """The index under ACPIPELINE_HOME: one SQLite file, a connection per thread."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self._path = path
         self._local = threading.local()
         self._db()
@@ -81,7 +81,7 @@ class _FileIndex:
     """The index on a shared volume: `index/ab/abcd….json` per key (its SHA-256), each written to a temporary
     name and renamed over the old one, so a reader sees a whole entry or none, on any filesystem."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path) -> None:
         self._folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -125,7 +125,7 @@ class DerivedCache:
     # retry: eight threads storing thumbnails spent seconds asleep.
     _write_lock = threading.Lock()
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path) -> None:
         shared = cache_dir() if home.resolve() == acpipeline_home() else None
         root = shared or home
         self.blob_dir = root / "blobs"

@@ -54,7 +54,7 @@ class ConvergedState:
     per account (every machine: runs in containers with an empty ACPIPELINE_HOME prove from the marks other
     machines made)."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path) -> None:
         self._db: sqlite3.Connection | None = None
         self._shared = shared_state.in_mongodb()
         if self._shared:

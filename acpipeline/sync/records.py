@@ -58,7 +58,7 @@ class RecordSync:
         links: LinkWriter,
         reads: RepoReads,
         rev: str | None = None,
-    ):
+    ) -> None:
         """`links`: where the MongoDB link updates go, gathered with other partitions' by the caller, who
         flushes them before counting this partition done. `reads`: the account's repository; `rev`: its
         latest revision as the run saw it (a read kept at it serves the first plan)."""

@@ -89,7 +89,7 @@ def after_commit(
 class RepoReads:
     """getRepo through the run's client, and the reads kept under `home` (one connection, any thread)."""
 
-    def __init__(self, client: PdsClient, home: Path):
+    def __init__(self, client: PdsClient, home: Path) -> None:
         self.client = client
         self._db: sqlite3.Connection = connect_local(
             home / "repos.sqlite", SCHEMA, isolation_level=None, check_same_thread=False

@@ -41,7 +41,7 @@ class Throttle:
     _seen: dict[str, tuple[float, float]] = {}  # host -> (when read, monotonic; the shared time)
     _lock = threading.Lock()
 
-    def __init__(self, url: str, account: str | None = None):
+    def __init__(self, url: str, account: str | None = None) -> None:
         """`account`: one account's writes only (the PDS counts write points per account), not the host."""
         host = urlsplit(url).netloc.rsplit("@", 1)[-1]
         self.host = host if account is None else f"{host}/{account}"

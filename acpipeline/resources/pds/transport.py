@@ -56,7 +56,7 @@ _BACKOFF = exponential(0.25, 30.0, jitter=True)
 class PdsError(Exception):
     """A PDS call that failed for good; the message says what was called and what came back."""
 
-    def __init__(self, message: str, status: int | None = None, error: str | None = None):
+    def __init__(self, message: str, status: int | None = None, error: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
@@ -71,7 +71,7 @@ class RateLimited(PdsError):
     nothing was sent. The caller stops the partition cleanly and reports it deferred until then, instead of
     holding its pool slot asleep for the rest of the window."""
 
-    def __init__(self, message: str, until: float):
+    def __init__(self, message: str, until: float) -> None:
         super().__init__(message, 429, "RateLimitExceeded")
         self.until = until
 
@@ -97,7 +97,7 @@ class Transport(ABC):
         retry_budget_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         ratelimit_bypass_key: str | None = None,
-    ):
+    ) -> None:
         """`retry_budget_s` None: `ACPIPELINE_PDS_RETRY_BUDGET_S`, else 120 s; `ratelimit_bypass_key` None:
         `ACPIPELINE_PDS_RATELIMIT_BYPASS_KEY`, else no key."""
         self.url = url.rstrip("/")
