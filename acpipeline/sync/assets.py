@@ -37,7 +37,7 @@ from acpipeline.sync.marks import ConvergedState
 from acpipeline.sync.partition_sync import CHECK, PartitionSource, SyncConfig
 from acpipeline.sync.partitions import FULL_TAG, PARTITIONS_PER_RUN, keys_of_run, sync_partitions
 from acpipeline.sync.pre_upload import PreUploader, PreUploadStats, never_linked, not_wanted_in
-from acpipeline.sync.record_stage import run_record_stage
+from acpipeline.sync.record_stage import conclude, converge
 from acpipeline.sync.repo_reads import RepoReads
 
 # BackfillPolicy is beta in Dagster 1.13.
@@ -210,6 +210,8 @@ def atproto_records(
     mongo: MongoResource,
     pds: PdsResource,
 ) -> Iterator[DagsterEvent | AssetCheckEvaluation | Output[None]]:
-    yield from run_record_stage(
-        context, config, source_items, media_blobs, pds.client(), mongo.db(), mongo.is_embedded
+    failed: dict[str, str] = {}  # partition -> why
+    yield from converge(
+        context, config, source_items, media_blobs, pds.client(), mongo.db(), mongo.is_embedded, failed
     )
+    yield from conclude(context, failed, len(source_items))

@@ -44,22 +44,7 @@ from acpipeline.sync.repo_reads import RepoReads
 ACCOUNTS_AT_ONCE = 4
 
 
-def run_record_stage(
-    context: AssetExecutionContext,
-    config: SyncConfig,
-    sources: dict[str, PartitionSource],
-    derived_by_key: dict[str, dict[str, Derived]],
-    client: PdsClient,
-    db: MongoDatabase,
-    embedded: bool,
-) -> Iterator[DagsterEvent | AssetCheckEvaluation | Output[None]]:
-    """The stage's events for the run's partitions; raises naming the partitions that failed."""
-    failed: dict[str, str] = {}  # partition -> why
-    yield from _converge(context, config, sources, derived_by_key, client, db, embedded, failed)
-    yield from _conclude(context, failed, len(sources))
-
-
-def _converge(
+def converge(
     context: AssetExecutionContext,
     config: SyncConfig,
     source_items: dict[str, PartitionSource],
@@ -69,6 +54,8 @@ def _converge(
     embedded: bool,
     failed: dict[str, str],
 ) -> Iterator[DagsterEvent]:
+    """The run's partitions converged, their events logged as their links are written; a partition that
+    fails goes into `failed` with why, and the others go on."""
     state = ConvergedState(acpipeline_home())
     # The partitions' MongoDB links are gathered and written a few thousand at a time (see sync/links.py);
     # a partition's events and convergence mark wait until its links are written. MongoDB is written from
@@ -139,9 +126,10 @@ def _converge(
             record_deferred(context.instance, context.run.run_id, deferred)
 
 
-def _conclude(
+def conclude(
     context: AssetExecutionContext, failed: dict[str, str], total: int
 ) -> Iterator[AssetCheckEvaluation | Output[None]]:
+    """A failed check for each partition in `failed`, then the check's output; raises naming them."""
     for key, reason in failed.items():
         # Failed, visibly: the PDS is not known to hold the partition's records.
         yield AssetCheckEvaluation(
