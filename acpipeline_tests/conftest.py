@@ -16,8 +16,14 @@ from dagster import DagsterInstance
 from acpipeline.demo.media_server import MediaServer
 from acpipeline.localpds import server as localpds
 from acpipeline.resources.pds import PdsClient
+from acpipeline.settings import apply_dagster_env
 
 from .postgres import PgCluster, start_cluster
+
+# The tests create runs in this process on an ephemeral instance, as the CLI does on its own: Dagster's
+# settings for range runs are in its environment from the start, as `acpipeline.cli.main` puts them there.
+# (Importing the code location no longer does; every process that opens the project's instance does.)
+apply_dagster_env()
 
 _accounts = itertools.count()
 
