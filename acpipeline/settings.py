@@ -19,9 +19,14 @@ DEFAULT_ZIP_URL = "https://{bucket}.sfo3.digitaloceanspaces.com/{user_dir}{slug}
 DEFAULT_BLOBS_URL = "https://at-blobs-aesthetic-computer.sfo3.digitaloceanspaces.com/{key}"
 
 
+def home_path() -> Path:
+    """`ACPIPELINE_HOME`, default `./.acpipeline`, whether or not it exists yet."""
+    return Path(os.environ.get("ACPIPELINE_HOME") or ".acpipeline").resolve()
+
+
 def acpipeline_home() -> Path:
-    """Embedded data and caches: `ACPIPELINE_HOME`, default `./.acpipeline`."""
-    home = Path(os.environ.get("ACPIPELINE_HOME") or ".acpipeline").resolve()
+    """Embedded data and caches: `home_path()`, made if missing."""
+    home = home_path()
     home.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from acpipeline.settings import home_path
+
 SETTINGS_FILE = "ACPIPELINE_SETTINGS_FILE"
 
 
@@ -25,7 +27,7 @@ def settings_path() -> Path:
     named = os.environ.get(SETTINGS_FILE)
     if named:
         return Path(named)
-    return Path(os.environ.get("ACPIPELINE_HOME") or ".acpipeline").resolve() / "settings.env"
+    return home_path() / "settings.env"
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,14 @@ class PartitionOutcome:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> PartitionOutcome:
         """Read back from a materialization's (or a dry run's observation's) metadata."""
-        plain = {key: _plain_value(value) for key, value in metadata.items()}
+        from dagster import TableMetadataValue
+
+        plain: dict[str, Any] = {
+            key: [record.data for record in value.records]
+            if isinstance(value, TableMetadataValue)
+            else getattr(value, "value", value)
+            for key, value in metadata.items()
+        }
         return cls(
             **{name: int(plain.get(name) or 0) for name in (*COUNTS, *TRAFFIC, "deferred_writes")},
             duration_s=plain.get("duration_s"),
@@ -90,14 +97,6 @@ class PartitionOutcome:
             "proven_converged": self.proven_converged,
             "deferred_until": self.deferred_until,
         }
-
-
-def _plain_value(value: Any) -> Any:
-    from dagster import TableMetadataValue
-
-    if isinstance(value, TableMetadataValue):
-        return [record.data for record in value.records]
-    return getattr(value, "value", value)
 
 
 @dataclass
