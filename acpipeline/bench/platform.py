@@ -591,7 +591,9 @@ def _max_concurrent_runs() -> int:
     return int(settings["concurrency"]["runs"]["max_concurrent_runs"])
 
 
-def _check_launcher(layout: str, launcher: str) -> None:
+def _check_layout(layout: str, launcher: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if launcher not in LAUNCHERS or (launcher == "celery" and layout != "production"):
         raise ValueError(f"launcher must be one of {LAUNCHERS} (celery with the production layout)")
 
@@ -764,9 +766,7 @@ class Servers:
     ) -> None:
         from acpipeline.localpds.server import free_port
 
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-        _check_launcher(layout, launcher)
+        _check_layout(layout, launcher)
         self.work, self.env, self.token, self.instance, self.log = work, env, token, instance, log
         self.layout, self.launcher = layout, launcher
         self.port = free_port()
@@ -1155,11 +1155,9 @@ def run_platform_bench(
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    _check_layout(layout, launcher)
     if pds_limits not in PDS_LIMITS:
         raise ValueError(f"pds_limits must be one of {PDS_LIMITS}, not {pds_limits!r}")
-    _check_launcher(layout, launcher)
     from dagster import DagsterInstance
 
     from acpipeline.demo.environment import TEMPLATE_ENV, seed, start_environment
