@@ -918,11 +918,12 @@ def test_platform_is_deterministic(tmp_path: Path) -> None:
     """The same seed gives the same documents and the same media (every file is drawn from a seed of its
     own, recorded in its job); only passwords and account dates differ. Checked on the builder, without
     writing the files twice."""
-    from acpipeline.demo.dataset import _Builder, _platform
+    from acpipeline.demo.dataset.builder import Builder
+    from acpipeline.demo.dataset.platform import platform_dataset
 
     def build() -> Any:
-        builder = _Builder(tmp_path, FakeAccounts(), "platform", 7, defer_media=True)
-        _platform(builder)
+        builder = Builder(tmp_path, FakeAccounts(), 7, defer_media=True)
+        platform_dataset(builder)
         builder.finish_accounts()
         return builder
 

@@ -1,7 +1,7 @@
 """Demo data: a synthetic Aesthetic Computer dataset and a local server for its media files.
 
-The names below are imported on first use, so `from acpipeline.demo import SIZES` (the command line's
-parser does it on every run) loads neither the dataset builder nor Pillow.
+The names below are imported on first use, so `from acpipeline.demo import SIZES` (the demo's command
+does it whenever the command line starts) loads neither the dataset builder nor Pillow.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-SIZES = ("small", "bench", "platform")  # the datasets seed_dataset makes (dataset._SCENARIOS)
+SIZES = ("small", "bench", "platform")  # the datasets seed_dataset makes (dataset/seed.py)
 
 _LAZY = {
     "ART_BUCKET": "dataset",
