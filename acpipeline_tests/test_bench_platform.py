@@ -12,8 +12,11 @@ import json
 
 import psutil
 
+from acpipeline.bench.backfill_pass import SYNC_ASSETS
 from acpipeline.bench.counting_proxy import WRITE_METHODS
-from acpipeline.bench.platform import KEYS, MARKER, SYNC_ASSETS, format_platform_table, run_platform_bench
+from acpipeline.bench.platform import KEYS, run_platform_bench
+from acpipeline.bench.platform_table import format_platform_table
+from acpipeline.bench.processes import MARKER
 from acpipeline.core.media import MEDIA_NAMES
 from acpipeline.settings import DAGSTER_ENV
 

@@ -27,8 +27,11 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-from acpipeline.bench.platform import LAUNCH, _run_failures, _start, _wait_for_worker, procfile
+from acpipeline.bench.backfill_pass import LAUNCH
+from acpipeline.bench.dagster_runs import _run_failures
+from acpipeline.bench.processes import _start
 from acpipeline.bench.redis import RedisServer, start_redis
+from acpipeline.bench.servers import _wait_for_worker, procfile
 from acpipeline.core.media import MEDIA
 from acpipeline.settings import DAGSTER_ENV
 from acpipeline.sync.partitions import partition_key, register_handles

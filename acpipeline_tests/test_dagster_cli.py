@@ -37,7 +37,8 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._serdes import deserialize_value, serialize_value
 
-from acpipeline.bench.platform import WORKSPACE, _graphql, _start, _stop, _tail, _wait_for_webserver
+from acpipeline.bench.processes import _start, _stop, _tail
+from acpipeline.bench.servers import WORKSPACE, _graphql, _wait_for_webserver
 from acpipeline.event_log import PooledSqliteEventLogStorage
 from acpipeline.localpds.server import free_port
 from acpipeline.operations.jobs import SYNC_JOB_NAME

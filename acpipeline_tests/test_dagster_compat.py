@@ -158,7 +158,7 @@ def test_the_workspace_and_backfill_entry_points_the_probe_drives(tmp_path):
     from dagster import RunsFilter
     from dagster_graphql.test.utils import execute_dagster_graphql
 
-    from acpipeline.bench.platform import LAUNCH
+    from acpipeline.bench.backfill_pass import LAUNCH
     from acpipeline.bench.scale_probe import PROJECT
 
     queued = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}

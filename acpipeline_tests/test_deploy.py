@@ -33,21 +33,11 @@ from dagster import (
 from dagster._core.storage.event_log.base import PartitionKeyFilter
 from psycopg2 import sql
 
-from acpipeline.bench.platform import (  # how the platform bench starts these services and talks to them
-    BACKFILL_STATUS,
-    DONE,
-    LAUNCH,
-    SUCCEEDED,
-    _graphql,
-    _run_failures,
-    _start,
-    _stop,
-    _tail,
-    _wait_for_daemon,
-    _wait_for_port,
-    _wait_for_webserver,
-    procfile,
-)
+# how the platform bench starts these services and talks to them
+from acpipeline.bench.backfill_pass import BACKFILL_STATUS, DONE, LAUNCH, SUCCEEDED
+from acpipeline.bench.dagster_runs import _run_failures
+from acpipeline.bench.processes import _start, _stop, _tail
+from acpipeline.bench.servers import _graphql, _wait_for_daemon, _wait_for_port, _wait_for_webserver, procfile
 from acpipeline.core.media import MEDIA
 from acpipeline.localpds.server import free_port
 from acpipeline.operations.wipe import WIPE_JOB_NAME, WIPE_OP_NAME

@@ -17,7 +17,7 @@ from pathlib import Path
 from bson import ObjectId
 from dagster import AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
-from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH
+from acpipeline.bench.backfill_pass import BACKFILL_STATUS, LAUNCH
 from acpipeline.cli import main
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.instance import ensure_dagster_home, get_instance, open_instance

@@ -27,7 +27,8 @@ import pytest
 from bson import ObjectId
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from acpipeline.bench.platform import BACKFILL_STATUS, LAUNCH  # the UI's own GraphQL, as the bench sends it
+# the UI's own GraphQL, as the bench sends it
+from acpipeline.bench.backfill_pass import BACKFILL_STATUS, LAUNCH
 from acpipeline.core.media import MEDIA, MEDIA_NAMES
 from acpipeline.definitions import build_definitions
 from acpipeline.demo.media_server import MediaServer
