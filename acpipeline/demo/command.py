@@ -1,4 +1,7 @@
-"""The commands of the tools beside the product: the demo world and the benchmarks."""
+"""`acpipeline demo`: the demo world's command, registered with the command line through an entry point.
+
+Importing this module loads neither the dataset builder nor the world: the command imports them on use.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +12,32 @@ import sys
 from typing import TYPE_CHECKING
 
 from acpipeline.cli.commands import ONLY_FLAGS, run_sync
-from acpipeline.errors import OperatorError
+from acpipeline.demo import SIZES
 
 if TYPE_CHECKING:
+    from acpipeline.cli.parser import Subparsers
     from acpipeline.demo.world import SavedWorld
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.platform:
-        from acpipeline.bench.platform import run_platform_bench
-
-        run_platform_bench(
-            args.json,
-            size=args.size if args.size != "bench" else "platform",
-            rtt_ms=args.rtt,
-            bandwidth_mbit=args.bandwidth,
-            layout=args.layout or "production",
-            pds_limits=args.pds_limits or "off",
-            launcher=args.launcher or "default",
-        )
-        return 0
-    if args.layout or args.pds_limits or args.launcher:
-        raise OperatorError("--layout, --launcher and --pds-limits go with --platform")
-    from acpipeline.bench.run import run_bench
-
-    run_bench(
-        args.json, size=args.size, rtt_ms=args.rtt, bandwidth_mbit=args.bandwidth, trace_path=args.trace
+def add_command(sub: Subparsers) -> None:
+    """Register `acpipeline demo` (the entry point `demo` of the group `acpipeline.commands`)."""
+    demo = sub.add_parser(
+        "demo",
+        help="a fresh demo world (local PDS, media server, synthetic data in the embedded store), then a "
+        "full sync; its services keep running in the background for every other command",
     )
-    return 0
+    demo.add_argument(
+        "action",
+        nargs="?",
+        choices=["up", "status", "down"],
+        help="up: bring the world back if it stopped (seeded again, not synced); status: what runs where; "
+        "down: stop its services (the data stays)",
+    )
+    demo.add_argument("--size", choices=SIZES, default=None, help="the dataset (default small)")
+    demo.add_argument("--seed-only", action="store_true", help="stop after seeding")
+    demo.add_argument("--serve", action="store_true", help="afterwards open the Dagster UI (dagster dev)")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo, settings_file=False)  # it makes its own
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
