@@ -5,6 +5,7 @@ its own line, with exit status 1 and no traceback."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -128,8 +129,12 @@ def test_a_refused_login_names_the_handle_and_not_the_password(seeded):
     [
         (CLOSED + "/{bucket}/{user}/painting/{slug}.png", "storage unreachable for 127.0.0.1:9/"),
         (CLOSED + "/{bucket}/{key}", "has the placeholder {key}, which storage URLs do not fill"),
+        (
+            CLOSED.replace("://", "://reader:hunter2-secret@") + "/{bucket}/{user}/painting/{slug}.png",
+            "storage unreachable for 127.0.0.1:9/",
+        ),
     ],
-    ids=["closed-port", "unknown-placeholder"],
+    ids=["closed-port", "unknown-placeholder", "credentials-in-the-url"],
 )
 def test_a_storage_template_that_does_not_work(seeded, template, reason):
     result = cli("doctor", env={"ACPIPELINE_IMAGE_URL": template})
@@ -138,6 +143,17 @@ def test_a_storage_template_that_does_not_work(seeded, template, reason):
     assert lines["storage"].startswith("FAIL ") and "ACPIPELINE_IMAGE_URL" in lines["storage"]
     assert reason in lines["storage"]
     assert all(lines[check].startswith("ok ") for check in ("mongodb", "pds", "accounts", "ffmpeg"))
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_a_storage_credential_in_a_working_url_stays_out_of_the_lines(seeded):
+    """Storage behind basic auth: httpx sends the URL's user:password, the doctor's line names the host."""
+    variables = ("ACPIPELINE_IMAGE_URL", "ACPIPELINE_GUEST_IMAGE_URL", "ACPIPELINE_ZIP_URL")
+    env = {name: os.environ[name].replace("://", "://reader:hunter2-secret@") for name in variables}
+    result = cli("doctor", env=env)
+    storage = lines_by_check(result)["storage"]
+    assert storage.startswith("ok ") and "(at 127.0.0.1:" in storage, storage
+    assert "hunter2-secret" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

@@ -192,27 +192,28 @@ class StorageResource(ConfigurableResource):  # type: ignore[type-arg]
         try:
             with self.http().stream("GET", url) as response:
                 if response.status_code >= 500:
-                    raise _Retryable(f"storage answered {response.status_code} for {_short(url)}")
+                    raise _Retryable(f"storage answered {response.status_code} for {shown_url(url)}")
                 if response.status_code != 200:
-                    raise FetchProblem(f"storage answered {response.status_code} for {_short(url)}")
+                    raise FetchProblem(f"storage answered {response.status_code} for {shown_url(url)}")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > limit:
-                    raise FetchProblem(f"{_short(url)} is larger than {limit} bytes ({declared})")
+                    raise FetchProblem(f"{shown_url(url)} is larger than {limit} bytes ({declared})")
                 for chunk in response.iter_bytes():  # as it arrives, so the deadline is checked
                     received += len(chunk)
                     if received > limit:
-                        raise FetchProblem(f"{_short(url)} is larger than {limit} bytes")
+                        raise FetchProblem(f"{shown_url(url)} is larger than {limit} bytes")
                     if time.monotonic() - started > self.deadline_s:
                         raise StorageUnavailable(
-                            f"storage too slow for {_short(url)}: {received} bytes in {self.deadline_s:g} s"
+                            f"storage too slow for {shown_url(url)}: "
+                            f"{received} bytes in {self.deadline_s:g} s"
                         )
                     sink(chunk)
         except httpx.TimeoutException:
             raise StorageUnavailable(
-                f"storage too slow for {_short(url)} (nothing for {self.timeout_s:g} s)"
+                f"storage too slow for {shown_url(url)} (nothing for {self.timeout_s:g} s)"
             ) from None
         except httpx.TransportError as exc:
-            reason = f"storage unreachable for {_short(url)} ({type(exc).__name__})"
+            reason = f"storage unreachable for {shown_url(url)} ({type(exc).__name__})"
             if received:
                 raise StorageUnavailable(f"{reason} after {received} bytes") from None
             raise _Retryable(reason) from None
@@ -225,16 +226,16 @@ class StorageResource(ConfigurableResource):  # type: ignore[type-arg]
                 response = self.http().head(url)
             except httpx.TimeoutException:
                 raise FetchProblem(
-                    f"storage too slow for HEAD {_short(url)} (nothing for {self.timeout_s:g} s)"
+                    f"storage too slow for HEAD {shown_url(url)} (nothing for {self.timeout_s:g} s)"
                 ) from None
             except httpx.TransportError as exc:
-                attempts.failed(f"storage unreachable for {_short(url)} ({type(exc).__name__})")
+                attempts.failed(f"storage unreachable for {shown_url(url)} ({type(exc).__name__})")
             else:
                 if response.status_code == 200:
                     return True
                 if response.status_code in (403, 404):
                     return False
-                failure = f"storage answered {response.status_code} to HEAD {_short(url)}"
+                failure = f"storage answered {response.status_code} to HEAD {shown_url(url)}"
                 if response.status_code < 500:
                     raise FetchProblem(failure)
                 attempts.failed(failure)
@@ -259,6 +260,9 @@ def _failure(attempts: Attempts) -> str:
     return attempts.tried[-1] + (f" ({len(attempts.tried)} attempts)" if len(attempts.tried) > 1 else "")
 
 
-def _short(url: str) -> str:
+def shown_url(url: str) -> str:
+    """A URL as a failure reason or a check shows it: host, port and path only, cut short. A storage URL
+    may carry a credential (user:password@, a signed query), and reasons reach the event log."""
     parts = urlsplit(url)
-    return f"{parts.netloc}{parts.path}"[:160]
+    host = parts.netloc.rpartition("@")[2]
+    return f"{host}{parts.path}"[:160]

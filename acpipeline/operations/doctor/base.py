@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from acpipeline.resources.mongo import MongoDatabase, MongoResource
 from acpipeline.resources.pds import PdsClient
@@ -62,16 +61,13 @@ def without_secrets(text: str, connection_string: str | None) -> str:
     return text
 
 
-def host_path(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.netloc}{parts.path}"[:160]
-
-
 def english_list(names: list[str]) -> str:
+    """Names joined for a sentence (`a, b and c`); `names` must not be empty."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def duration(seconds: float) -> str:
+    """A length of time for a sentence, in minutes (rounded up), hours or days, whichever reads best."""
     if seconds < 7200:
         return f"{math.ceil(seconds / 60)} min"
     if seconds < 2 * 86400:
@@ -80,6 +76,7 @@ def duration(seconds: float) -> str:
 
 
 def time_ago(seconds: float) -> str:
+    """An age for a sentence (how long ago a heartbeat was), in seconds, minutes or hours."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

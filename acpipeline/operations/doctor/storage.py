@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from acpipeline.core.items import Item, ItemProblem
 from acpipeline.core.media import MEDIA, PAINTING, TAPE
 from acpipeline.errors import OperatorError
-from acpipeline.operations.doctor.base import CheckResult, Doctor, english_list, host_path
-from acpipeline.resources.storage import FetchProblem, StorageResource
+from acpipeline.operations.doctor.base import CheckResult, Doctor, english_list
+from acpipeline.resources.storage import FetchProblem, StorageResource, shown_url
 from acpipeline.sync.extract import owner_filter
 
 STORAGE_TRIES = 3  # documents tried per kind of media URL before calling the template wrong
@@ -53,7 +52,7 @@ def check_storage(doctor: Doctor) -> CheckResult:
     if not answered:
         return CheckResult("storage", "warn", "no painting or tape in MongoDB to try a storage URL with")
     untried = [r.check for r in tried if r.status == "skipped"]
-    hosts = dict.fromkeys(urlsplit(r.detail).netloc for r in answered)
+    hosts = dict.fromkeys(shown_url(r.detail).partition("/")[0] for r in answered)
     detail = f"{english_list([r.check for r in answered])} answer (at {', '.join(hosts)})"
     return CheckResult("storage", "ok", detail + (f" (no {english_list(untried)} to try)" if untried else ""))
 
@@ -90,6 +89,6 @@ def _try_urls(doctor: Doctor, kind: _UrlKind) -> CheckResult:
     return CheckResult(
         kind.name,
         "fail",
-        f"none of {len(urls)} {kind.name}s tried is in storage (e.g. {host_path(urls[0])}): "
+        f"none of {len(urls)} {kind.name}s tried is in storage (e.g. {shown_url(urls[0])}): "
         f"check {kind.setting}",
     )
