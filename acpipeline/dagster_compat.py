@@ -65,6 +65,8 @@ def interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> fl
 
 
 def apply_fixes() -> None:
+    """Patch Dagster's executor in this process so runs waiting for a pool slot sleep instead of spinning;
+    idempotent."""
     InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check  # type: ignore[method-assign]
 
 
@@ -91,6 +93,7 @@ def kv_get(instance: DagsterInstance, keys: set[str]) -> Mapping[str, str]:
 
 
 def kv_set(instance: DagsterInstance, pairs: dict[str, str]) -> None:
+    """Store values in the instance's key-value store, replacing what those keys held."""
     instance.daemon_cursor_storage.set_cursor_values(pairs)
 
 

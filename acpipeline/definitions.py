@@ -34,6 +34,8 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def build_resources() -> dict[str, Any]:
+    """The resources as the environment configures them now; secrets stay EnvVars, resolved only in the
+    run."""
     return {
         "mongo": MongoResource(
             connection_string=_env("MONGODB_CONNECTION_STRING"),

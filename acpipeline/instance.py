@@ -17,6 +17,8 @@ PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
 def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME made absolute, created and exported; the project's dagster.yaml is copied in only if it
+    has none."""
     apply_dagster_env()
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -28,6 +30,8 @@ def ensure_dagster_home() -> Path:
 
 
 def get_instance() -> DagsterInstance:
+    """The command line's instance: its home set up (`ensure_dagster_home`), then opened under the home's
+    lock."""
     return open_instance(ensure_dagster_home())
 
 

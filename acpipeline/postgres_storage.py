@@ -44,6 +44,9 @@ def psycopg2_url(url: str) -> str:
 
 
 class PostgresEventLog(PostgresEventLogStorage):
+    """Dagster's Postgres event log, with a pool's default limit set in one upsert that concurrent runs cannot
+    break."""
+
     def initialize_concurrency_limit_to_default(self, concurrency_key: str) -> bool:
         """Dagster's (`SqlEventLogStorage`), with its insert-or-update as one `INSERT ... ON CONFLICT`: the
         row is inserted, or updated when its limit differs, and locked either way, so concurrent callers

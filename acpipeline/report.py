@@ -24,6 +24,8 @@ PLAIN_EVERY_S = float(os.environ.get("ACPIPELINE_PROGRESS_SECONDS", "30"))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The rows as plain text under `columns`, left-aligned, `-` for None; `(nothing)` when there are no
+    rows."""
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns} if rows else {}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)] if rows else ["(nothing)"]
     for row in rows:
@@ -36,6 +38,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def status_word(row: dict[str, Any]) -> str:
+    """The status column of a sync row: FAILED, CHECK FAILED, or which kind of success (unchanged, deferred,
+    dry run, ok)."""
     if not row["ok"]:
         return "FAILED"
     written = sum(row.get(n) or 0 for n in ("created", "updated", "deleted"))
@@ -56,6 +60,8 @@ def status_word(row: dict[str, Any]) -> str:
 
 @dataclass
 class Totals:
+    """A sync's figures summed over its partitions, for the totals line and the progress bar."""
+
     accounts: int = 0
     partitions: int = 0
     run: int = 0

@@ -32,6 +32,9 @@ def settings_path() -> Path:
 
 @dataclass(frozen=True)
 class FileSettings:
+    """One settings file as read: what it sets, and which of those the environment sets otherwise (then none
+    of it applies)."""
+
     path: Path
     values: dict[str, str]  # what the file sets
     conflicts: list[str]  # the variables of it the environment sets otherwise
@@ -47,6 +50,8 @@ class FileSettings:
 
 
 def read_settings(path: Path | None = None, environ: Mapping[str, str] = os.environ) -> FileSettings:
+    """The file as it is (`${...}` not expanded; a missing file sets nothing), checked against `environ`;
+    applies nothing."""
     path = path or settings_path()
     found = dotenv_values(path, interpolate=False) if path.is_file() else {}
     values = {name: value for name, value in found.items() if value is not None}

@@ -13,6 +13,8 @@ from acpipeline.settings_file import apply_settings_file, settings_path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line and return its exit status; every error ends as one line on stderr (the traceback
+    only with ACPIPELINE_DEBUG)."""
     args = build_parser().parse_args(argv)
     apply_dagster_env()  # for the runs this command creates and the servers `demo --serve` starts
     applied: dict[str, str] = {}

@@ -48,6 +48,7 @@ def _load_defs() -> Definitions:
 
 
 def cmd_pds(args: argparse.Namespace) -> int:
+    """Serve the local PDS until SIGINT or SIGTERM, then stop it; `--install-only` installs it and returns."""
     from acpipeline.localpds import server
 
     if args.install_only:
@@ -64,6 +65,8 @@ def cmd_pds(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    """The sync command; exit 1 when a partition failed or its check did (a dry run's pending writes and a
+    deferred partition are no failure)."""
     from acpipeline.report import SyncProgress, print_sync
     from acpipeline.sync.runner import run_partitions
 
@@ -97,6 +100,8 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Records MongoDB wants against records the PDS holds, per account and media type; reads only, writes
+    nothing."""
     from acpipeline.operations.status import partition_status
 
     rows = partition_status(_load_defs(), args.handle)

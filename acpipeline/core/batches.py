@@ -26,6 +26,8 @@ def encode_body(payload: dict[str, Any]) -> bytes:
 
 
 def write_op(collection: str, write: Write) -> dict[str, Any]:
+    """One planned write as an applyWrites operation: `$type`, collection, rkey, and `value` unless a
+    delete."""
     op: dict[str, Any] = {"$type": _OPS[write.action], "collection": collection, "rkey": write.rkey}
     if write.action != "delete":
         op["value"] = write.value

@@ -19,6 +19,7 @@ def _cid_text(prefix: bytes, data: bytes) -> str:
 
 
 def blob_cid(data: bytes) -> str:
+    """The CID the PDS gives these bytes as a blob (raw codec), known before any upload."""
     return _cid_text(_RAW, data)
 
 

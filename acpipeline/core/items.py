@@ -40,6 +40,9 @@ class Blob:
 
 @dataclass(frozen=True)
 class Item:
+    """One document of a media type as the sync sees it: `data` holds the record's fields, checked; `removed`
+    or `problem` say why it has no record."""
+
     media: str
     ref: str
     owner: str | None
@@ -93,6 +96,8 @@ def iso_when(when: datetime | None) -> str:
 
 
 def required_text(doc: dict[str, Any], name: str) -> str:
+    """The field as a non-empty string, never repaired; ItemProblem when it is missing, not a string, or
+    damaged (a lone surrogate, or U+FFFD from invalid UTF-8)."""
     value = doc.get(name)
     if not isinstance(value, str) or not value:
         raise ItemProblem(f"{name} is missing" if value in (None, "") else f"{name} is not a string")

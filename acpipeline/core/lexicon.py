@@ -27,6 +27,8 @@ _URI_RE = re.compile(r"^[a-z][a-z.+-]*:\S+$")
 
 @dataclass(frozen=True)
 class Violation:
+    """One rule a record value breaks, at its field's path (`thumbnail.size`, `tags[2]`)."""
+
     field: str
     rule: str
 
@@ -35,6 +37,8 @@ class Violation:
 
 
 class RecordInvalid(ValueError):
+    """A record value the lexicon refuses; `violations` holds every rule it breaks, not only the first."""
+
     def __init__(self, nsid: str, violations: list[Violation]) -> None:
         self.violations = violations
         super().__init__(f"{nsid} record invalid: " + "; ".join(str(v) for v in violations))
@@ -42,6 +46,9 @@ class RecordInvalid(ValueError):
 
 @dataclass(frozen=True)
 class Lexicon:
+    """One record lexicon as the check reads it: its NSID, its record key type (`tid`, `any`, ...) and the
+    record's object schema."""
+
     nsid: str
     key: str
     record: dict[str, Any]
@@ -68,6 +75,7 @@ class Lexicon:
 
 
 def default_lexicon_dir() -> Path:
+    """The checkout's `lexicons/`, found from this file's place, not from the working directory."""
     return Path(__file__).resolve().parents[2] / "lexicons"
 
 

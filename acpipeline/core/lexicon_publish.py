@@ -144,6 +144,8 @@ def authority_domain(nsid: str) -> str:
 
 @dataclass(frozen=True)
 class DnsRecord:
+    """A TXT record the operator sets by hand, so resolvers find our schemas; `str()` is the instruction."""
+
     name: str
     value: str
 

@@ -26,6 +26,8 @@ _PATH_TO_STSD = ("mdia", "minf", "stbl", "stsd")
 
 @dataclass(frozen=True)
 class Box:
+    """One ISO-BMFF box: its four-character type and its byte offsets in the whole file."""
+
     kind: str
     start: int  # of the header
     body: int  # where the payload starts
@@ -34,6 +36,9 @@ class Box:
 
 @dataclass(frozen=True)
 class Mp4Facts:
+    """What an MP4's boxes say without decoding it: its top-level boxes in order, whether it is faststart, and
+    each video and audio track's codec."""
+
     top_level: tuple[str, ...]
     faststart: bool  # `moov` before the first `mdat`
     video_codecs: tuple[str, ...]  # sample entry of each video track (`avc1`, `hev1`, ...)

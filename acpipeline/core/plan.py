@@ -36,6 +36,8 @@ class Desired:
 
 @dataclass(frozen=True)
 class Write:
+    """One planned applyWrites operation and its reason for the operator; `value` is None for a delete."""
+
     action: Action
     rkey: str
     reason: str
@@ -48,6 +50,9 @@ class Write:
 
 @dataclass
 class Plan:
+    """One collection's writes in the order they can apply (deletes, updates, creates), and the rkey each
+    wanted item keeps after them."""
+
     collection: str
     writes: list[Write] = field(default_factory=list)
     unchanged: dict[str, Existing] = field(default_factory=dict)  # ref -> the record kept as it is

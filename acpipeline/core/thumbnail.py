@@ -15,7 +15,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageProblem(ValueError):
-    pass
+    """An image that cannot become a thumbnail; the message is the item's failure reason."""
 
 
 def painting_thumbnail(png: bytes) -> bytes:

@@ -33,16 +33,21 @@ def decode_tid(tid: str) -> tuple[int, int]:
 
 
 def is_tid(key: str) -> bool:
+    """Whether `key` has a TID's syntax, as the rkeys of `key: tid` lexicons must."""
     return bool(TID_RE.match(key))
 
 
 def clock_id_for(ref: str) -> int:
+    """The item's clock id, hashed from its `_id`: the same item always gets the same one, so its key is
+    deterministic."""
     # surrogatepass: an `_id` that is no valid Unicode (a lone surrogate) still has a key; valid ones hash
     # exactly as UTF-8.
     return int.from_bytes(hashlib.sha256(ref.encode("utf-8", "surrogatepass")).digest()[:2], "big") & 1023
 
 
 def micros_of(when: datetime) -> int:
+    """Microseconds since the epoch in integer arithmetic (no float rounding); a naive datetime counts as
+    UTC."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     delta = when - datetime(1970, 1, 1, tzinfo=UTC)

@@ -13,6 +13,9 @@ from acpipeline.core.plan import Existing  # the listed record's shape only: non
 
 @dataclass(frozen=True)
 class Verdict:
+    """The check's finding for one partition: the records missing, duplicated, differing or unexpected, and
+    the counts behind them."""
+
     on_pds: int
     desired: int
     missing: list[str] = field(default_factory=list)  # refs of desired items with no record naming them

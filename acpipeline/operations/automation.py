@@ -11,12 +11,17 @@ from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
 
 def automation_running() -> bool:
+    """False only when ACPIPELINE_AUTOMATION is `stopped` (any case); unset means running."""
     return os.environ.get("ACPIPELINE_AUTOMATION", "running").strip().lower() != "stopped"
 
 
 def default_sensor_status() -> DefaultSensorStatus:
+    """The sensor's status on a fresh instance; once an operator switches it in the UI, the instance keeps
+    theirs."""
     return DefaultSensorStatus.RUNNING if automation_running() else DefaultSensorStatus.STOPPED
 
 
 def default_schedule_status() -> DefaultScheduleStatus:
+    """The schedule's status on a fresh instance; once an operator switches it in the UI, the instance keeps
+    theirs."""
     return DefaultScheduleStatus.RUNNING if automation_running() else DefaultScheduleStatus.STOPPED

@@ -39,10 +39,13 @@ DEFAULT_RECHECK_DAYS = 7
 
 
 def sync_cron() -> str:
+    """The reconcile's cron: ACPIPELINE_SYNC_CRON, else nightly; read once, as the code location loads."""
     return os.environ.get("ACPIPELINE_SYNC_CRON", "").strip() or DEFAULT_SYNC_CRON
 
 
 def recheck_days() -> int:
+    """Days in which every account is re-checked in full once: ACPIPELINE_FULL_RECHECK_DAYS, at least 1;
+    anything but a whole number means the default."""
     configured = os.environ.get("ACPIPELINE_FULL_RECHECK_DAYS", "").strip()
     return max(1, int(configured)) if configured.isdigit() else DEFAULT_RECHECK_DAYS
 
@@ -57,6 +60,8 @@ def full_recheck_slice(handles: list[str], day: date, days: int) -> set[str]:
 def reconcile_requests(
     context: ScheduleEvaluationContext, db: MongoDatabase, client: PdsClient
 ) -> list[RunRequest] | SkipReason:
+    """One tick's runs: today's slice of accounts in full, other partitions only where not proven converged;
+    SkipReason when none is due. A retried tick requests the same run keys."""
     register_handles(context.instance, db)
     accounts = find_accounts(db)
     registered = context.instance.get_dynamic_partitions(HANDLE_PARTITIONS)
@@ -106,4 +111,5 @@ def reconcile_requests(
 def reconcile_schedule(
     context: ScheduleEvaluationContext, mongo: MongoResource, pds: PdsResource
 ) -> list[RunRequest] | SkipReason:
+    """The schedule around `reconcile_requests`, with the resources it reads from."""
     return reconcile_requests(context, mongo.db(), pds.client())

@@ -63,6 +63,9 @@ DEFERRED_OVERLAP_S = 60  # ... and later ticks since the previous one, with this
 
 @dataclass
 class Tick:
+    """One sensor tick's decisions: the partitions to sync and why, the state for the next tick, and the
+    figures of its log line."""
+
     requests: dict[str, str]  # partition key -> why
     state: SensorState
     registered: list[str]
@@ -203,6 +206,8 @@ def evaluate(
 def new_content_sensor(
     context: SensorEvaluationContext, mongo: MongoResource, storage: StorageResource
 ) -> SensorResult:
+    """The sensor around `evaluate`: the state the cursor names in, the next state saved and named by the new
+    cursor."""
     previous = load_state(context.instance, context.cursor)
     tick = evaluate(mongo.db(), context.instance, storage, previous)
     context.log.info(tick.summary())

@@ -25,6 +25,9 @@ STATE_CHUNK = 60_000  # characters per stored value (MySQL TEXT holds 64 KB)
 
 @dataclass
 class SensorState:
+    """What the sensor remembers between ticks; plain JSON values only, so `encode_state` stores it as it
+    is."""
+
     digests: dict[str, list[str]] = field(default_factory=dict)  # handle -> digest per MEDIA_NAMES slot
     zips: dict[str, list[Any]] = field(default_factory=dict)  # tape ref -> [MISSING|PRESENT, checked_at]
     # partition key -> [its run (REQUESTED + tag value or WAITING + run id), since, runs in a row that failed]

@@ -22,6 +22,9 @@ MISSING, PRESENT = "m", "p"
 
 @dataclass
 class ZipCheck:
+    """One tick's tape ZIP lookups: the states to remember, the handles whose missing ZIP appeared, the
+    lookups made."""
+
     states: dict[str, list[Any]]  # tape ref -> [MISSING|PRESENT, checked_at]
     appeared: set[str]  # handles with a tape whose missing ZIP is there now
     checked: int

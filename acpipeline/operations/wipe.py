@@ -156,6 +156,9 @@ class AccountWipe:
 
 
 class WipeConfig(Config):
+    """Which account and collections a wipe deletes; a real wipe needs `confirm_handle` to repeat the
+    handle."""
+
     handle: str = Field(description="The account's PDS handle, e.g. jeffrey.at.aesthetic.computer.")
     media: list[str] = Field(
         default=list(MEDIA_NAMES),
@@ -200,6 +203,8 @@ def _table(rows: list[CollectionWipe]) -> MetadataValue:
 def wipe_records(
     context: OpExecutionContext, config: WipeConfig, mongo: MongoResource, pds: PdsResource
 ) -> Output[dict[str, Any]]:
+    """Raises Failure for a bad config or an unknown handle; after a real wipe, marks each affected partition
+    wiped in the UI."""
     _check_config(config)
     db = mongo.db()
     register_handles(context.instance, db)
@@ -268,11 +273,15 @@ def _mark_wiped(context: OpExecutionContext, handle: str, row: CollectionWipe) -
     tags={"acpipeline/operation": "wipe"},
 )
 def wipe_job() -> None:
+    """Only wires the one op: Dagster calls this once, to build the job, never in a run."""
     wipe_records()
 
 
 @dataclass
 class WipeOutcome:
+    """How a wipe run ended, for the command line: the op's output, or the error as one line, and the run's
+    id."""
+
     ok: bool
     value: dict[str, Any] = field(default_factory=dict)
     error: str | None = None

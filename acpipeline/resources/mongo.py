@@ -23,6 +23,8 @@ MongoCollection: TypeAlias = Collection[dict[str, Any]]
 
 
 def embedded_path() -> str:
+    """Where the embedded store keeps its files: under ACPIPELINE_HOME as the environment names it at the
+    call."""
     return str(acpipeline_home() / "mongo")
 
 

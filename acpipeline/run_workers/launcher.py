@@ -26,6 +26,9 @@ ASKS = 2
 
 
 class CeleryRunLauncher(DagsterCeleryRunLauncher):
+    """dagster-celery's launcher, with every run tagged to retry whole and a run whose worker lost its task
+    failed."""
+
     def launch_run(self, context: LaunchRunContext) -> None:
         if RETRY_STRATEGY_TAG not in context.dagster_run.tags:
             self._instance.add_run_tags(context.dagster_run.run_id, {RETRY_STRATEGY_TAG: "ALL_STEPS"})

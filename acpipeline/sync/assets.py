@@ -72,6 +72,8 @@ def _run_metadata(sources: dict[str, PartitionSource]) -> dict[str, Any]:
 def source_items(
     context: AssetExecutionContext, mongo: MongoResource, pds: PdsResource
 ) -> Output[dict[str, PartitionSource]]:
+    """Per partition key of the run: its items, fingerprint, rev and proof (none under `acpipeline/full`); one
+    MongoDB read per media type."""
     keys = keys_of_run(context.partition_keys)
     db = mongo.db()
     accounts = find_accounts(db).by_handle
@@ -126,6 +128,8 @@ def media_blobs(
     storage: StorageResource,
     pds: PdsResource,
 ) -> Output[dict[str, dict[str, Derived]]]:
+    """Per partition key: each item's derived blobs by ref (none for proven or account-less partitions); new
+    items' blobs are pre-uploaded when the run writes."""
     todo = [s for s in source_items.values() if s.account and not s.proof]
     derived: dict[str, dict[str, Derived]] = {s.key: {} for s in source_items.values()}
     metadata = _run_metadata(source_items)
@@ -210,6 +214,8 @@ def atproto_records(
     mongo: MongoResource,
     pds: PdsResource,
 ) -> Iterator[DagsterEvent | AssetCheckEvaluation | Output[None]]:
+    """Yields each partition's events and check; a partition that fails does not stop the others, and the step
+    then fails naming it."""
     failed: dict[str, str] = {}  # partition -> why
     yield from converge(
         context, config, source_items, media_blobs, pds.client(), mongo.db(), mongo.is_embedded, failed

@@ -27,6 +27,9 @@ LEXICON_VIDEO_MAX = 52_428_800
 
 @dataclass
 class BlobStats:
+    """One blob stage's counts for its log line and metadata: items derived, from the cache or failed, bytes
+    made, and each tape's facts."""
+
     derived: int = 0
     cached: int = 0
     failed: int = 0

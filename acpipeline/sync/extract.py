@@ -25,6 +25,9 @@ class Account:
 
 @dataclass(frozen=True)
 class Accounts:
+    """MongoDB's users split in two: those with an ATProto account, by PDS handle, and the subs of the
+    others."""
+
     by_handle: dict[str, Account]
     without_account: list[str]  # subs of users who have no ATProto account (skipped, reported)
 

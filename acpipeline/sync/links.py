@@ -37,6 +37,9 @@ class LinkWriteFailed(Exception):
 
 
 class LinkWriter:
+    """A run's MongoDB link updates, gathered from any thread and written in bulk per collection from the
+    thread that made it; LinkWriteFailed when MongoDB refuses them."""
+
     def __init__(self, db: MongoDatabase, lock_dir: Path | None = None, flush_at: int = FLUSH_AT) -> None:
         """`lock_dir`: where the per-collection locks live (the embedded store); None, no lock."""
         self.db = db

@@ -24,6 +24,9 @@ MARK_UPDATE_TRIES = 50  # concurrent changes to one account's marks in MongoDB: 
 
 @dataclass(frozen=True)
 class Mark:
+    """What a partition's last clean sync saw (its source fingerprint, the records it held), so a later run
+    can prove it converged."""
+
     fingerprint: str
     desired: int  # records the partition held when it was marked
     not_in_mongodb: int = 0  # records it kept then that stand for no MongoDB document

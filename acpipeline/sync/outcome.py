@@ -20,6 +20,9 @@ SHOWN_AT_MOST = 500
 
 @dataclass(frozen=True)
 class PartitionOutcome:
+    """What one partition's sync did, by count; it travels as the materialization's metadata and is read back
+    from it."""
+
     desired: int = 0
     created: int = 0
     updated: int = 0

@@ -52,6 +52,9 @@ class PartitionSource:
 
 
 class SyncConfig(Config):
+    """How a sync run writes: as usual, as a dry run that only plans, or strictly (any failed item fails its
+    partition)."""
+
     dry_run: bool = False
     """Compute and report the plan (each write with its reason); write nothing to the PDS or MongoDB."""
     strict: bool = False

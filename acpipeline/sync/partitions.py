@@ -47,6 +47,7 @@ def register_handles(instance: DagsterInstance, db: MongoDatabase) -> list[str]:
 
 
 def partition_key(handle: str, media: str) -> str:
+    """The key Dagster gives the (handle, media) partition: its dimensions by name, joined with `|`."""
     return f"{handle}|{media}"
 
 

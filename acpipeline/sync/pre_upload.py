@@ -109,6 +109,9 @@ class _ByteBudget:
 
 @dataclass
 class PreUploadStats:
+    """What the blob stage's pre-uploads did, and why they stopped or never started, for the asset's
+    metadata."""
+
     blobs: int = 0
     bytes: int = 0
     accounts_without_session: int = 0

@@ -36,6 +36,8 @@ UPLOAD_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 
 
 def list_existing(client: PdsClient, did: str, nsid: str) -> list[Existing]:
+    """Every record of one collection, listed page by page (listRecords), for `acpipeline status`; the sync
+    reads whole repositories instead."""
     return [
         Existing(rkey=r["uri"].rsplit("/", 1)[-1], cid=r["cid"], value=r["value"])
         for r in client.list_records(did, nsid)

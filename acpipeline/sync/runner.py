@@ -51,6 +51,9 @@ from acpipeline.sync.partitions import (
 
 @dataclass
 class PartitionResult:
+    """How one partition ended in a command-line sync: its run, its outcome and its check; `row()` is what
+    `--json` prints."""
+
     handle: str
     media: str
     ok: bool

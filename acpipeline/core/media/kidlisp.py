@@ -17,6 +17,9 @@ from acpipeline.core.media.base import AC, MediaRules
 
 
 class KidlispRules(MediaRules):
+    """KidLisp: MongoDB is not its whole truth (records it lacks are kept); old records are recognised by
+    their code."""
+
     name = "kidlisp"
     nsid = "computer.aesthetic.kidlisp"
     collection = "kidlisp"

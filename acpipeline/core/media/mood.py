@@ -9,6 +9,8 @@ from acpipeline.core.media.base import MediaRules
 
 
 class MoodRules(MediaRules):
+    """Moods: one text per record, never anonymous, taken down by `deleted`."""
+
     name = "mood"
     nsid = "computer.aesthetic.mood"
     collection = "moods"

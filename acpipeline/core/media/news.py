@@ -18,6 +18,8 @@ MAX_URI_BYTES = 8192  # the atproto `uri` string format's limit
 
 
 class NewsRules(MediaRules):
+    """News posts: only the platform's own (Bluesky copies are no items), taken down by `status: dead`."""
+
     name = "news"
     nsid = "computer.aesthetic.news"
     collection = "news-posts"

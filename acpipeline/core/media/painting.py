@@ -19,6 +19,9 @@ IN_PROGRESS = "wip"  # `status` of a painting the editor has not sealed yet
 
 
 class PaintingRules(MediaRules):
+    """Paintings: a thumbnail blob made from the PNG; work in progress is no item; old records are recognised
+    by their code."""
+
     name = "painting"
     nsid = "computer.aesthetic.painting"
     collection = "paintings"

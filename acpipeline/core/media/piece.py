@@ -9,6 +9,8 @@ from acpipeline.core.media.base import MediaRules
 
 
 class PieceRules(MediaRules):
+    """Pieces: a slug per record and no blobs, taken down by `nuked`."""
+
     name = "piece"
     nsid = "computer.aesthetic.piece"
     collection = "pieces"

@@ -24,6 +24,9 @@ def _optional_text(doc: dict[str, Any], name: str) -> str | None:
 
 
 class TapeRules(MediaRules):
+    """Tapes: a required MP4 `video` blob and a poster frame, its MongoDB link also under `at.`; old records
+    are recognised by their slug."""
+
     name = "tape"
     nsid = "computer.aesthetic.tape"
     collection = "tapes"

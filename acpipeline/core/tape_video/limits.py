@@ -37,6 +37,7 @@ DEFAULT_LIMITS = TapeLimits()
 
 
 def human_size(n: int) -> str:
+    """A byte count for a one-line message: GiB, MiB or KiB with one decimal, else bytes."""
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -38,6 +38,8 @@ _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
 @dataclass(frozen=True)
 class Soundtrack:
+    """The tape's audio as extracted, with the demuxer ffmpeg must read it with."""
+
     path: Path
     name: str
     format: str  # ffmpeg demuxer, forced: a guessed one could be a playlist that fetches URLs
@@ -56,6 +58,7 @@ class ExtractedTape:
 
 
 def frame_file(index: int) -> str:
+    """The name of the extracted frame `index` (0-based, in the order ffmpeg's image2 pattern reads them)."""
     return FRAME_PATTERN % index
 
 

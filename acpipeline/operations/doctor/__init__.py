@@ -67,6 +67,8 @@ def run_doctor(defs: Definitions, sample: int = DEFAULT_SAMPLE) -> list[CheckRes
 
 
 def summary(results: list[CheckResult]) -> str:
+    """The report's last line: how many checks failed (and were skipped), else that all passed, naming
+    warnings."""
     counts = {status: sum(r.status == status for r in results) for status in WORDS}
     if counts["fail"]:
         return (

@@ -32,6 +32,9 @@ from acpipeline.settings import acpipeline_home
 
 @dataclass
 class Session:
+    """One account's session tokens, kept out of its repr and refreshed in place; `as_json` is the saved form
+    (createSession's names)."""
+
     did: str
     handle: str
     access: str = field(repr=False)
