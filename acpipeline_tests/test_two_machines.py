@@ -9,6 +9,7 @@ reference PDS, behind a proxy that counts the requests by method) and real ffmpe
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -162,6 +163,55 @@ def test_marks_behave_the_same_in_sqlite_and_mongodb(where, tmp_path, monkeypatc
         state.close()
         shared_state.close()
     assert (tmp_path / "converged.sqlite").exists() == (where == "local")
+
+
+@pytest.mark.parametrize("where", ["local", "mongodb"])
+def test_a_late_mark_holds_across_our_commits_to_other_collections(where, tmp_path, monkeypatch):
+    """A mark is saved after its partition's links are written; meanwhile another run of ours may commit to
+    the same account. The mark holds if every commit since its check was ours to another collection."""
+    monkeypatch.setenv("ACPIPELINE_HOME", str(tmp_path))
+    monkeypatch.delenv("MONGODB_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv(shared_state.SHARED_STATE_ENV, where)
+    did, kidlisp, painting = "did:plc:late", Mark("k", 2220), Mark("p", 395)
+    state = ConvergedState(tmp_path)
+    try:
+        state.advance(did, "3aaaaaaaaaaa1", "3aaaaaaaaaaa2", "kidlisp")  # kidlisp's last commit, checked at 2
+        state.advance(did, "3aaaaaaaaaaa2", "3aaaaaaaaaaa3", "painting")  # the paintings run goes on
+        state.advance(did, "3aaaaaaaaaaa3", "3aaaaaaaaaaa4", "painting")
+        state.mark(did, "3aaaaaaaaaaa2", "kidlisp", kidlisp)  # kidlisp's links written: its mark, late
+        state.mark(did, "3aaaaaaaaaaa4", "painting", painting)
+        assert state.valid_marks(did, "3aaaaaaaaaaa4") == {"kidlisp": kidlisp, "painting": painting}
+        state.advance(did, "3aaaaaaaaaaa4", "3aaaaaaaaaaa5", "mood")
+        state.mark(did, "3aaaaaaaaaaa3", "painting", Mark("old", 1))  # a painting commit since: stale
+        state.mark(did, "3aaaaaaaaaaa1", "mood", Mark("old", 1))  # no commit of ours from 1 known: stale
+        assert state.valid_marks(did, "3aaaaaaaaaaa5") == {"kidlisp": kidlisp, "painting": painting}
+        state.advance(
+            did, "3aaaaaaaaaaa6", "3aaaaaaaaaaa7", "mood"
+        )  # a commit we did not see: the chain ends
+        state.mark(did, "3aaaaaaaaaaa5", "kidlisp", kidlisp)
+        assert state.load(did) == ("3aaaaaaaaaaa7", {})
+    finally:
+        state.close()
+        shared_state.close()
+
+
+def test_marks_saved_before_steps_were_kept_carry_over(tmp_path):
+    with sqlite3.connect(tmp_path / "converged.sqlite") as old:
+        old.execute("CREATE TABLE marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)")
+        old.execute("INSERT INTO marks VALUES ('did:plc:old', '3aaaaaaaaaaa2', '{\"mood\": [\"fp\", 3, 0]}')")
+    old.close()
+    state = ConvergedState(tmp_path)
+    try:
+        assert state.load("did:plc:old") == ("3aaaaaaaaaaa2", {"mood": Mark("fp", 3)})
+        state.advance("did:plc:old", "3aaaaaaaaaaa2", "3aaaaaaaaaaa3", "piece")
+        state.mark("did:plc:old", "3aaaaaaaaaaa2", "kidlisp", Mark("k", 1))
+        assert state.valid_marks("did:plc:old", "3aaaaaaaaaaa3") == {
+            "mood": Mark("fp", 3),
+            "kidlisp": Mark("k", 1),
+        }
+    finally:
+        state.close()
+    assert ConvergedState(tmp_path).load("did:plc:old")[0] == "3aaaaaaaaaaa3"  # a second open changes nothing
 
 
 THROTTLE_READER = """

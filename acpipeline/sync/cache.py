@@ -29,7 +29,8 @@ from acpipeline.settings import acpipeline_home
 
 
 def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection:
-    """A connection to one of our SQLite files under ACPIPELINE_HOME, in WAL mode with `schema` in place.
+    """A connection to one of our SQLite files under ACPIPELINE_HOME, in WAL mode with `schema` (one or more
+    statements, run whole each time: they must be idempotent) in place.
 
     Switching a new file to WAL takes an exclusive lock that SQLite's busy timeout does not wait for, so
     partition runs starting together in several processes would fail with "database is locked": the
@@ -42,9 +43,7 @@ def connect_local(path: Path, schema: str, **options: Any) -> sqlite3.Connection
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(schema)
-            if db.in_transaction:
-                db.commit()
+            db.executescript(schema)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return db

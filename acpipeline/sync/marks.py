@@ -1,13 +1,18 @@
 """Convergence marks: per account, the repository revision its marks hold at, and per media type the source
 fingerprint its last clean sync synced (`Mark`). Kept in SQLite under `ACPIPELINE_HOME`, or in MongoDB with
-`ACPIPELINE_SHARED_STATE=mongodb` (every machine sees the same marks); `converged.py` proves with them."""
+`ACPIPELINE_SHARED_STATE=mongodb` (every machine sees the same marks); `converged.py` proves with them.
+
+Each account also keeps its last few commits of ours (`Step`: the commit built on, the one made, the media
+written). A partition's mark is earned at the revision its check judged, but saved only once its links are
+written; by then another run of ours may have committed to the same account. The steps say whether every
+commit since was ours to another collection, and so whether the late mark still holds."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -20,6 +25,15 @@ if TYPE_CHECKING:
     from acpipeline.resources.mongo import MongoCollection
 
 MARK_UPDATE_TRIES = 50  # concurrent changes to one account's marks in MongoDB: each try reads it again
+STEPS_KEPT = 64  # an account's latest commits of ours remembered: more than its runs make while one saves
+
+# The marks table, and the table before steps were kept (its marks carried over once, then dropped).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS account_marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT, steps TEXT);
+CREATE TABLE IF NOT EXISTS marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT);
+INSERT OR IGNORE INTO account_marks SELECT did, rev, marks, '[]' FROM marks;
+DROP TABLE marks;
+"""
 
 
 @dataclass(frozen=True)
@@ -38,16 +52,53 @@ def _marks_collection() -> MongoCollection:
     return shared_state.collection(shared_state.MARKS)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One commit of ours to an account: built on `previous` (its swapCommit), it made `new`, to `media`."""
+
+    previous: str
+    new: str
+    media: str
+
+
+@dataclass(frozen=True)
+class AccountMarks:
+    """An account's state: the revision its marks hold at, the marks, and our commits up to that revision."""
+
+    rev: str | None = None
+    marks: dict[str, Mark] = field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+
+    def holds_since(self, rev: str, media: str) -> bool:
+        """Every commit from `rev` to this revision was ours, to another media type than `media`: a mark of
+        `media` made at `rev` holds here too."""
+        current = rev
+        for step in self.steps:
+            if step.previous == current:
+                if step.media == media:
+                    return False
+                current = step.new
+        return current == self.rev
+
+
 def _marks_of(stored: dict[str, Any]) -> dict[str, Mark]:
     return {media: Mark(*value) for media, value in stored.items()}
+
+
+def _steps_of(stored: list[list[str]] | None) -> tuple[Step, ...]:
+    return tuple(Step(*step) for step in stored or ())
+
+
+def _plain_steps(steps: tuple[Step, ...]) -> list[list[str]]:
+    return [[step.previous, step.new, step.media] for step in steps]
 
 
 def _plain_marks(marks: dict[str, Mark]) -> dict[str, list[Any]]:
     return {media: [mark.fingerprint, mark.desired, mark.not_in_mongodb] for media, mark in marks.items()}
 
 
-# A change of an account's (rev, marks): the new ones, or None to leave them as they are.
-_Change: TypeAlias = Callable[[str | None, dict[str, Mark]], tuple[str | None, dict[str, Mark]] | None]
+# A change of an account's marks: the new state, or None to leave it as it is.
+_Change: TypeAlias = Callable[[AccountMarks], AccountMarks | None]
 
 
 class ConvergedState:
@@ -62,10 +113,9 @@ class ConvergedState:
         self._shared = shared_state.in_mongodb()
         if self._shared:
             return
-        schema = "CREATE TABLE IF NOT EXISTS marks(did TEXT PRIMARY KEY, rev TEXT, marks TEXT)"
         # Used by a run's thread that sends applyWrites too (advance), never at the same time as the other.
         self._db = connect_local(
-            home / "converged.sqlite", schema, isolation_level=None, check_same_thread=False
+            home / "converged.sqlite", SCHEMA, isolation_level=None, check_same_thread=False
         )
 
     def close(self) -> None:
@@ -73,22 +123,31 @@ class ConvergedState:
             self._db.close()
 
     def load(self, did: str) -> tuple[str | None, dict[str, Mark]]:
-        return self.load_many([did]).get(did, (None, {}))
+        state = self._load_accounts([did]).get(did, AccountMarks())
+        return state.rev, state.marks
 
     def load_many(self, dids: Iterable[str]) -> dict[str, tuple[str, dict[str, Mark]]]:
         """The stored rev and marks of each of the accounts that has any: one query per 500 accounts."""
+        return {
+            did: (state.rev, state.marks)
+            for did, state in self._load_accounts(dids).items()
+            if state.rev is not None
+        }
+
+    def _load_accounts(self, dids: Iterable[str]) -> dict[str, AccountMarks]:
         wanted = list(dict.fromkeys(dids))
-        found: dict[str, tuple[str, dict[str, Mark]]] = {}
+        found: dict[str, AccountMarks] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             if self._shared:
                 for doc in _marks_collection().find({"_id": {"$in": chunk}}):
-                    found[doc["_id"]] = (doc["rev"], _marks_of(doc["marks"]))
+                    found[doc["_id"]] = _account_of(doc)
                 continue
             assert self._db is not None
-            query = f"SELECT did, rev, marks FROM marks WHERE did IN ({','.join('?' * len(chunk))})"
-            for did, rev, marks in self._db.execute(query, chunk):
-                found[did] = (rev, _marks_of(json.loads(marks)))
+            placeholders = ",".join("?" * len(chunk))
+            query = f"SELECT did, rev, marks, steps FROM account_marks WHERE did IN ({placeholders})"
+            for did, rev, marks, steps in self._db.execute(query, chunk):
+                found[did] = AccountMarks(rev, _marks_of(json.loads(marks)), _steps_of(json.loads(steps)))
         return found
 
     def valid_marks(self, did: str, rev: str) -> dict[str, Mark]:
@@ -103,12 +162,12 @@ class ConvergedState:
         assert self._db is not None
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            rev, marks = self.load(did)
-            new = change(rev, marks)
+            new = change(self._load_accounts([did]).get(did, AccountMarks()))
             if new is not None:
-                rev, marks = new
-                payload = json.dumps(_plain_marks(marks))
-                self._db.execute("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", (did, rev, payload))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO account_marks VALUES (?, ?, ?, ?)",
+                    (did, new.rev, json.dumps(_plain_marks(new.marks)), json.dumps(_plain_steps(new.steps))),
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -119,11 +178,10 @@ class ConvergedState:
         marks = _marks_collection()
         for _ in range(MARK_UPDATE_TRIES):
             doc = marks.find_one({"_id": did})
-            stored = (doc["rev"], _marks_of(doc["marks"])) if doc else (None, {})
-            new = change(*stored)
+            new = change(_account_of(doc) if doc else AccountMarks())
             if new is None:
                 return
-            values = {"rev": new[0], "marks": _plain_marks(new[1])}
+            values = {"rev": new.rev, "marks": _plain_marks(new.marks), "steps": _plain_steps(new.steps)}
             if doc is None:
                 try:
                     marks.insert_one({"_id": did, **values, "v": 1})
@@ -139,29 +197,41 @@ class ConvergedState:
         """Our write to `media` built on commit `previous` (swapCommit) and made `new`: the other marks
         valid at `previous` hold at `new`. Any other history invalidates them."""
 
-        def change(rev: str | None, marks: dict[str, Mark]) -> tuple[str, dict[str, Mark]] | None:
-            if rev == previous:
-                return new, {m: k for m, k in marks.items() if m != media}
-            if rev is None or rev < new:
-                return new, {}
+        def change(state: AccountMarks) -> AccountMarks | None:
+            if state.rev == previous:
+                marks = {m: k for m, k in state.marks.items() if m != media}
+                steps = (*state.steps, Step(previous, new, media))[-STEPS_KEPT:]
+                return AccountMarks(new, marks, steps)
+            if state.rev is None or state.rev < new:
+                return AccountMarks(new)
             return None
 
         self._update(did, change)
 
     def mark(self, did: str, rev: str, media: str, mark: Mark) -> None:
-        """`media` was verified converged with the repository at `rev`."""
+        """`media` was verified converged with the repository at `rev`. Saved at a later revision when every
+        commit since was ours to other collections (its links are written after its check, and another run
+        may commit meanwhile); dropped when anything else happened since."""
 
-        def change(stored: str | None, marks: dict[str, Mark]) -> tuple[str, dict[str, Mark]] | None:
-            if stored == rev:
-                return rev, {**marks, media: mark}
-            if stored is None or stored < rev:
-                return rev, {media: mark}
-            return None  # a newer commit is known: this mark is stale already
+        def change(state: AccountMarks) -> AccountMarks | None:
+            if state.rev == rev or (
+                state.rev is not None and state.rev > rev and state.holds_since(rev, media)
+            ):
+                return AccountMarks(state.rev, {**state.marks, media: mark}, state.steps)
+            if state.rev is None or state.rev < rev:
+                return AccountMarks(rev, {media: mark})
+            return None  # a newer commit, not ours or to this collection, is known: this mark is stale
 
         self._update(did, change)
 
     def unmark(self, did: str, media: str) -> None:
-        def change(stored: str | None, marks: dict[str, Mark]) -> tuple[str | None, dict[str, Mark]] | None:
-            return (stored, {m: k for m, k in marks.items() if m != media}) if media in marks else None
+        def change(state: AccountMarks) -> AccountMarks | None:
+            if media not in state.marks:
+                return None
+            return AccountMarks(state.rev, {m: k for m, k in state.marks.items() if m != media}, state.steps)
 
         self._update(did, change)
+
+
+def _account_of(doc: dict[str, Any]) -> AccountMarks:
+    return AccountMarks(doc["rev"], _marks_of(doc["marks"]), _steps_of(doc.get("steps")))
