@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +35,8 @@ from acpipeline.bench.strategies import PreparedRecord, write_ceiling, write_pla
 from acpipeline.core.media import MEDIA
 
 if TYPE_CHECKING:
+    from acpipeline.demo.media_server import MediaServer
+    from acpipeline.localpds.server import LocalPds
     from acpipeline.resources.pds import PdsClient
 
 HEAVY = "jeffrey.at.aesthetic.computer"
@@ -149,6 +152,54 @@ def _tape_stage(handle: str) -> tuple[float, float, int]:
     raise RuntimeError(f"no tape blob stage was recorded for {handle}")
 
 
+@dataclass
+class _World:
+    """The bench's servers, proxies and folders, and what each phase measured: `phases` the requests the
+    proxies saw, `cpu` the CPU seconds spent meanwhile."""
+
+    work: Path
+    pds: LocalPds
+    media: MediaServer
+    client: PdsClient
+    pds_proxy: CountingProxy
+    media_proxy: CountingProxy
+    env: dict[str, str] = field(default_factory=dict)
+    phases: dict[str, tuple[float, list[Exchange]]] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    peaks: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.work / "home"
+
+    def phase(self, name: str, measure: Callable[[], _T]) -> _T:
+        """`measure()`, the requests both proxies saw meanwhile kept as phase `name`, and the CPU seconds
+        spent meanwhile by the syncs' process trees, the PDS and this process (proxies, media server,
+        reference writers)."""
+        self.pds_proxy.take()
+        self.media_proxy.take()
+        before = _cpu_seconds(self.pds.process.pid)
+        started = time.perf_counter()
+        result = measure()
+        taken = self.pds_proxy.take() + self.media_proxy.take()
+        self.phases[name] = (started, sorted(taken, key=lambda e: e.start))
+        self.cpu[name] = {k: round(v - before[k], 2) for k, v in _cpu_seconds(self.pds.process.pid).items()}
+        return result
+
+    def sync(self, name: str, args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+        """An `acpipeline sync --json` as phase `name`: (wall seconds, peak MB, stdout)."""
+        command = [sys.executable, "-m", "acpipeline.cli", "sync", "--json", *args]
+        peaks = self.peaks.setdefault(name, {})
+        return self.phase(name, lambda: run_measured(command, env, peaks))
+
+    def stop(self) -> None:
+        self.client.close()
+        self.pds_proxy.stop()
+        self.media_proxy.stop()
+        self.media.stop()
+        self.pds.stop()
+
+
 def run_bench(
     json_path: str | None = None,
     size: str = "bench",
@@ -163,156 +214,168 @@ def run_bench(
     in front of the PDS and one in front of the media storage that put that network between them and
     their clients, and `requests` reports where each phase's requests spent their time (`trace_path`:
     every request, for a closer look)."""
-    from acpipeline.demo.dataset import seed_dataset
-    from acpipeline.demo.media_server import MediaServer
-    from acpipeline.localpds import server as localpds
-    from acpipeline.resources.mongo import MongoResource
-    from acpipeline.resources.pds import PdsClient
-
     shaped = rtt_ms is not None or bandwidth_mbit is not None
-    work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-"))
-    home, dagster_home = work / "home", work / "dagster_home"
-    dagster_home.mkdir(parents=True)
-    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", dagster_home / "dagster.yaml")
     saved = dict(os.environ)
-    os.environ.update(ACPIPELINE_HOME=str(home), DAGSTER_HOME=str(dagster_home))
-    os.environ.pop("MONGODB_CONNECTION_STRING", None)
-    os.environ.pop("PDS_URL", None)
-    pds = localpds.start(log=log)
-    media = MediaServer(work / "media").start()
-    client = PdsClient(pds.url)
-    pds_proxy = CountingProxy(pds.url, rtt_ms or 0.0, bandwidth_mbit, name="pds").start()
-    media_proxy = CountingProxy(media.url, rtt_ms or 0.0, bandwidth_mbit, name="storage").start()
-    phases: dict[str, tuple[float, list[Exchange]]] = {}
-    cpu: dict[str, dict[str, float]] = {}
-
-    def phase(name: str, measure: Callable[[], _T]) -> _T:
-        """`measure()`, the requests both proxies saw meanwhile kept as phase `name`, and the CPU seconds
-        spent meanwhile by the syncs' process trees, the PDS and this process (proxies, media server,
-        reference writers)."""
-        pds_proxy.take()
-        media_proxy.take()
-        before = _cpu_seconds(pds.process.pid)
-        started = time.perf_counter()
-        result = measure()
-        phases[name] = (started, sorted(pds_proxy.take() + media_proxy.take(), key=lambda e: e.start))
-        cpu[name] = {k: round(v - before[k], 2) for k, v in _cpu_seconds(pds.process.pid).items()}
-        return result
-
+    world = _start_world(rtt_ms, bandwidth_mbit, log)
     try:
-        env = dict(os.environ, PDS_URL=pds.url)
-        for name, template in media.url_templates().items():
-            env[f"ACPIPELINE_{name.upper()}"] = template
-        os.environ.update(env)
-        tag = secrets.token_hex(3)
-        mongo = MongoResource()
-        log("seeding the bench dataset ...")
-        summary = seed_dataset(
-            mongo.db(),
-            work / "media",
-            lambda handle, password: client.create_account(handle, password, f"{handle}-{tag}@example.com"),
-            size=size,
-        )
-        mongo.close()
-        heavy = summary.user(HEAVY)
-        if heavy.did is None:
-            raise RuntimeError(f"the bench dataset made no PDS account for {HEAVY}")
-        sync = [sys.executable, "-m", "acpipeline.cli", "sync", "--json"]
+        heavy_did = _seed(world, size, log)
         # On loopback the syncs reach the PDS and the storage directly (the no-op ones through the counting
         # proxy); over a network, everything goes through the proxies.
-        pds_url = pds_proxy.url if shaped else pds.url
-        sync_env = dict(env, PDS_URL=pds_url)
+        pds_url = world.pds_proxy.url if shaped else world.pds.url
+        sync_env = dict(world.env, PDS_URL=pds_url)
         if shaped:
             log(f"network: {rtt_ms or 0} ms round trip, bandwidth {bandwidth_mbit or 'unlimited'} Mbit/s")
-            for name, template in media.url_templates().items():
-                sync_env[f"ACPIPELINE_{name.upper()}"] = template.replace(media.url, media_proxy.url)
-
-        log("full sync of the heavy user through Dagster ...")
-        syncs = ("full_sync", "noop_sync", "noop_full", "tapes")
-        peaks: dict[str, dict[str, float]] = {name: {} for name in syncs}
-        full_s, rss_full, out = phase(
-            "full_sync", lambda: run_measured([*sync, "--handle", HEAVY], sync_env, peaks["full_sync"])
-        )
-        rows = json.loads(out)["partitions"]
-        if not all(r["ok"] for r in rows):
-            raise RuntimeError(f"the full sync failed: {[r['error'] for r in rows if not r['ok']]}")
-        records = sum(len(client.list_records(heavy.did, rules.nsid)) for rules in MEDIA.values())
-
-        log("no-op syncs (through a counting proxy): the default one, then --full ...")
-        noop_env = dict(sync_env, PDS_URL=pds_proxy.url)
-        noop_s, rss_noop, noop_out = phase(
-            "noop_sync", lambda: run_measured([*sync, "--handle", HEAVY], noop_env, peaks["noop_sync"])
-        )
-        # Partitions the no-op sync ran, not proven converged from their marks: none, unless a mark was lost.
-        noop_ran = [f"{r['media']}" for r in json.loads(noop_out)["partitions"] if not r["skipped"]]
-        noop_full_s, rss_noop_full, _ = phase(
-            "noop_full",
-            lambda: run_measured([*sync, "--handle", HEAVY, "--full"], noop_env, peaks["noop_full"]),
-        )
-        noop_writes = sum(
-            e.method in WRITE_METHODS for name in ("noop_sync", "noop_full") for e in phases[name][1]
-        )
-
-        prepared = _prepared(client, heavy.did, home)
-        log(f"ceiling: {len(prepared)} records by uploadBlob + applyWrites of 200 ...")
-        password = secrets.token_urlsafe(16)
-        did = client.create_account(f"ceiling-{tag}.test", password, f"ceiling-{tag}@example.com")
-        ceiling_s = phase("ceiling", lambda: write_ceiling(pds_url, did, password, prepared))
-        log(f"the same, {OVERLAPPED_UPLOADS} uploads at a time while the batch before commits ...")
-        did = client.create_account(f"overlap-{tag}.test", password, f"overlap-{tag}@example.com")
-        overlapped_s = phase(
-            "ceiling_overlapped", lambda: write_ceiling(pds_url, did, password, prepared, OVERLAPPED_UPLOADS)
-        )
-        log("the platform's strategy: a login and a createRecord per record, 10 at a time ...")
-        did = client.create_account(f"seed-{tag}.test", password, f"seed-{tag}@example.com")
-        seed_s = phase("seed_strategy", lambda: write_platform_style(pds_url, did, password, prepared))
-
+            for name, template in world.media.url_templates().items():
+                sync_env[f"ACPIPELINE_{name.upper()}"] = template.replace(
+                    world.media.url, world.media_proxy.url
+                )
+        result = _heavy_user_syncs(world, heavy_did, sync_env, log)
+        result.update(_reference_writers(world, heavy_did, pds_url, log))
         log("tapes: the 32 anonymous tapes ...")
-        _, rss_tapes, _ = phase(
-            "tapes", lambda: run_measured([*sync, "--handle", ART, "--tapes-only"], sync_env, peaks["tapes"])
-        )
+        _, rss_tapes, _ = world.sync("tapes", ["--handle", ART, "--tapes-only"], sync_env)
         video_s, encode_s, tapes = _tape_stage(ART)
-
-        result: dict[str, Any] = {
-            "records": records,
-            "full_sync_s": round(full_s, 2),
-            "noop_sync_s": round(noop_s, 2),
-            "noop_writes": noop_writes,
-            "noop_partitions_run": noop_ran,
-            "noop_full_s": round(noop_full_s, 2),
-            "ceiling_s": round(ceiling_s, 2),
-            "ceiling_overlapped_s": round(overlapped_s, 2),
-            "seed_strategy_s": round(seed_s, 2),
-            "tape_realtime_factor": round(video_s / encode_s, 2) if encode_s else 0.0,
-            "peak_rss_mb": round(max(rss_full, rss_noop, rss_noop_full, rss_tapes), 1),
-            # Each sync's peak, and each process's share of it (the variance between runs: see the README).
-            "peak_rss_mb_by_sync": peaks,
-            "cpu_s": cpu,
-            "tapes": tapes,
-            "tape_video_s": round(video_s, 2),
-            "tape_encode_s": round(encode_s, 2),
-            "rtt_ms": rtt_ms if shaped else None,
-            "bandwidth_mbit": bandwidth_mbit,
-            "machine": machine(),
-        }
+        result.update(
+            {
+                "tape_realtime_factor": round(video_s / encode_s, 2) if encode_s else 0.0,
+                "peak_rss_mb": round(max(result.pop("peak_rss_mb"), rss_tapes), 1),
+                # Each sync's peak, and each process's share of it (the spread between runs: the README).
+                "peak_rss_mb_by_sync": world.peaks,
+                "cpu_s": world.cpu,
+                "tapes": tapes,
+                "tape_video_s": round(video_s, 2),
+                "tape_encode_s": round(encode_s, 2),
+                "rtt_ms": rtt_ms if shaped else None,
+                "bandwidth_mbit": bandwidth_mbit,
+                "machine": machine(),
+            }
+        )
         if shaped:
-            result["requests"] = {name: summarize(ex, origin) for name, (origin, ex) in phases.items()}
+            result["requests"] = {name: summarize(ex, origin) for name, (origin, ex) in world.phases.items()}
         log(format_table(result))
         if json_path:
             Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         if trace_path:
-            trace = {name: as_rows(ex, origin) for name, (origin, ex) in phases.items()}
+            trace = {name: as_rows(ex, origin) for name, (origin, ex) in world.phases.items()}
             Path(trace_path).write_text(json.dumps(trace) + "\n")
         return result
     finally:
-        client.close()
-        pds_proxy.stop()
-        media_proxy.stop()
-        media.stop()
-        pds.stop()
+        world.stop()
         os.environ.clear()
         os.environ.update(saved)
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(world.work, ignore_errors=True)
+
+
+def _start_world(rtt_ms: float | None, bandwidth_mbit: float | None, log: Callable[[str], None]) -> _World:
+    """A fresh PDS, media server, ACPIPELINE_HOME and DAGSTER_HOME (this process's environment points at
+    them), and the counting proxies in front of the PDS and the media server."""
+    from acpipeline.demo.media_server import MediaServer
+    from acpipeline.localpds import server as localpds
+    from acpipeline.resources.pds import PdsClient
+
+    work = Path(tempfile.mkdtemp(prefix="acpipeline-bench-"))
+    dagster_home = work / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", dagster_home / "dagster.yaml")
+    os.environ.update(ACPIPELINE_HOME=str(work / "home"), DAGSTER_HOME=str(dagster_home))
+    os.environ.pop("MONGODB_CONNECTION_STRING", None)
+    os.environ.pop("PDS_URL", None)
+    pds = localpds.start(log=log)
+    media = MediaServer(work / "media").start()
+    world = _World(
+        work,
+        pds,
+        media,
+        PdsClient(pds.url),
+        CountingProxy(pds.url, rtt_ms or 0.0, bandwidth_mbit, name="pds").start(),
+        CountingProxy(media.url, rtt_ms or 0.0, bandwidth_mbit, name="storage").start(),
+    )
+    world.env = dict(os.environ, PDS_URL=pds.url)
+    for name, template in media.url_templates().items():
+        world.env[f"ACPIPELINE_{name.upper()}"] = template
+    os.environ.update(world.env)
+    return world
+
+
+def _seed(world: _World, size: str, log: Callable[[str], None]) -> str:
+    """The dataset in the embedded store and its accounts on the PDS; the heavy user's DID."""
+    from acpipeline.demo.dataset import seed_dataset
+    from acpipeline.resources.mongo import MongoResource
+
+    tag = secrets.token_hex(3)
+    mongo = MongoResource()
+    log("seeding the bench dataset ...")
+    summary = seed_dataset(
+        mongo.db(),
+        world.work / "media",
+        lambda handle, password: world.client.create_account(handle, password, f"{handle}-{tag}@example.com"),
+        size=size,
+    )
+    mongo.close()
+    heavy = summary.user(HEAVY)
+    if heavy.did is None:
+        raise RuntimeError(f"the bench dataset made no PDS account for {HEAVY}")
+    return heavy.did
+
+
+def _heavy_user_syncs(
+    world: _World, did: str, sync_env: dict[str, str], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The heavy user's full sync, then its no-op syncs (the default one, then `--full`) through the
+    counting proxy, which counts their writes."""
+    log("full sync of the heavy user through Dagster ...")
+    full_s, rss_full, out = world.sync("full_sync", ["--handle", HEAVY], sync_env)
+    rows = json.loads(out)["partitions"]
+    if not all(r["ok"] for r in rows):
+        raise RuntimeError(f"the full sync failed: {[r['error'] for r in rows if not r['ok']]}")
+    records = sum(len(world.client.list_records(did, rules.nsid)) for rules in MEDIA.values())
+
+    log("no-op syncs (through a counting proxy): the default one, then --full ...")
+    noop_env = dict(sync_env, PDS_URL=world.pds_proxy.url)
+    noop_s, rss_noop, noop_out = world.sync("noop_sync", ["--handle", HEAVY], noop_env)
+    # Partitions the no-op sync ran, not proven converged from their marks: none, unless a mark was lost.
+    noop_ran = [f"{r['media']}" for r in json.loads(noop_out)["partitions"] if not r["skipped"]]
+    noop_full_s, rss_noop_full, _ = world.sync("noop_full", ["--handle", HEAVY, "--full"], noop_env)
+    noop_writes = sum(
+        e.method in WRITE_METHODS for name in ("noop_sync", "noop_full") for e in world.phases[name][1]
+    )
+    return {
+        "records": records,
+        "full_sync_s": round(full_s, 2),
+        "noop_sync_s": round(noop_s, 2),
+        "noop_writes": noop_writes,
+        "noop_partitions_run": noop_ran,
+        "noop_full_s": round(noop_full_s, 2),
+        "peak_rss_mb": max(rss_full, rss_noop, rss_noop_full),
+    }
+
+
+def _reference_writers(world: _World, did: str, pds_url: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The heavy user's records, as the pipeline wrote them, written again to fresh accounts: the PDS's
+    ceiling (one upload at a time, then overlapped) and the platform's own strategy."""
+    tag = secrets.token_hex(3)
+    prepared = _prepared(world.client, did, world.home)
+    log(f"ceiling: {len(prepared)} records by uploadBlob + applyWrites of 200 ...")
+    password = secrets.token_urlsafe(16)
+
+    def account(name: str) -> str:
+        return world.client.create_account(f"{name}-{tag}.test", password, f"{name}-{tag}@example.com")
+
+    ceiling_did = account("ceiling")
+    ceiling_s = world.phase("ceiling", lambda: write_ceiling(pds_url, ceiling_did, password, prepared))
+    log(f"the same, {OVERLAPPED_UPLOADS} uploads at a time while the batch before commits ...")
+    overlap_did = account("overlap")
+    overlapped_s = world.phase(
+        "ceiling_overlapped",
+        lambda: write_ceiling(pds_url, overlap_did, password, prepared, OVERLAPPED_UPLOADS),
+    )
+    log("the platform's strategy: a login and a createRecord per record, 10 at a time ...")
+    seed_did = account("seed")
+    seed_s = world.phase("seed_strategy", lambda: write_platform_style(pds_url, seed_did, password, prepared))
+    return {
+        "ceiling_s": round(ceiling_s, 2),
+        "ceiling_overlapped_s": round(overlapped_s, 2),
+        "seed_strategy_s": round(seed_s, 2),
+    }
 
 
 def machine() -> str:
