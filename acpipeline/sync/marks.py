@@ -134,18 +134,22 @@ class ConvergedState:
             if state.rev is not None
         }
 
-    def _load_accounts(self, dids: Iterable[str]) -> dict[str, AccountMarks]:
+    def _load_accounts(self, dids: Iterable[str], with_steps: bool = False) -> dict[str, AccountMarks]:
+        """The accounts' stored states; their steps only `with_steps` (a change needs them, a proof does not:
+        it reads every account of its run)."""
         wanted = list(dict.fromkeys(dids))
         found: dict[str, AccountMarks] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             if self._shared:
-                for doc in _marks_collection().find({"_id": {"$in": chunk}}):
+                projection = None if with_steps else {"steps": 0}
+                for doc in _marks_collection().find({"_id": {"$in": chunk}}, projection):
                     found[doc["_id"]] = _account_of(doc)
                 continue
             assert self._db is not None
             placeholders = ",".join("?" * len(chunk))
-            query = f"SELECT did, rev, marks, steps FROM account_marks WHERE did IN ({placeholders})"
+            steps_column = "steps" if with_steps else "'[]'"
+            query = f"SELECT did, rev, marks, {steps_column} FROM account_marks WHERE did IN ({placeholders})"
             for did, rev, marks, steps in self._db.execute(query, chunk):
                 found[did] = AccountMarks(rev, _marks_of(json.loads(marks)), _steps_of(json.loads(steps)))
         return found
@@ -162,7 +166,7 @@ class ConvergedState:
         assert self._db is not None
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            new = change(self._load_accounts([did]).get(did, AccountMarks()))
+            new = change(self._load_accounts([did], with_steps=True).get(did, AccountMarks()))
             if new is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO account_marks VALUES (?, ?, ?, ?)",
