@@ -333,7 +333,7 @@ def _heavy_user_syncs(
     noop_env = dict(sync_env, PDS_URL=world.pds_proxy.url)
     noop_s, rss_noop, noop_out = world.sync("noop_sync", ["--handle", HEAVY], noop_env)
     # Partitions the no-op sync ran, not proven converged from their marks: none, unless a mark was lost.
-    noop_ran = [f"{r['media']}" for r in json.loads(noop_out)["partitions"] if not r["skipped"]]
+    noop_ran = [r["media"] for r in json.loads(noop_out)["partitions"] if not r["skipped"]]
     noop_full_s, rss_noop_full, _ = world.sync("noop_full", ["--handle", HEAVY, "--full"], noop_env)
     noop_writes = sum(
         e.method in WRITE_METHODS for name in ("noop_sync", "noop_full") for e in world.phases[name][1]
